@@ -1,5 +1,8 @@
 """Variational inference: the engine (``fit``), its objectives, and the Gaussian families.
-Normalizing flows are in ``inferax.flows``."""
+Normalizing flows are in ``inferax.flows``; sparse Gaussian processes in
+``variational.gp``; SDEs driven by fractional noise in ``variational.sde``."""
+
+import importlib
 
 from inferax.variational.engine import Approximation as Approximation
 from inferax.variational.engine import fit as fit
@@ -17,6 +20,16 @@ from inferax.variational.objectives import log_weights as log_weights
 from inferax.variational.objectives import miwae as miwae
 from inferax.variational.objectives import piwae as piwae
 
+_SUBPACKAGES = ("gp", "sde")
+
+
+def __getattr__(name: str):
+    # Loaded on first use: importing the engine should not import every family.
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"inferax.variational.{name}")
+    raise AttributeError(f"module 'inferax.variational' has no attribute '{name}'")
+
+
 __all__ = [
     "AbstractFamily",
     "AbstractObjective",
@@ -27,10 +40,12 @@ __all__ = [
     "elbo",
     "fit",
     "fullrank_gaussian",
+    "gp",
     "iwae",
     "log_weights",
     "meanfield_gaussian",
     "miwae",
     "piwae",
     "psis_khat",
+    "sde",
 ]

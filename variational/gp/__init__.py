@@ -1,0 +1,2 @@
+"""Sparse variational Gaussian processes: SGPR, SVGP, SWSGP and DKLGP, with their kernels
+and likelihoods."""

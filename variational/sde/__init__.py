@@ -1,0 +1,1 @@
+"""Variational inference for SDEs driven by fractional noise (Markov-approximate fBM)."""
