@@ -1,2 +1,60 @@
 """Sparse variational Gaussian processes: SGPR, SVGP, SWSGP and DKLGP, with their kernels
 and likelihoods."""
+
+from inferax.variational.gp.kernels import RBF as RBF
+from inferax.variational.gp.kernels import AbstractKernel as AbstractKernel
+from inferax.variational.gp.kernels import Matern12 as Matern12
+from inferax.variational.gp.kernels import Matern32 as Matern32
+from inferax.variational.gp.kernels import Matern52 as Matern52
+from inferax.variational.gp.kernels import Product as Product
+from inferax.variational.gp.kernels import Sum as Sum
+from inferax.variational.gp.kernels import matern12 as matern12
+from inferax.variational.gp.kernels import matern32 as matern32
+from inferax.variational.gp.kernels import matern52 as matern52
+from inferax.variational.gp.kernels import rbf as rbf
+from inferax.variational.gp.likelihoods import AbstractLikelihood as AbstractLikelihood
+from inferax.variational.gp.likelihoods import Bernoulli as Bernoulli
+from inferax.variational.gp.likelihoods import Gaussian as Gaussian
+from inferax.variational.gp.likelihoods import Poisson as Poisson
+from inferax.variational.gp.likelihoods import StudentT as StudentT
+from inferax.variational.gp.likelihoods import bernoulli as bernoulli
+from inferax.variational.gp.likelihoods import gaussian as gaussian
+from inferax.variational.gp.likelihoods import poisson as poisson
+from inferax.variational.gp.likelihoods import student_t as student_t
+from inferax.variational.gp.model import AbstractSparseGP as AbstractSparseGP
+from inferax.variational.gp.model import GPFit as GPFit
+from inferax.variational.gp.sgpr import SGPR as SGPR
+from inferax.variational.gp.sgpr import sgpr as sgpr
+from inferax.variational.gp.svgp import SVGP as SVGP
+from inferax.variational.gp.svgp import natural_gradient_step as natural_gradient_step
+from inferax.variational.gp.svgp import svgp as svgp
+
+__all__ = [
+    "RBF",
+    "AbstractKernel",
+    "AbstractLikelihood",
+    "AbstractSparseGP",
+    "Bernoulli",
+    "GPFit",
+    "Gaussian",
+    "Matern12",
+    "Matern32",
+    "Matern52",
+    "Poisson",
+    "Product",
+    "SGPR",
+    "SVGP",
+    "StudentT",
+    "Sum",
+    "bernoulli",
+    "gaussian",
+    "matern12",
+    "matern32",
+    "matern52",
+    "natural_gradient_step",
+    "poisson",
+    "rbf",
+    "sgpr",
+    "student_t",
+    "svgp",
+]

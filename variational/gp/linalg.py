@@ -1,0 +1,77 @@
+"""Cholesky factors that retry with growing jitter, inside and outside compiled code."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+
+JITTER_GROWTH = 10.0
+"""Each retry multiplies the jitter by this factor."""
+
+JITTER_RETRIES = 4
+"""Retries after the first attempt, so the largest jitter is ``jitter * 10^4``."""
+
+logger = logging.getLogger("inferax.variational.gp")
+
+
+def cholesky_with_jitter(matrix: jax.Array, jitter: float) -> tuple[jax.Array, jax.Array]:
+    """The lower Cholesky factor of ``matrix + j I`` with the smallest ``j`` in
+    ``jitter * 10^k``, ``k = 0 .. JITTER_RETRIES``, for which it exists.
+
+    Branches with ``lax.cond``, so a retry costs a factorisation only when the previous one
+    failed, and it differentiates. Callers check the returned jitter (and the factor's
+    finiteness) on the host to log retries and raise.
+
+    Args:
+      matrix: a symmetric ``(n, n)`` matrix.
+      jitter: the first diagonal jitter.
+
+    Returns:
+      ``(L, j)``: the factor (NaN if every attempt failed) and the jitter used.
+    """
+    eye = jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
+
+    def attempt(level):
+        value = jnp.asarray(jitter * JITTER_GROWTH**level, matrix.dtype)
+        factor = jnp.linalg.cholesky(matrix + value * eye)
+        if level == JITTER_RETRIES:
+            return factor, value
+        ok = jnp.all(jnp.isfinite(factor))
+        return jax.lax.cond(ok, lambda: (factor, value), lambda: attempt(level + 1))
+
+    return attempt(0)
+
+
+def max_jitter(jitter: float) -> float:
+    """The largest jitter ``cholesky_with_jitter`` tries."""
+    return jitter * JITTER_GROWTH**JITTER_RETRIES
+
+
+def report_jitter(used, jitter: float, finite: bool, where: str) -> None:
+    """Logs a retried factorisation and raises if the retries did not help.
+
+    Args:
+      used: the largest jitter that was used (a scalar).
+      jitter: the configured first jitter.
+      finite: whether the result that depends on the factor is finite.
+      where: what was being computed, for the messages.
+    """
+    used = float(used)
+    if not finite and used >= max_jitter(jitter) * (1 - 1e-6):
+        raise FloatingPointError(
+            f"{where}: the Cholesky factorisation failed even after retrying with jitter "
+            f"growing from {jitter:g} to {max_jitter(jitter):g}; the kernel matrix is not "
+            "positive definite (duplicate inducing points, a tiny lengthscale, or float32 "
+            "with too little jitter)"
+        )
+    if used > jitter * (1 + 1e-6):
+        logger.warning(
+            "%s: Cholesky failed with jitter %g; retried and succeeded with jitter %g",
+            where, jitter, used,
+        )  # fmt: skip
+
+
+__all__ = ["JITTER_GROWTH", "JITTER_RETRIES", "cholesky_with_jitter", "max_jitter",
+           "report_jitter"]
