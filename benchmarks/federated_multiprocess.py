@@ -48,7 +48,7 @@ def worker(args) -> None:
     train, test = bench.make_data(0.5)
     fed = bench.make_target(train)
     kernel = bench.kernels()["FSGLD"]
-    per_round = bench.time_per_round(fed, kernel, jax.random.key(1))
+    per_round = bench.time_per_round(fed, {"FSGLD": kernel}, jax.random.key(1))["FSGLD"]
     post = inferax.sample(fed, kernel, jax.random.key(0), num_chains=bench.CHAINS,
                           num_warmup=1000, num_samples=2000, progress=False)  # fmt: skip
     score = bench.test_log_likelihood(post.draws["x"][:, ::10], test)
