@@ -233,3 +233,88 @@ def test_cholesky_retries_with_growing_jitter_then_says_so(caplog, issue_problem
     model = gp.sgpr(duplicated, jitter=0.0, standardize=False)
     with pytest.raises(FloatingPointError, match="failed even after retrying with jitter"):
         model.fit(jax.random.key(0), X, y, num_steps=1)
+
+
+# --- SWSGP -------------------------------------------------------------------------------
+
+
+def test_swsgp_with_all_inducing_points_as_neighbours_is_svgp(issue_problem):
+    X, y, Z, kernel, likelihood, _ = issue_problem
+    model = gp.swsgp(Z, kernel, likelihood, num_neighbours=20, rank=3, standardize=False)
+    model = fixed_fit(model, X[:5], y[:5]).model  # sets the scaling and the shapes
+    rng = np.random.default_rng(4)
+    model = model.__class__(**{
+        **{f: getattr(model, f) for f in model.__dataclass_fields__},
+        "mean": jnp.asarray(rng.normal(size=20)),
+        "raw_scale": jnp.asarray(rng.normal(size=20) - 1.0),
+        "factor": jnp.asarray(0.3 * rng.normal(size=(20, 3))),
+    })  # fmt: skip
+    svgp = fixed_fit(gp.svgp(Z, kernel, likelihood, whiten=False, standardize=False),
+                     X[:5], y[:5]).model  # fmt: skip
+    svgp = svgp.__class__(**{
+        **{f: getattr(svgp, f) for f in svgp.__dataclass_fields__},
+        "mean": model.mean, "scale_tril": jnp.linalg.cholesky(model.covariance()),
+    })  # fmt: skip
+    np.testing.assert_allclose(model.elbo(X, y), svgp.elbo(X, y), rtol=1e-9)
+    # K_aa + 1e-6 I has a condition number near 1e6: solves agree to ~1e-10 * 1e6.
+    for got, want in zip(model.predict(X[:30]), svgp.predict(X[:30]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-10)
+    # With H < M each point reads only its neighbours: close to, but not, SVGP.
+    local = model.__class__(**{**{f: getattr(model, f) for f in model.__dataclass_fields__},
+                               "num_neighbours": 8})  # fmt: skip
+    assert abs(local.elbo(X, y) - svgp.elbo(X, y)) > 1e-6
+
+
+# --- DKLGP -------------------------------------------------------------------------------
+
+
+def test_dklgp_dense_pattern_at_the_optimal_q_is_the_exact_evidence(issue_problem):
+    X, y, _, kernel, likelihood, _ = issue_problem
+    X, y = X[:30], y[:30]
+    jitter = 1e-6
+    model = gp.dklgp(kernel, likelihood, rho=1e6, max_set_size=30, jitter=jitter,
+                     standardize=False)  # fmt: skip
+    model = model.fit(jax.random.key(0), X, y, num_steps=1, learning_rate=0.0, fixed=FROZEN,
+                      progress=False).model  # fmt: skip
+    sets = np.asarray(model.sets)
+    assert sets.shape == (30, 30) and np.all(sets[-1] == np.arange(30))  # dense
+    inputs = np.asarray(model.inputs)
+    K = np.asarray(kernel.matrix(jnp.asarray(inputs), jnp.asarray(inputs))) + jitter * np.eye(30)
+    precision = np.linalg.inv(K) + np.eye(30) / 0.04
+    # the upper factor V with V V^T = precision: reverse the order, take Cholesky, reverse
+    V = np.linalg.cholesky(precision[::-1, ::-1])[::-1, ::-1]
+    mean = np.linalg.solve(precision, np.asarray(model.outputs) / 0.04)
+    values = np.where(sets >= 0, V[np.maximum(sets, 0), np.arange(30)[:, None]], 0.0)
+    optimal = model.with_factor(jnp.asarray(values)).with_mean(jnp.asarray(mean))
+    exact = exact_log_marginal(kernel, 0.04 + jitter, X, y)  # the prior is K + jitter I
+    np.testing.assert_allclose(optimal.elbo(), exact, rtol=0, atol=1e-6)
+    # Without the per-column 1/2 (the authors' code drops it) the bound is n/2 lower.
+    kl_part = np.asarray(optimal.column_terms(jnp.arange(30))[0])
+    assert np.all(np.isfinite(kl_part))
+    # Prediction conditions on all 30 points: it is the exact GP's.
+    Xt = np.linspace(-2.5, 2.5, 7)[:, None]
+    Ktx = np.asarray(kernel.matrix(jnp.asarray(Xt), jnp.asarray(inputs)))
+    exact_mean = Ktx @ np.linalg.solve(K + 0.04 * np.eye(30), np.asarray(model.outputs))
+    exact_var = 1.0 - np.sum(Ktx * np.linalg.solve(K + 0.04 * np.eye(30), Ktx.T).T, axis=1)
+    # predict's K_cc carries the same jitter; the test point's own variance does not
+    got_mean, got_var = optimal.predict(Xt)
+    np.testing.assert_allclose(got_mean, exact_mean, atol=1e-6)
+    np.testing.assert_allclose(got_var, exact_var, atol=1e-6)
+
+
+def test_dklgp_kl_vanishes_at_v_equals_u_and_training_improves_the_bound(issue_problem):
+    X, y, *_ = issue_problem
+    model = gp.dklgp(rho=1.5)
+    fit = model.fit(jax.random.key(0), X, y, num_steps=1, learning_rate=0.0, fixed=FROZEN,
+                    progress=False)  # fmt: skip
+    start = fit.model
+    assert start.sets.shape[1] < 30  # a sparse pattern
+    # V = U (zero offsets) and mu = 0: q is the prior
+    start = start.__class__(**{**{f: getattr(start, f) for f in start.__dataclass_fields__},
+                               "raw_factor": jnp.zeros_like(start.raw_factor),
+                               "raw_mean": jnp.zeros_like(start.raw_mean)})  # fmt: skip
+    kl_part = np.asarray(start.column_terms(jnp.arange(500))[0])
+    np.testing.assert_allclose(kl_part, 0.0, atol=1e-9)
+    trained = model.fit(jax.random.key(0), X, y, num_steps=100, batch_size=100,
+                        learning_rate=0.01, num_stages=2, progress=False)  # fmt: skip
+    assert trained.model.elbo() > start.elbo() + 100

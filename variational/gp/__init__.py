@@ -28,6 +28,10 @@ from inferax.variational.gp.sgpr import sgpr as sgpr
 from inferax.variational.gp.svgp import SVGP as SVGP
 from inferax.variational.gp.svgp import natural_gradient_step as natural_gradient_step
 from inferax.variational.gp.svgp import svgp as svgp
+from inferax.variational.gp.dklgp import DKLGP as DKLGP
+from inferax.variational.gp.dklgp import dklgp as dklgp
+from inferax.variational.gp.swsgp import SWSGP as SWSGP
+from inferax.variational.gp.swsgp import swsgp as swsgp
 
 __all__ = [
     "RBF",
@@ -35,6 +39,7 @@ __all__ = [
     "AbstractLikelihood",
     "AbstractSparseGP",
     "Bernoulli",
+    "DKLGP",
     "GPFit",
     "Gaussian",
     "Matern12",
@@ -44,9 +49,11 @@ __all__ = [
     "Product",
     "SGPR",
     "SVGP",
+    "SWSGP",
     "StudentT",
     "Sum",
     "bernoulli",
+    "dklgp",
     "gaussian",
     "matern12",
     "matern32",
@@ -57,4 +64,5 @@ __all__ = [
     "sgpr",
     "student_t",
     "svgp",
+    "swsgp",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
 
 JITTER_GROWTH = 10.0
 """Each retry multiplies the jitter by this factor."""
@@ -16,13 +18,15 @@ JITTER_RETRIES = 4
 logger = logging.getLogger("inferax.variational.gp")
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def cholesky_with_jitter(matrix: jax.Array, jitter: float) -> tuple[jax.Array, jax.Array]:
     """The lower Cholesky factor of ``matrix + j I`` with the smallest ``j`` in
     ``jitter * 10^k``, ``k = 0 .. JITTER_RETRIES``, for which it exists.
 
     Branches with ``lax.cond``, so a retry costs a factorisation only when the previous one
-    failed, and it differentiates. Callers check the returned jitter (and the factor's
-    finiteness) on the host to log retries and raise.
+    failed. The derivative is the Cholesky factor's own, ``dL = L Phi(L^-1 dA L^-T)``, at
+    the factor found, so a failed attempt's NaNs never reach a gradient. Callers check the
+    returned jitter (and the result's finiteness) on the host to log retries and raise.
 
     Args:
       matrix: a symmetric ``(n, n)`` matrix.
@@ -42,6 +46,17 @@ def cholesky_with_jitter(matrix: jax.Array, jitter: float) -> tuple[jax.Array, j
         return jax.lax.cond(ok, lambda: (factor, value), lambda: attempt(level + 1))
 
     return attempt(0)
+
+
+@cholesky_with_jitter.defjvp
+def _cholesky_with_jitter_jvp(jitter, primals, tangents):
+    (matrix,), (tangent,) = primals, tangents
+    factor, used = cholesky_with_jitter(matrix, jitter)
+    tangent = 0.5 * (tangent + tangent.T)
+    inner = solve_triangular(factor, tangent, lower=True)
+    inner = solve_triangular(factor, inner.T, lower=True).T
+    phi = jnp.tril(inner) - 0.5 * jnp.diag(jnp.diag(inner))
+    return (factor, used), (factor @ phi, jnp.zeros_like(used))
 
 
 def max_jitter(jitter: float) -> float:

@@ -60,6 +60,10 @@ class AbstractSparseGP(abc.ABC):
 
     # --- shared --------------------------------------------------------------------------
 
+    def latent_from_user(self, X: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``latent`` at inputs in user units, compiled."""
+        return _latent(self, X)
+
     @property
     def fitted(self) -> bool:
         return self.scaling is not None
@@ -140,7 +144,7 @@ class AbstractSparseGP(abc.ABC):
         for a Gaussian likelihood (otherwise the link's scale)."""
         self._check_fitted("predict")
         X, _ = check_inputs(X, dim=self.scaling.x_shift.shape[0])
-        mean, var, used = _latent(self, jnp.asarray(X, jnp.result_type(float)))
+        mean, var, used = self.latent_from_user(jnp.asarray(X, jnp.result_type(float)))
         report_jitter(used, self.jitter, bool(jnp.all(jnp.isfinite(var))), "predict")
         scale = self.scaling.y_scale
         return mean * scale + self.scaling.y_shift, var * scale**2
@@ -149,7 +153,7 @@ class AbstractSparseGP(abc.ABC):
         """The predictive mean and variance of ``y`` at ``X``."""
         self._check_fitted("predict_y")
         X, _ = check_inputs(X, dim=self.scaling.x_shift.shape[0])
-        mean, var, _ = _latent(self, jnp.asarray(X, jnp.result_type(float)))
+        mean, var, _ = self.latent_from_user(jnp.asarray(X, jnp.result_type(float)))
         mean, var = self.likelihood.predict(mean, var)
         if self.likelihood.gaussian:
             scale = self.scaling.y_scale
@@ -162,7 +166,7 @@ class AbstractSparseGP(abc.ABC):
         self._check_fitted("log_predictive_density")
         X, y = check_inputs(X, y, dim=self.scaling.x_shift.shape[0])
         dtype = jnp.result_type(float)
-        mean, var, _ = _latent(self, jnp.asarray(X, dtype))
+        mean, var, _ = self.latent_from_user(jnp.asarray(X, dtype))
         ys = self.scaling.y(jnp.asarray(y, dtype))
         return self.likelihood.predictive_log_prob(ys, mean, var) - jnp.log(
             self.scaling.y_scale

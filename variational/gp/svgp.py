@@ -118,17 +118,43 @@ class SVGP(AbstractSparseGP):
     def elbo_with(self, X, y, num_data, mean, cov=None, scale_tril=None):
         """``(ELBO, jitter)`` on the batch ``(X, y)`` for ``q(u) = N(mean, S)``, with ``S``
         given as ``cov`` or as its Cholesky factor ``scale_tril``."""
+        expected, used = self.expected_log_likelihood(X, y, num_data, mean, cov, scale_tril)
+        return expected - self.kl(mean, scale_tril if scale_tril is not None else cov,
+                                  factored=scale_tril is not None), used  # fmt: skip
+
+    def expected_log_likelihood(self, X, y, num_data, mean, cov=None, scale_tril=None):
+        """``((n / |B|) sum_B E_q log p(y_i | f_i), jitter)``."""
         projection, factor, used = self._projection(X)
         f_mean, spread = _marginals(projection, mean, cov, scale_tril)
         if self.whiten:
             prior_part = jnp.sum(projection**2, axis=0)
-            kl = gaussian_kl_whitened(mean, cov=cov, scale_tril=scale_tril)
         else:
             prior_part = jnp.sum((factor.T @ projection) ** 2, axis=0)
-            kl = gaussian_kl(mean, factor, cov=cov, scale_tril=scale_tril)
         f_var = jnp.maximum(self.kernel.diag(X) - prior_part + spread, 1e-12)
         expected = jnp.sum(self.likelihood.expected_log_prob(y, f_mean, f_var))
-        return (num_data / X.shape[0]) * expected - kl, used
+        return (num_data / X.shape[0]) * expected, used
+
+    def kl(self, mean, covariance, factored=True):
+        """``KL(q(u) || p(u))`` (of ``q(v) || N(0, I)`` when whitened); ``covariance`` is
+        ``S``'s Cholesky factor when ``factored``, else ``S``."""
+        key = "scale_tril" if factored else "cov"
+        if self.whiten:
+            return gaussian_kl_whitened(mean, **{key: covariance})
+        factor, _ = cholesky_with_jitter(
+            self.kernel.matrix(self.inducing, self.inducing), self.jitter
+        )
+        return gaussian_kl(mean, factor, **{key: covariance})
+
+    def prior_precision(self):
+        """The precision of ``p(u)`` (``I`` when whitened)."""
+        size = self.inducing.shape[0]
+        eye = jnp.eye(size, dtype=self.inducing.dtype)
+        if self.whiten:
+            return eye
+        factor, _ = cholesky_with_jitter(
+            self.kernel.matrix(self.inducing, self.inducing), self.jitter
+        )
+        return cho_solve((factor, True), eye)
 
     def elbo_standardized(self, rng_key, X, y, num_data):
         del rng_key
@@ -204,17 +230,20 @@ class SVGPStep:
             cov = scale_tril @ scale_tril.T
 
             def objective(params, mean, cov):
-                params = stop_fixed(params, self.fixed)
-                current = dataclasses.replace(model, **params)
-                cov = 0.5 * (cov + cov.T)
-                return current.elbo_with(X, y, self.num_data, mean, cov=cov)
+                current = dataclasses.replace(model, **stop_fixed(params, self.fixed))
+                expected, used = current.expected_log_likelihood(
+                    X, y, self.num_data, mean, cov=0.5 * (cov + cov.T)
+                )
+                kl = current.kl(jax.lax.stop_gradient(mean), jax.lax.stop_gradient(scale_tril))
+                return expected - kl, used
 
             (elbo, used), grads = jax.value_and_grad(objective, argnums=(0, 1, 2),
                                                      has_aux=True)(params, model.mean, cov)
             hyper_grads, mean_grad, cov_grad = grads
             mean, scale_tril = natural_gradient_step(
-                model.mean, scale_tril, mean_grad, cov_grad, self.natgrad_step_size
-            )
+                model.mean, scale_tril, mean_grad, cov_grad, model.prior_precision(),
+                self.natgrad_step_size,
+            )  # fmt: skip
             variational = {"mean": mean, "scale_tril": scale_tril}
         else:
 
@@ -233,29 +262,41 @@ class SVGPStep:
         return (dataclasses.replace(model, **params), opt_state), -elbo, used
 
 
-def natural_gradient_step(mean, scale_tril, mean_grad, cov_grad, step_size):
-    """One natural-gradient ascent step of a Gaussian ``N(m, S)``, ``S = L L^T``.
+def natural_gradient_step(mean, scale_tril, mean_grad, cov_grad, prior_precision, step_size):
+    """One natural-gradient ascent step of ``q = N(m, S)``, ``S = L L^T``, against
+    ``E_q[log-likelihood] - KL(q || N(0, K))``, with ``prior_precision = K^-1``.
 
-    The natural gradient in the natural parameters ``(S^-1 m, -S^-1 / 2)`` is the ordinary
-    gradient in the expectation parameters ``(m, S + m m^T)``, which is
-    ``(g_m - 2 G m, G)`` for the gradients ``g_m``, ``G`` in ``(m, S)``. With a Gaussian
-    likelihood and the full data, a step of 1 lands on the optimal ``q``.
+    The natural gradient in the natural parameters ``(P m, -P / 2)``, ``P = S^-1``, is the
+    ordinary gradient in the expectation parameters ``(m, S + m m^T)``: ``(g - 2 G m, G)``
+    for the gradients ``g``, ``G`` in ``(m, S)``. ``mean_grad`` and ``cov_grad`` are those of
+    the likelihood term only; the KL's are added in closed form, which makes the step a
+    convex combination, ``P' = (1 - r) P + r (K^-1 - 2 G)`` and
+    ``P' m' = (1 - r) P m + r (g - 2 G m)``: positive definite for log-concave
+    likelihoods. With a Gaussian likelihood and the full data, ``r = 1`` lands on the
+    optimal ``q``.
 
     Returns:
       ``(m, L)`` after the step.
+
+    References:
+      Salimbeni, Eleftheriadis, Hensman, "Natural Gradients in Practice: Non-Conjugate
+      Variational Inference in Gaussian Process Models", 2018.
     """
+    size = mean.shape[0]
+    eye = jnp.eye(size, dtype=mean.dtype)
     cov_grad = 0.5 * (cov_grad + cov_grad.T)
-    precision = cho_solve((scale_tril, True), jnp.eye(mean.shape[0], dtype=mean.dtype))
-    new_precision = precision - 2.0 * step_size * cov_grad
+    inverse_factor = solve_triangular(scale_tril, eye, lower=True)
+    precision = inverse_factor.T @ inverse_factor
+    new_precision = (1.0 - step_size) * precision + step_size * (prior_precision - 2.0 * cov_grad)
     new_precision = 0.5 * (new_precision + new_precision.T)
-    theta = precision @ mean + step_size * (mean_grad - 2.0 * cov_grad @ mean)
-    precision_factor = jnp.linalg.cholesky(new_precision)
-    new_mean = cho_solve((precision_factor, True), theta)
-    # S = P^-1 = L_P^-T L_P^-1; its lower Cholesky factor comes from the reversed-order trick.
-    inverse_factor = solve_triangular(precision_factor, jnp.eye(mean.shape[0], dtype=mean.dtype),
-                                      lower=True)  # fmt: skip
-    new_cov = inverse_factor.T @ inverse_factor
-    new_scale = jnp.linalg.cholesky(0.5 * (new_cov + new_cov.T))
+    theta = (1.0 - step_size) * (precision @ mean) + step_size * (
+        mean_grad - 2.0 * cov_grad @ mean
+    )
+    # S' = P'^-1 without forming it: chol(J P' J) = R gives P' = (J R J)(J R J)^T, so
+    # S' = (J R J)^-T (J R J)^-1 and its lower factor is J R^-T J (J reverses the order).
+    reversed_factor = jnp.linalg.cholesky(new_precision[::-1, ::-1])
+    new_scale = solve_triangular(reversed_factor, eye, lower=True).T[::-1, ::-1]
+    new_mean = new_scale @ (new_scale.T @ theta)
     return new_mean, new_scale
 
 

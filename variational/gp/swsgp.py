@@ -1,0 +1,259 @@
+"""SWSGP: sparse within sparse GPs, where each point reads only its ``H`` nearest inducing
+points, so the number of inducing points ``M`` can grow without an ``M x M`` matrix."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, final
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.scipy.linalg import cho_solve
+
+from inferax.sampling import _check_count
+from inferax.variational.family import pytree_dataclass, static_field
+from inferax.variational.gp.kernels import AbstractKernel, rbf, softplus_inverse
+from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
+from inferax.variational.gp.linalg import cholesky_with_jitter
+from inferax.variational.gp.model import AbstractSparseGP, stop_fixed
+from inferax.variational.gp.svgp import _initial_inducing
+from inferax.variational.gp.training import minibatch
+
+PREDICT_CHUNK = 1024
+"""Test points per chunk of the neighbour search in ``predict``."""
+
+
+def nearest_inducing(kernel, Z, X, num_neighbours):
+    """Indices ``(n, H)`` of the ``H`` inducing points nearest each row of ``X``, in the
+    distance scaled by the kernel's lengthscales (``O(n M D)``)."""
+    scale = jnp.broadcast_to(kernel.lengthscales, X.shape[-1:])[None, :]
+    a, b = X / scale, Z / scale
+    sq = jnp.sum(b**2, axis=-1)[None, :] - 2.0 * a @ b.T
+    return jax.lax.top_k(-sq, num_neighbours)[1]
+
+
+@final
+@pytree_dataclass
+class SWSGP(AbstractSparseGP):
+    """Sparse within sparse GP (Tran, Milios, Michiardi, Filippone 2021).
+
+    ``q(u) = N(m, S)`` over ``M`` inducing values. Point ``i`` uses the GP conditional on
+    its ``H`` nearest inducing points ``a_i`` only: ``f_i | u_a ~ N(k_ia K_aa^-1 u_a,
+    k_ii - k_ia K_aa^-1 k_ai)``, with ``q(u_a) = N(m_a, S_aa)``. The ELBO on a minibatch
+    ``B`` is ``(n/|B|) sum_i E log p(y_i | f_i) - mean_i KL(q(u_a_i) || p(u_a_i))``; with
+    ``H = M`` it is SVGP's (unwhitened) ELBO.
+
+    Covariance parameterisation: ``S = D Kuu D + W W^T``, ``D = diag(softplus(raw_scale))``
+    and ``W (M, R)`` (``R = rank``, default 0). Its marginal ``S_aa = D_a K_aa D_a +
+    W_a W_a^T`` is exact and costs ``O(H^2 (D + R))``: no ``M x M`` factor is stored, and
+    unlike a sub-block ``L[a, a]`` of a global Cholesky factor, ``S_aa`` is the marginal of
+    one global ``q(u)``. ``D Kuu D`` keeps the prior's correlations between close inducing
+    points (a diagonal ``S`` cannot sit below a near-singular ``K_aa``), and the scaling
+    shrinks it where the data inform ``u``.
+    """
+
+    kernel: AbstractKernel
+    likelihood: AbstractLikelihood
+    inducing: Any
+    mean: Any = None
+    raw_scale: Any = None
+    factor: Any = None
+    scaling: Any = None
+    num_inducing: int = static_field(default=0)
+    num_neighbours: int = static_field(default=32)
+    rank: int = static_field(default=0)
+    jitter: float = static_field(default=1e-6)
+    standardize: bool = static_field(default=True)
+
+    def initialize(self, rng_key, X, y):
+        del y
+        if self.mean is not None:
+            raise ValueError("fit: the model is already fitted; build a new one to refit")
+        inducing_key, factor_key = jax.random.split(rng_key)
+        Z = _initial_inducing(inducing_key, self, X)
+        size = Z.shape[0]
+        if self.num_neighbours > size:
+            raise ValueError(
+                f"num_neighbours={self.num_neighbours} exceeds the {size} inducing points"
+            )
+        return dataclasses.replace(
+            self,
+            inducing=Z,
+            mean=jnp.zeros(size, X.dtype),
+            raw_scale=jnp.full(size, softplus_inverse(1.0), X.dtype),
+            factor=1e-3 * jax.random.normal(factor_key, (size, self.rank), X.dtype),
+        )
+
+    def local_terms(self, X, neighbours):
+        """Per point: the latent mean and variance and ``KL(q(u_a) || p(u_a))``, from its
+        neighbour indices ``(n, H)``."""
+
+        def one(x, index):
+            Za = self.inducing[index]
+            size = index.shape[0]
+            eye = jnp.eye(size, dtype=x.dtype)
+            factor, used = cholesky_with_jitter(self.kernel.matrix(Za, Za), self.jitter)
+            Kaa = self.kernel.matrix(Za, Za) + used * eye
+            K_inv = cho_solve((factor, True), eye)
+            kia = self.kernel.matrix(Za, x[None, :])[:, 0]
+            weights = K_inv @ kia
+            scale = jax.nn.softplus(self.raw_scale[index])
+            Wa = self.factor[index]
+            ma = self.mean[index]
+            scaled = scale * weights
+            f_mean = weights @ ma
+            f_var = (
+                self.kernel.diag(x[None, :])[0] - kia @ weights
+                + scaled @ (Kaa @ scaled) + jnp.sum((Wa.T @ weights) ** 2)
+            )  # fmt: skip
+            # KL(N(m_a, D K D + W W^T) || N(0, K)) without factorising S_aa: log|K| cancels,
+            # and the determinant lemma gives log|S_aa| from an R x R matrix.
+            trace = jnp.sum(K_inv * (scale[:, None] * Kaa * scale[None, :]))
+            trace = trace + jnp.sum(Wa * (K_inv @ Wa))
+            log_det_ratio = -2 * jnp.sum(jnp.log(scale))
+            if self.rank:
+                inner = Wa / scale[:, None]
+                capacitance = jnp.eye(self.rank, dtype=x.dtype) + inner.T @ K_inv @ inner
+                log_det_ratio = log_det_ratio - 2 * jnp.sum(
+                    jnp.log(jnp.diag(jnp.linalg.cholesky(capacitance)))
+                )
+            kl = 0.5 * (trace + ma @ K_inv @ ma - size + log_det_ratio)
+            return f_mean, jnp.maximum(f_var, 1e-12), kl, used
+
+        return jax.vmap(one)(X, neighbours)
+
+    def elbo_standardized(self, rng_key, X, y, num_data):
+        del rng_key
+        neighbours = nearest_inducing(self.kernel, self.inducing, X, self.num_neighbours)
+        neighbours = jax.lax.stop_gradient(neighbours)
+        f_mean, f_var, kl, used = self.local_terms(X, neighbours)
+        expected = jnp.sum(self.likelihood.expected_log_prob(y, f_mean, f_var))
+        value = (num_data / X.shape[0]) * expected - jnp.mean(kl)
+        return value, jnp.max(used)
+
+    def latent(self, X):
+        n = X.shape[0]
+        chunks = -(-n // PREDICT_CHUNK)
+        padded = jnp.concatenate(
+            [X, jnp.zeros((chunks * PREDICT_CHUNK - n, X.shape[1]), X.dtype)]
+        ).reshape(chunks, PREDICT_CHUNK, X.shape[1])
+
+        def chunk(rows):
+            neighbours = nearest_inducing(self.kernel, self.inducing, rows,
+                                          self.num_neighbours)  # fmt: skip
+            f_mean, f_var, _, used = self.local_terms(rows, neighbours)
+            return f_mean, f_var, jnp.max(used)
+
+        f_mean, f_var, used = jax.lax.map(chunk, padded)
+        return f_mean.reshape(-1)[:n], f_var.reshape(-1)[:n], jnp.max(used)
+
+    def training_step(self, settings):
+        step = SWSGPStep(
+            num_data=settings.pop("num_data"),
+            batch_size=settings.pop("batch_size"),
+            learning_rate=settings.pop("learning_rate"),
+            fixed=settings.pop("fixed"),
+        )
+        if settings:
+            raise TypeError(f"SWSGP.fit got unexpected setting(s) {sorted(settings)}")
+        params = step.trained(self)
+        return step, (self, step.optimizer.init(params)), lambda state: state[0]
+
+    def covariance(self) -> jax.Array:
+        """The dense ``S`` (``M x M``), for checks on small problems only."""
+        Z = self.inducing
+        K = self.kernel.matrix(Z, Z) + self.jitter * jnp.eye(Z.shape[0], dtype=Z.dtype)
+        scale = jax.nn.softplus(self.raw_scale)
+        return scale[:, None] * K * scale[None, :] + self.factor @ self.factor.T
+
+
+@dataclasses.dataclass(frozen=True)
+class SWSGPStep:
+    """One Adam step on everything, the neighbour sets recomputed for the batch (``Z``
+    moves)."""
+
+    num_data: int
+    batch_size: int | None
+    learning_rate: float
+    fixed: tuple[str, ...]
+
+    @property
+    def optimizer(self):
+        return optax.adam(self.learning_rate)
+
+    def trained(self, model):
+        return {"kernel": model.kernel, "likelihood": model.likelihood,
+                "inducing": model.inducing, "mean": model.mean,
+                "raw_scale": model.raw_scale, "factor": model.factor}  # fmt: skip
+
+    def __call__(self, state, rng_key, data):
+        model, opt_state = state
+        X, y = minibatch(rng_key, data, self.batch_size)
+        params = self.trained(model)
+
+        def loss(params):
+            current = dataclasses.replace(model, **stop_fixed(params, self.fixed))
+            value, used = current.elbo_standardized(None, X, y, self.num_data)
+            return -value, used
+
+        (value, used), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (dataclasses.replace(model, **params), opt_state), value, used
+
+
+def swsgp(
+    inducing,
+    kernel: AbstractKernel | None = None,
+    likelihood: AbstractLikelihood | None = None,
+    *,
+    num_neighbours: int = 32,
+    rank: int = 0,
+    jitter: float = 1e-6,
+    standardize: bool = True,
+) -> SWSGP:
+    """A sparse-within-sparse GP: ``M`` inducing points, ``H = num_neighbours`` per point.
+
+    A step costs ``O(B (M D + H^3))`` for a minibatch of ``B``: the neighbour search, then
+    an ``H x H`` factorisation per point. Trained by Adam on all parameters.
+
+    Args:
+      inducing: inducing inputs ``Z (M, D)`` in the units of ``X``, or an integer ``M``.
+      kernel: default ``rbf()``.
+      likelihood: default ``gaussian()``.
+      num_neighbours: ``H``, the inducing points each data point reads.
+      rank: ``R``, the rank of the ``W W^T`` part of ``S``.
+      jitter: added to each ``K_aa``'s diagonal.
+      standardize: standardise ``X`` (and ``y`` for a Gaussian likelihood) before fitting.
+
+    Returns:
+      An unfitted ``SWSGP``.
+
+    References:
+      Tran, Milios, Michiardi, Filippone, "Sparse within Sparse Gaussian Processes using
+      Neighbor Information", ICML 2021.
+    """
+    _check_count("num_neighbours", num_neighbours, minimum=1)
+    _check_count("rank", rank, minimum=0)
+    kernel = rbf() if kernel is None else kernel
+    likelihood = gaussian() if likelihood is None else likelihood
+    settings = dict(num_neighbours=num_neighbours, rank=rank, jitter=float(jitter),
+                    standardize=standardize)  # fmt: skip
+    if isinstance(inducing, (int, np.integer)) and not isinstance(inducing, bool):
+        if inducing < num_neighbours:
+            raise ValueError(
+                f"inducing: {inducing} inducing points are fewer than num_neighbours="
+                f"{num_neighbours}"
+            )
+        return SWSGP(kernel, likelihood, None, num_inducing=int(inducing), **settings)
+    Z = np.asarray(inducing, dtype=float)
+    if Z.ndim == 1:
+        Z = Z[:, None]
+    if Z.ndim != 2 or not np.all(np.isfinite(Z)):
+        raise ValueError(f"inducing must be a finite (M, D) array or an int, got shape {Z.shape}")
+    return SWSGP(kernel, likelihood, Z, num_inducing=Z.shape[0], **settings)
+
+
+__all__ = ["SWSGP", "SWSGPStep", "nearest_inducing", "swsgp"]
