@@ -8,6 +8,7 @@ from typing import final
 
 import distrax
 import jax
+import jax.numpy as jnp
 
 from inferax.flows.coupling import _check_hidden, alternating_mask, check_coupling_dim
 from inferax.flows.flow import AbstractTransform, Flow, LayerScan, mlp_apply, mlp_init
@@ -18,8 +19,14 @@ from inferax.typing import PRNGKey
 @dataclasses.dataclass(frozen=True)
 class Spline(AbstractTransform):
     """Coupling layers whose elementwise map is a monotone rational-quadratic spline with
-    ``num_bins`` bins on ``[-interval, interval]``, the identity outside it. Zero
-    conditioner outputs give the identity spline, so each layer starts as the identity."""
+    ``num_bins`` bins on ``[-interval, interval]``, the identity outside it, followed by a
+    trainable elementwise affine map ``x = shift + exp(log_scale) * y``. Zero conditioner
+    outputs give the identity spline, and the affine map starts as the identity, so the
+    flow starts as the identity.
+
+    A spline maps ``[-interval, interval]`` onto itself, so without the affine map the
+    flow could never put mass outside that box: on U2, whose first coordinate has sd 4,
+    the gap stayed at 0.17 after 20,000 steps."""
 
     num_layers: int
     hidden: tuple[int, ...]
@@ -30,7 +37,8 @@ class Spline(AbstractTransform):
         check_coupling_dim(dim)
         keys = jax.random.split(rng_key, self.num_layers)
         width = 3 * self.num_bins + 1
-        return jax.vmap(lambda k: mlp_init(k, (dim, *self.hidden, dim * width)))(keys)
+        layers = jax.vmap(lambda k: mlp_init(k, (dim, *self.hidden, dim * width)))(keys)
+        return {"layers": layers, "shift": jnp.zeros(dim), "log_scale": jnp.zeros(dim)}
 
     def bijector(self, params) -> distrax.Bijector:
         width = 3 * self.num_bins + 1
@@ -41,7 +49,7 @@ class Spline(AbstractTransform):
                 boundary_slopes="identity",
             )  # fmt: skip
 
-        dim = params[0][0].shape[1]
+        dim = params["shift"].shape[0]
 
         def layer(mlp, index):
             return distrax.MaskedCoupling(
@@ -50,7 +58,10 @@ class Spline(AbstractTransform):
                 bijector=spline,
             )
 
-        return LayerScan(params, layer)
+        affine = distrax.Block(
+            distrax.ScalarAffine(params["shift"], jnp.exp(params["log_scale"])), 1
+        )
+        return distrax.Chain([affine, LayerScan(params["layers"], layer)])
 
 
 def spline(
@@ -59,14 +70,16 @@ def spline(
 ) -> Flow:  # fmt: skip
     """A neural spline flow: ``num_layers`` coupling layers, each moving half the
     coordinates (alternately) through a rational-quadratic spline of ``num_bins`` bins on
-    ``[-interval, interval]``, whose knots an MLP of the other half sets.
+    ``[-interval, interval]``, whose knots an MLP of the other half sets, then a trainable
+    elementwise affine map that sets each coordinate's scale and location.
 
     Args:
       num_layers: coupling layers.
       hidden: the MLP's hidden widths.
       num_bins: spline bins.
-      interval: the half-width of the spline's range; outside it each layer is the
-        identity, so the range should hold the target's mass in the flow's coordinates.
+      interval: the half-width of the splines' range; outside it each layer is the
+        identity. The final affine map rescales, so the range need only hold the
+        target's mass in standardised coordinates.
       base_scale: the base's standard deviation. The default is 1, not the 2 of the other
         flows: the spline acts only inside ``[-interval, interval]``, and with a base of
         scale 2 too many draws start outside it (U1 at 1,000 steps: a gap of 0.39 with
