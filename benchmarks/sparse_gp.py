@@ -1,0 +1,158 @@
+"""Sparse variational GPs at scale: SVGP, SWSGP and DKLGP against GPJax's SVGP.
+
+Synthetic regression, ``y = sum_d sin(2 x_d + d) / sqrt(D) + 0.2 noise``, ``x ~ U(-3, 3)^D``
+with ``n`` training and 10,000 test points (fixed seeds), ``D`` in 1, 2, 5. For each model
+it prints one line: test RMSE, test NLPD (mean ``-log p(y* | data)`` with its
+``1/2 log 2 pi``, in the units of ``y``), seconds per step (compiles excluded), and the wall
+time to converge (compile plus the steps until the loss's running mean of 50 steps first
+comes within 1% of its final value, plus the fixed costs: ordering, starting solve).
+
+Models (issue 6): SVGP with M = 256 and 1024 (natural gradients 0.1 for q(u), Adam 0.01 for
+the rest); SWSGP with M = 1024 and 4096, H = 32 (Adam 0.01); DKLGP with rho = 1.5 (Adam
+0.01 on batches of 256 columns, two stages); GPJax 1.0's SVGP (``VariationalGaussian``,
+Adam 0.01 on everything, its ``fit``) with M = 256 and 1024, on the same standardised data
+and the same Z. Everything in float64 (GPJax's own default), minibatches of 256.
+
+    python benchmarks/sparse_gp.py [--n 100000] [--steps 2000] [--dims 1,2,5]
+                                   [--models svgp256,svgp1024,...]
+
+The full run (n = 100,000, 2,000 steps) does not fit in 15 minutes on two shared cores;
+``--steps`` and ``--models`` reduce it (docs/sparse-gp.md says what was run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from inferax.variational import gp  # noqa: E402
+
+NUM_TEST = 10_000
+BATCH = 256
+MODELS = ("svgp256", "svgp1024", "gpjax256", "gpjax1024", "swsgp1024", "swsgp4096", "dklgp")
+
+
+def make_data(n, dim, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-3, 3, (n + NUM_TEST, dim))
+    f = np.sum(np.sin(2 * X + np.arange(dim)[None, :]), axis=1) / math.sqrt(dim)
+    y = f + 0.2 * rng.normal(size=n + NUM_TEST)
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+def steps_to_converge(losses):
+    window = 50
+    if losses.size < 2 * window:
+        return losses.size
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    final = smooth[-1]
+    reached = np.nonzero(smooth <= final + 0.01 * abs(final))[0]
+    return int(reached[0]) + window if reached.size else losses.size
+
+
+def run_inferax(name, X, y, Xt, yt, steps, key):
+    dim = X.shape[1]
+    kernel = gp.rbf(np.ones(dim))
+    Z = X[np.random.default_rng(1).choice(X.shape[0], 4096, replace=False)]
+    if name.startswith("svgp"):
+        M = int(name[4:])
+        model, options = gp.svgp(Z[:M], kernel), {"natgrad_step_size": 0.1}
+    elif name.startswith("swsgp"):
+        M = int(name[5:])
+        model, options = gp.swsgp(Z[:M], kernel, num_neighbours=32), {}
+    else:
+        model, options = gp.dklgp(kernel, rho=1.5), {"num_stages": 2}
+    start = time.perf_counter()
+    fit = model.fit(key, X, y, num_steps=steps, batch_size=BATCH, learning_rate=0.01,
+                    progress=False, **options)  # fmt: skip
+    wall = time.perf_counter() - start
+    per_step = fit.timing["optimization"] / steps
+    fixed = wall - fit.timing["optimization"]
+    converge = fixed + per_step * steps_to_converge(fit.losses)
+    mean, _ = fit.model.predict_y(Xt)
+    rmse = float(jnp.sqrt(jnp.mean((mean - yt) ** 2)))
+    nlpd = -float(jnp.mean(fit.model.log_predictive_density(Xt, yt)))
+    return rmse, nlpd, per_step, converge
+
+
+def run_gpjax(M, X, y, Xt, yt, steps, key):
+    import gpjax as gpx
+
+    x_shift, x_scale = X.mean(0), X.std(0)
+    y_shift, y_scale = y.mean(), y.std()
+    Xs, ys = (X - x_shift) / x_scale, (y - y_shift) / y_scale
+    Z = Xs[np.random.default_rng(1).choice(X.shape[0], 4096, replace=False)][:M]
+    data = gpx.Dataset(X=jnp.asarray(Xs), y=jnp.asarray(ys)[:, None])
+    kernel = gpx.kernels.RBF(lengthscale=jnp.ones(X.shape[1]))
+    prior = gpx.gps.Prior(mean_function=gpx.mean_functions.Zero(), kernel=kernel)
+    posterior = prior * gpx.likelihoods.Gaussian(obs_stddev=1.0)
+    family = gpx.variational_families.VariationalGaussian(posterior, inducing_inputs=Z)
+
+    def loss(model, batch):
+        return -gpx.objectives.elbo(model, batch)
+
+    def train(num):
+        start = time.perf_counter()
+        fitted, history = gpx.fit(model=family, objective=loss, train_data=data,
+                                  optim=optax.adam(0.01), key=key, num_iters=num,
+                                  batch_size=BATCH, verbose=False)  # fmt: skip
+        jax.block_until_ready(history)
+        return fitted, np.asarray(history), time.perf_counter() - start
+
+    short = 20
+    _, _, short_wall = train(short)
+    fitted, losses, wall = train(steps)
+    per_step = (wall - short_wall) / (steps - short)
+    converge = (wall - per_step * steps) + per_step * steps_to_converge(losses)
+    latent = fitted.predict(jnp.asarray((Xt - x_shift) / x_scale))  # q(f*), unwrapped inside
+    noise = float(fitted.model.likelihood.obs_stddev.unwrap()) ** 2
+    mean = np.asarray(latent.mean).reshape(-1)
+    var = np.asarray(latent.variance).reshape(-1) + noise
+    yts = (yt - y_shift) / y_scale
+    rmse = float(np.sqrt(np.mean((mean * y_scale + y_shift - yt) ** 2)))
+    log_density = -0.5 * (np.log(2 * np.pi * var) + (yts - mean) ** 2 / var) - np.log(y_scale)
+    return rmse, -float(np.mean(log_density)), per_step, converge
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--dims", default="1,2,5")
+    parser.add_argument("--models", default=",".join(MODELS))
+    args = parser.parse_args()
+    models = args.models.split(",")
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown model(s) {sorted(unknown)}; choose from {MODELS}")
+    print(f"n = {args.n}, {NUM_TEST} test points, {args.steps} steps of batch {BATCH}, float64")
+    total = time.perf_counter()
+    for dim in (int(d) for d in args.dims.split(",")):
+        X, y, Xt, yt = make_data(args.n, dim, seed=dim)
+        for name in models:
+            key = jax.random.key(0)
+            if name.startswith("gpjax"):
+                try:
+                    figures = run_gpjax(int(name[5:]), X, y, Xt, yt, args.steps, key)
+                except ImportError:
+                    print(f"D={dim} {name}: skipped (pip install inferax[bench] for GPJax)")
+                    continue
+            else:
+                figures = run_inferax(name, X, y, Xt, yt, args.steps, key)
+            rmse, nlpd, per_step, converge = figures
+            print(f"D={dim} {name:10s} RMSE {rmse:.4f}  NLPD {nlpd:.4f}  "
+                  f"{per_step * 1e3:.1f} ms/step  converged in {converge:.1f} s", flush=True)
+    print(f"total {time.perf_counter() - total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
