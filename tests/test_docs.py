@@ -22,6 +22,8 @@ MODULES_WITH_EXAMPLES = [
     "inferax.variational.objectives",
     "inferax.flows.planar",
     "inferax.flows.radial",
+    "inferax.variational.gp.kernels",
+    "inferax.variational.gp.likelihoods",
 ]
 
 

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.scipy.linalg import cho_solve, solve_triangular
+import scipy.sparse
+import scipy.sparse.linalg
 from scipy.spatial import cKDTree
 
 from inferax.sampling import _check_count, _check_key
@@ -148,9 +150,6 @@ class DKLGP(AbstractSparseGP):
         diagonal at ``sqrt(U_jj^2 + 1 / sigma^2)``: the starting point the authors get from
         their Laplace initialisation. Adam alone moves ``mu`` slowly, because the prior
         precision along ``U``'s columns is stiff where points are dense."""
-        import scipy.sparse
-        import scipy.sparse.linalg
-
         prior = np.asarray(_prior_columns(self.kernel, self.inputs, self.sets, self.jitter)[0])
         sets = np.asarray(self.sets)
         n = sets.shape[0]
@@ -327,8 +326,8 @@ class DKLGP(AbstractSparseGP):
         means, variances, used = [], [], 0.0
         for start in range(0, X.shape[0], PREDICT_CHUNK):
             rows = slice(start, start + PREDICT_CHUNK)
-            mean, var, jitter = _predict_chunk(self, jnp.asarray(X[rows]),
-                                               jnp.asarray(neighbours[rows], jnp.int32))  # fmt: skip
+            index = jnp.asarray(neighbours[rows], jnp.int32)
+            mean, var, jitter = _predict_chunk(self, jnp.asarray(X[rows]), index)
             means.append(np.asarray(mean))
             variances.append(np.asarray(var))
             used = max(used, float(jitter))

@@ -206,7 +206,7 @@ def rbf(lengthscale=1.0, variance=1.0) -> RBF:
       >>> from inferax.variational import gp
       >>> k = gp.rbf(lengthscale=jnp.array([1.0, 2.0]), variance=2.0)
       >>> round(float(k.matrix(jnp.zeros((1, 2)), jnp.ones((1, 2)))[0, 0]), 4)
-      1.1459
+      1.0705
     """
     return _stationary("rbf", lengthscale, variance)
 

@@ -183,7 +183,7 @@ def gaussian(variance=1.0) -> Gaussian:
       >>> lik = gp.gaussian(0.5)
       >>> round(float(lik.expected_log_prob(jnp.array(1.0), jnp.array(0.0),
       ...                                   jnp.array(0.5))), 4)
-      -1.5724
+      -2.0724
     """
     return Gaussian(softplus_inverse(_positive("variance", variance)))
 
