@@ -76,7 +76,8 @@ def spline(
     Args:
       num_layers: coupling layers.
       hidden: the MLP's hidden widths.
-      num_bins: spline bins.
+      num_bins: spline bins. At 20,000 steps, 16 bins fitted U3's narrow ridges better
+        than 8 (a gap of 0.05 against 0.14) but U4 worse (0.60 against 0.085).
       interval: the half-width of the splines' range; outside it each layer is the
         identity. The final affine map rescales, so the range need only hold the
         target's mass in standardised coordinates.
