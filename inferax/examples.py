@@ -166,6 +166,21 @@ def _mixture(z):
     return jax.scipy.special.logsumexp(log_components) - jnp.log(4.0)
 
 
+_CROSS_MEANS = np.array([[0.0, 2.0], [-2.0, 0.0], [2.0, 0.0], [0.0, -2.0]])
+_CROSS_SCALES = np.array([[0.15, 1.0], [1.0, 0.15], [1.0, 0.15], [0.15, 1.0]])
+
+
+def _cross(z):
+    # An equal mixture of four narrow Gaussians in a cross; log Z = 0.
+    log_components = jnp.sum(
+        jax.scipy.stats.norm.logpdf(
+            z[None, :], jnp.asarray(_CROSS_MEANS), jnp.asarray(_CROSS_SCALES)
+        ),
+        axis=1,
+    )
+    return jax.scipy.special.logsumexp(log_components) - jnp.log(4.0)
+
+
 def _double_well(z):
     # Unnormalised: wells at z1 = +-sqrt(2), barrier 2 high; log Z by quadrature.
     return -0.5 * (z[0] ** 2 - 2.0) ** 2 - 0.5 * z[1] ** 2
@@ -190,6 +205,13 @@ def mixture_2d():
     return Target.from_logdensity(_mixture, jnp.zeros(2))
 
 
+def cross():
+    """The cross of Xu, Chen, Campbell's MixFlows paper: an equal mixture of
+    ``N((0, 2), diag(.15^2, 1))``, ``N((-2, 0), diag(1, .15^2))``,
+    ``N((2, 0), diag(1, .15^2))`` and ``N((0, -2), diag(.15^2, 1))``; log Z = 0."""
+    return Target.from_logdensity(_cross, jnp.zeros(2))
+
+
 def double_well():
     """A 2-D double well, ``log p = -(z1^2 - 2)^2/2 - z2^2/2`` (unnormalised): two modes at
     ``z1 = +-sqrt(2)`` behind a barrier of 2."""
@@ -204,6 +226,7 @@ ENERGY_LOG_Z = {
     "banana": 0.0,
     "funnel": 0.0,
     "mixture_2d": 0.0,
+    "cross": 0.0,
 }
 """log Z of the test energies: U1-U4 by quadrature on [-14, 14]^2, the others normalised."""
 
@@ -215,5 +238,6 @@ ENERGIES = {
     "banana": banana,
     "funnel": funnel,
     "mixture_2d": mixture_2d,
+    "cross": cross,
 }
 """The test energies by name: functions that make each ``Target``."""

@@ -12,6 +12,9 @@ from inferax.variational.gaussian import FullrankGaussian as FullrankGaussian
 from inferax.variational.gaussian import MeanfieldGaussian as MeanfieldGaussian
 from inferax.variational.gaussian import fullrank_gaussian as fullrank_gaussian
 from inferax.variational.gaussian import meanfield_gaussian as meanfield_gaussian
+from inferax.variational.mixflow import MixFlow as MixFlow
+from inferax.variational.mixflow import MixFlowState as MixFlowState
+from inferax.variational.mixflow import mixflow as mixflow
 from inferax.variational.objectives import AbstractObjective as AbstractObjective
 from inferax.variational.objectives import ciwae as ciwae
 from inferax.variational.objectives import elbo as elbo
@@ -36,6 +39,8 @@ __all__ = [
     "Approximation",
     "FullrankGaussian",
     "MeanfieldGaussian",
+    "MixFlow",
+    "MixFlowState",
     "ciwae",
     "elbo",
     "fit",
@@ -45,6 +50,7 @@ __all__ = [
     "log_weights",
     "meanfield_gaussian",
     "miwae",
+    "mixflow",
     "piwae",
     "psis_khat",
     "sde",
