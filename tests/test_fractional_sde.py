@@ -1,14 +1,18 @@
 """Markov-approximate fBM: the speeds, the closed-form optimal weights (checked against the
 variance table of issue 7 in closed form and by Monte Carlo), their derivative in H, the
-stable ``Q(a, x) e^x``, and the exact bridge variance under the approximate prior."""
+stable ``Q(a, x) e^x``, the exact bridge variance under the approximate prior, the exact
+fBM sampler, and a trained variational control that recovers the bridge variance."""
 
 import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import scipy.special
+
+from inferax.variational import sde
 
 fbm = importlib.import_module("inferax.variational.sde.fbm")
 
@@ -96,3 +100,57 @@ def test_bad_input_is_refused():
         fbm.gammas(5, 0.5)
     with pytest.raises(ValueError, match="kind"):
         fbm.omega(0.5, fbm.gammas(5, 20.0), 2.0, kind="III")
+
+
+def test_exact_fbm_has_the_fbm_covariance():
+    times = jnp.linspace(0.1, 2.0, 20)
+    paths = sde.sample_fbm(jax.random.key(1), 0.7, times, 20000)
+    variance = np.asarray(paths.var(axis=0, ddof=1))
+    want = np.asarray(times) ** 1.4
+    se = want * np.sqrt(2.0 / 19999)
+    assert np.all(np.abs(variance - want) < 4 * se)
+    with pytest.raises(ValueError, match="hurst"):
+        sde.sample_fbm(jax.random.key(1), 1.2, times, 2)
+
+
+BRIDGE_TIMES = np.linspace(0.0, 2.0, 101)
+
+
+@pytest.fixture(scope="module")
+def bridge_fits():
+    # X0 = 0, s = 1, b = 0; type I weights fitted on T = 6 (K = 5, gamma_max = 20);
+    # one observation X(2) = 0 with noise sd 0.1; H fixed. One compiled program serves both
+    # H: the Hurst index is a parameter, not part of the structure.
+    with jax.enable_x64(False):
+        fits = {}
+        for hurst in (0.5, 0.7):
+            model = sde.fractional_sde(jax.random.key(0), hurst=hurst, kind="I", horizon=6.0)
+            fitted, trace = model.fit(jax.random.key(1), BRIDGE_TIMES, [100], [0.0], 0.1,
+                                      optimizer=optax.adam(1e-2), num_steps=3000,
+                                      num_paths=64)  # fmt: skip
+            fits[hurst] = (fitted, trace)
+        return fits
+
+
+@pytest.mark.parametrize("hurst", [0.5, 0.7])
+def test_trained_control_gives_the_bridge_variance(bridge_fits, hurst):
+    fitted, trace = bridge_fits[hurst]
+    assert trace[-100:].mean() > trace[:100].mean()
+    paths = fitted.sample_paths(jax.random.key(2), BRIDGE_TIMES, 4000)
+    variance = float(np.var(np.asarray(paths[:, 50]), ddof=1))
+    assert abs(variance / BRIDGE_VARIANCE[hurst] - 1.0) < 0.10, variance
+    assert float(fitted.hurst) == pytest.approx(hurst)  # fixed, not learned
+
+
+def test_sde_bad_input_is_refused():
+    model = sde.fractional_sde(jax.random.key(0), gamma_max=20.0)
+    with pytest.raises(ValueError, match="gamma_max \\* dt"):
+        model.sample_paths(jax.random.key(0), np.linspace(0.0, 2.0, 41), 2)
+    with pytest.raises(ValueError, match="evenly spaced"):
+        model.sample_paths(jax.random.key(0), np.array([0.0, 0.01, 0.015]), 2)
+    with pytest.raises(ValueError, match="observed_index"):
+        model.elbo(jax.random.key(0), BRIDGE_TIMES, [200], [0.0], 0.1)
+    with pytest.raises(ValueError, match="noise_sd"):
+        model.elbo(jax.random.key(0), BRIDGE_TIMES, [100], [0.0], -1.0)
+    with pytest.raises(ValueError, match="hurst"):
+        sde.fractional_sde(jax.random.key(0), hurst=1.0)

@@ -1,0 +1,298 @@
+"""``FractionalSDE``: variational inference for an SDE driven by Markov-approximate fBM.
+
+The prior on ``(X, Y_1..Y_K)`` is
+
+    dX   = b(t, X) dt + s(t, X) sum_k omega_k dY_k,
+    dY_k = -gamma_k Y_k dt + dW,
+
+with one Brownian motion ``W`` shared by every ``Y_k``. The posterior adds a control
+``u(t, X, Y)`` to the drift of ``W`` (so to every ``dY_k``), and by Girsanov
+
+    ELBO = E_q sum_i log p(o_i | X(t_i)) - E_q 1/2 int_0^T u^2 dt
+
+(``X(0)`` is fixed here, so there is no ``KL(q(X0) || p(X0))`` term). The solver is
+Euler-Maruyama in ``lax.scan`` with one shared Brownian increment per step for ``X`` and all
+``Y_k``; the control cost is carried as an extra state component.
+
+References:
+  Daems, Opper, Crevecoeur, Birdal, "Variational Inference for SDEs Driven by Fractional
+  Noise", ICLR 2024.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from inferax.variational.family import pytree_dataclass, static_field
+from inferax.variational.sde import fbm
+
+STABILITY_LIMIT = 0.5
+"""The largest ``gamma_max * dt`` the explicit scheme accepts."""
+
+
+def mlp_init(rng_key, sizes, zero_last: bool) -> list:
+    """Weights of a tanh perceptron, ``[(W, b), ...]``; the last layer zero when asked."""
+    params = []
+    keys = jax.random.split(rng_key, len(sizes) - 1)
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        weight = jax.random.normal(keys[i], (fan_in, fan_out)) / math.sqrt(fan_in)
+        if zero_last and i == len(sizes) - 2:
+            weight = jnp.zeros_like(weight)
+        params.append((weight, jnp.zeros(fan_out)))
+    return params
+
+
+def mlp_apply(params, inputs):
+    for weight, bias in params[:-1]:
+        inputs = jnp.tanh(inputs @ weight + bias)
+    weight, bias = params[-1]
+    return inputs @ weight + bias
+
+
+def zero_drift(params, t, x):
+    """``b = 0``."""
+    del params, t
+    return jnp.zeros_like(x)
+
+
+def unit_diffusion(params, t, x):
+    """``s = 1``."""
+    del params, t
+    return jnp.ones_like(x)
+
+
+@pytree_dataclass
+class FractionalSDE:
+    """A one-dimensional SDE driven by MA-fBM, with a variational control.
+
+    Build it with ``fractional_sde``. ``drift(drift_params, t, x)`` and
+    ``diffusion(diffusion_params, t, x)`` are the prior's ``b`` and ``s``; the control is a
+    tanh perceptron of ``(t, X, sqrt(2 gamma_k) Y_k)`` whose last layer starts at zero, so
+    the posterior starts at the prior. The Hurst index is ``sigmoid(hurst_logit)``; it is
+    learned when ``learn_hurst`` is set.
+    """
+
+    drift_params: Any
+    diffusion_params: Any
+    control_params: Any
+    hurst_logit: jax.Array
+    x0: jax.Array
+    drift: Callable = static_field()
+    diffusion: Callable = static_field()
+    num_processes: int = static_field(default=5)
+    gamma_max: float = static_field(default=20.0)
+    kind: str = static_field(default="I")
+    horizon: float = static_field(default=1.0)
+    learn_hurst: bool = static_field(default=False)
+
+    @property
+    def hurst(self) -> jax.Array:
+        return jax.nn.sigmoid(self.hurst_logit)
+
+    def _hurst_for_training(self):
+        logit = self.hurst_logit if self.learn_hurst else jax.lax.stop_gradient(self.hurst_logit)
+        return jax.nn.sigmoid(logit)
+
+    def _check_grid(self, times) -> np.ndarray:
+        times = np.asarray(times, dtype=float)
+        if times.ndim != 1 or times.size < 2 or times[0] != 0.0:
+            raise ValueError("times must be an increasing 1-D grid that starts at 0")
+        steps = np.diff(times)
+        if np.any(steps <= 0) or not np.allclose(steps, steps[0], rtol=1e-6):
+            raise ValueError("times must be an evenly spaced increasing grid")
+        if self.gamma_max * steps[0] >= STABILITY_LIMIT:
+            raise ValueError(
+                f"gamma_max * dt = {self.gamma_max} * {steps[0]:.4g} = "
+                f"{self.gamma_max * steps[0]:.3g} >= {STABILITY_LIMIT}: the explicit scheme is "
+                "unstable there; use a finer grid or a smaller gamma_max"
+            )
+        return times
+
+    def _solve(self, rng_key, times, controlled: bool):
+        """One path on ``times``: ``X`` at every time, ``Y`` at the end, and the control
+        cost ``1/2 int u^2 dt``."""
+        # Everything in the dtype of the model's parameters, whatever the x64 setting now.
+        dtype = self.x0.dtype
+        times = times.astype(dtype)
+        speeds = fbm.gammas(self.num_processes, self.gamma_max).astype(dtype)
+        hurst = self._hurst_for_training()
+        weights = fbm.omega(hurst, speeds, self.horizon, self.kind)
+        scale = jnp.sqrt(2.0 * speeds)
+        start_key, noise_key = jax.random.split(rng_key)
+        y0 = fbm.initial_state(start_key, speeds, self.kind)
+        dt = times[1] - times[0]
+        noises = jax.random.normal(noise_key, (times.shape[0] - 1,), dtype) * jnp.sqrt(dt)
+
+        def step(carry, xs):
+            x, y, cost = carry
+            t, dw = xs
+            if controlled:
+                features = jnp.concatenate([jnp.stack([t, x]), scale * y])
+                u = mlp_apply(self.control_params, features)[0]
+            else:
+                u = jnp.zeros_like(x)
+            dy = (-speeds * y + u) * dt + dw
+            x = x + self.drift(self.drift_params, t, x) * dt + self.diffusion(
+                self.diffusion_params, t, x) * (weights @ dy)  # fmt: skip
+            return (x, y + dy, cost + 0.5 * u**2 * dt), x
+
+        start = (self.x0, y0, jnp.zeros_like(self.x0))
+        (_, _, cost), path = jax.lax.scan(step, start, (times[:-1], noises))
+        return jnp.concatenate([self.x0[None], path]), cost
+
+    def sample_paths(self, rng_key, times, num_paths: int, posterior: bool = True) -> jax.Array:
+        """``num_paths`` paths of ``X`` on the evenly spaced grid ``times`` (starting at 0),
+        under the posterior (controlled) or the prior; shape ``(num_paths, len(times))``."""
+        times = jnp.asarray(self._check_grid(times))
+        keys = jax.random.split(rng_key, num_paths)
+        return _sample(self, keys, times, posterior)
+
+    def elbo(self, rng_key, times, observed_index, observed_values, noise_sd: float,
+             num_paths: int = 32) -> jax.Array:  # fmt: skip
+        """The ELBO on ``num_paths`` paths: ``E_q sum_i log N(o_i; X(t_i), noise_sd^2) -
+        E_q 1/2 int u^2 dt``; ``observed_index`` indexes ``times``."""
+        times = jnp.asarray(self._check_grid(times))
+        observed_index, observed_values = _check_observations(
+            times, observed_index, observed_values, noise_sd
+        )
+        return _elbo(self, jax.random.split(rng_key, num_paths), times, observed_index,
+                     observed_values, float(noise_sd))  # fmt: skip
+
+    def fit(self, rng_key, times, observed_index, observed_values, noise_sd: float, *,
+            optimizer: optax.GradientTransformation, num_steps: int,
+            num_paths: int = 32) -> tuple[FractionalSDE, np.ndarray]:  # fmt: skip
+        """Maximises the ELBO over the control, the drift and diffusion parameters, and the
+        Hurst index when ``learn_hurst``; returns the fitted SDE and the ELBO trace. Step
+        ``t`` uses ``fold_in(rng_key, t)``; the loop is one compiled ``fori_loop``."""
+        times = jnp.asarray(self._check_grid(times))
+        observed_index, observed_values = _check_observations(
+            times, observed_index, observed_values, noise_sd
+        )
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        state = optimizer.init(self)
+        fitted, _, trace = _fit(self, state, rng_key, times, observed_index, observed_values,
+                                float(noise_sd), jnp.int32(num_steps), optimizer, num_paths,
+                                num_steps)  # fmt: skip
+        return fitted, np.asarray(trace)
+
+
+def _check_observations(times, observed_index, observed_values, noise_sd):
+    index = np.asarray(observed_index)
+    values = np.asarray(observed_values, dtype=float)
+    if index.ndim != 1 or values.shape != index.shape:
+        raise ValueError(
+            f"observed_index and observed_values must be 1-D of one length, got {index.shape} "
+            f"and {values.shape}"
+        )
+    if not np.issubdtype(index.dtype, np.integer) or np.any(index < 0) or np.any(
+            index >= times.shape[0]):  # fmt: skip
+        raise ValueError(f"observed_index must be integers in [0, {times.shape[0]})")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("observed_values must be finite")
+    if not (math.isfinite(noise_sd) and noise_sd > 0):
+        raise ValueError(f"noise_sd must be a finite positive number, got {noise_sd!r}")
+    return jnp.asarray(index), jnp.asarray(values)
+
+
+@jax.jit(static_argnums=3)
+def _sample(sde, keys, times, posterior):
+    return jax.vmap(lambda k: sde._solve(k, times, posterior)[0])(keys)
+
+
+def _elbo_value(sde, keys, times, observed_index, observed_values, noise_sd):
+    paths, costs = jax.vmap(lambda k: sde._solve(k, times, True))(keys)
+    residual = (paths[:, observed_index] - observed_values[None, :]) / noise_sd
+    log_lik = jnp.sum(-0.5 * residual**2 - math.log(noise_sd) - 0.5 * math.log(2 * math.pi),
+                      axis=1)  # fmt: skip
+    return jnp.mean(log_lik - costs)
+
+
+@jax.jit(static_argnums=5)
+def _elbo(sde, keys, times, observed_index, observed_values, noise_sd):
+    return _elbo_value(sde, keys, times, observed_index, observed_values, noise_sd)
+
+
+@jax.jit(static_argnames=("optimizer", "num_paths", "trace_length", "noise_sd"))
+def _fit(sde, state, rng_key, times, observed_index, observed_values, noise_sd, num_steps,
+         optimizer, num_paths, trace_length):  # fmt: skip
+    def loss(sde, key):
+        keys = jax.random.split(key, num_paths)
+        return -_elbo_value(sde, keys, times, observed_index, observed_values, noise_sd)
+
+    def one(i, carry):
+        sde, state, trace = carry
+        value, grads = jax.value_and_grad(loss)(sde, jax.random.fold_in(rng_key, i))
+        updates, state = optimizer.update(grads, state, sde)
+        return optax.apply_updates(sde, updates), state, trace.at[i].set(-value)
+
+    trace = jnp.zeros(trace_length)
+    # A traced trip count: a loop of fixed length would be unrolled by XLA on CPU.
+    return jax.lax.fori_loop(0, num_steps, one, (sde, state, trace))
+
+
+def fractional_sde(
+    rng_key,
+    *,
+    hurst: float = 0.5,
+    learn_hurst: bool = False,
+    num_processes: int = 5,
+    gamma_max: float = 20.0,
+    kind: str = "I",
+    horizon: float = 1.0,
+    x0: float = 0.0,
+    drift: Callable = zero_drift,
+    drift_params: Any = None,
+    diffusion: Callable = unit_diffusion,
+    diffusion_params: Any = None,
+    control_hidden: tuple[int, ...] = (32, 32),
+) -> FractionalSDE:
+    """A ``FractionalSDE`` with a fresh control network.
+
+    Args:
+      rng_key: initialises the control network.
+      hurst: the Hurst index, in (0, 1); the starting value when ``learn_hurst``.
+      learn_hurst: learn ``H = sigmoid(h)`` with the other parameters.
+      num_processes: ``K``, the OU processes of the approximation.
+      gamma_max: the fastest speed; the slowest is ``1/gamma_max``.
+      kind: ``"I"`` (Mandelbrot-van Ness, stationary start) or ``"II"``
+        (Riemann-Liouville, zero start).
+      horizon: ``T`` over which ``omega`` is fitted.
+      x0: the fixed initial value of ``X``.
+      drift, drift_params: ``b(drift_params, t, x)`` and its parameters (a pytree).
+      diffusion, diffusion_params: ``s(diffusion_params, t, x)`` and its parameters.
+      control_hidden: hidden widths of the control's perceptron.
+    """
+    if not (0.0 < hurst < 1.0):
+        raise ValueError(f"hurst must be in (0, 1), got {hurst!r}")
+    if kind not in fbm.KINDS:
+        raise ValueError(f"kind must be 'I' or 'II', got {kind!r}")
+    fbm.gammas(num_processes, gamma_max)  # validates both
+    sizes = (num_processes + 2, *control_hidden, 1)
+    return FractionalSDE(
+        drift_params=drift_params,
+        diffusion_params=diffusion_params,
+        control_params=mlp_init(rng_key, sizes, zero_last=True),
+        hurst_logit=jnp.asarray(math.log(hurst / (1.0 - hurst))),
+        x0=jnp.asarray(float(x0)),
+        drift=drift,
+        diffusion=diffusion,
+        num_processes=num_processes,
+        gamma_max=float(gamma_max),
+        kind=kind,
+        horizon=float(horizon),
+        learn_hurst=bool(learn_hurst),
+    )
+
+
+__all__ = ["FractionalSDE", "fractional_sde", "unit_diffusion", "zero_drift"]
+
+del dataclasses
