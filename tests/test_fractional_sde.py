@@ -136,7 +136,8 @@ def bridge_fits():
 def test_trained_control_gives_the_bridge_variance(bridge_fits, hurst):
     fitted, trace = bridge_fits[hurst]
     assert trace[-100:].mean() > trace[:100].mean()
-    paths = fitted.sample_paths(jax.random.key(2), BRIDGE_TIMES, 4000)
+    paths = fitted.sample_paths(jax.random.key(2), BRIDGE_TIMES, 4000, observed_index=[100],
+                                observed_values=[0.0])
     variance = float(np.var(np.asarray(paths[:, 50]), ddof=1))
     assert abs(variance / BRIDGE_VARIANCE[hurst] - 1.0) < 0.10, variance
     assert float(fitted.hurst) == pytest.approx(hurst)  # fixed, not learned

@@ -75,8 +75,9 @@ class FractionalSDE:
 
     Build it with ``fractional_sde``. ``drift(drift_params, t, x)`` and
     ``diffusion(diffusion_params, t, x)`` are the prior's ``b`` and ``s``; the control is a
-    tanh perceptron of ``(t, X, sqrt(2 gamma_k) Y_k)`` whose last layer starts at zero, so
-    the posterior starts at the prior. The Hurst index is ``sigmoid(hurst_logit)``; it is
+    tanh perceptron of ``(t, X, sqrt(2 gamma_k) Y_k, o_next - X)``, with ``o_next`` the
+    next observation of the series (so each series' posterior is steered by its own data),
+    whose last layer starts at zero, so the posterior starts at the prior. The Hurst index is ``sigmoid(hurst_logit)``; it is
     learned when ``learn_hurst`` is set.
     """
 
@@ -116,9 +117,10 @@ class FractionalSDE:
             )
         return times
 
-    def _solve(self, rng_key, times, controlled: bool):
-        """One path on ``times``: ``X`` at every time, ``Y`` at the end, and the control
-        cost ``1/2 int u^2 dt``."""
+    def _solve(self, rng_key, times, controlled: bool, next_observed=None):
+        """One path on ``times``: ``X`` at every time and the control cost
+        ``1/2 int u^2 dt``; ``next_observed[i]`` is the next observation after
+        ``times[i]``, the control's view of the data (zero when ``None``)."""
         # Everything in the dtype of the model's parameters, whatever the x64 setting now.
         dtype = self.x0.dtype
         times = times.astype(dtype)
@@ -130,12 +132,14 @@ class FractionalSDE:
         y0 = fbm.initial_state(start_key, speeds, self.kind)
         dt = times[1] - times[0]
         noises = jax.random.normal(noise_key, (times.shape[0] - 1,), dtype) * jnp.sqrt(dt)
+        if next_observed is None:
+            next_observed = jnp.zeros(times.shape[0] - 1, dtype)
 
         def step(carry, xs):
             x, y, cost = carry
-            t, dw = xs
+            t, dw, target = xs
             if controlled:
-                features = jnp.concatenate([jnp.stack([t, x]), scale * y])
+                features = jnp.concatenate([jnp.stack([t, x]), scale * y, (target - x)[None]])
                 u = mlp_apply(self.control_params, features)[0]
             else:
                 u = jnp.zeros_like(x)
@@ -145,20 +149,31 @@ class FractionalSDE:
             return (x, y + dy, cost + 0.5 * u**2 * dt), x
 
         start = (self.x0, y0, jnp.zeros_like(self.x0))
-        (_, _, cost), path = jax.lax.scan(step, start, (times[:-1], noises))
+        (_, _, cost), path = jax.lax.scan(
+            step, start, (times[:-1], noises, next_observed.astype(dtype))
+        )
         return jnp.concatenate([self.x0[None], path]), cost
 
-    def sample_paths(self, rng_key, times, num_paths: int, posterior: bool = True) -> jax.Array:
+    def sample_paths(self, rng_key, times, num_paths: int, posterior: bool = True,
+                     observed_index=None, observed_values=None) -> jax.Array:  # fmt: skip
         """``num_paths`` paths of ``X`` on the evenly spaced grid ``times`` (starting at 0),
-        under the posterior (controlled) or the prior; shape ``(num_paths, len(times))``."""
+        under the posterior (controlled, given one series' observations, as in ``fit``)
+        or the prior; shape ``(num_paths, len(times))``."""
         times = jnp.asarray(self._check_grid(times))
         keys = jax.random.split(rng_key, num_paths)
-        return _sample(self, keys, times, posterior)
+        if observed_index is None:
+            context = jnp.zeros(times.shape[0] - 1)
+        else:
+            index, values = _check_observations(times, observed_index, observed_values, 1.0)
+            context = _next_observed(times.shape[0], index, values)
+        return _sample(self, keys, times, context, posterior)
 
     def elbo(self, rng_key, times, observed_index, observed_values, noise_sd: float,
              num_paths: int = 32) -> jax.Array:  # fmt: skip
-        """The ELBO on ``num_paths`` paths: ``E_q sum_i log N(o_i; X(t_i), noise_sd^2) -
-        E_q 1/2 int u^2 dt``; ``observed_index`` indexes ``times``."""
+        """The ELBO on ``num_paths`` paths per series: ``E_q sum_i log N(o_i; X(t_i),
+        noise_sd^2) - E_q 1/2 int u^2 dt``, summed over series; ``observed_index`` indexes
+        ``times``; ``observed_values`` is ``(num_obs,)`` for one series or
+        ``(num_series, num_obs)``."""
         times = jnp.asarray(self._check_grid(times))
         observed_index, observed_values = _check_observations(
             times, observed_index, observed_values, noise_sd
@@ -188,11 +203,13 @@ class FractionalSDE:
 def _check_observations(times, observed_index, observed_values, noise_sd):
     index = np.asarray(observed_index)
     values = np.asarray(observed_values, dtype=float)
-    if index.ndim != 1 or values.shape != index.shape:
+    if index.ndim != 1 or values.ndim not in (1, 2) or values.shape[-1] != index.shape[0]:
         raise ValueError(
-            f"observed_index and observed_values must be 1-D of one length, got {index.shape} "
-            f"and {values.shape}"
+            "observed_index must be 1-D and observed_values (num_obs,) or (num_series, "
+            f"num_obs) with the same num_obs, got {index.shape} and {values.shape}"
         )
+    if index.size and np.any(np.diff(index) <= 0):
+        raise ValueError("observed_index must be increasing")
     if not np.issubdtype(index.dtype, np.integer) or np.any(index < 0) or np.any(
             index >= times.shape[0]):  # fmt: skip
         raise ValueError(f"observed_index must be integers in [0, {times.shape[0]})")
@@ -203,17 +220,33 @@ def _check_observations(times, observed_index, observed_values, noise_sd):
     return jnp.asarray(index), jnp.asarray(values)
 
 
-@jax.jit(static_argnums=3)
-def _sample(sde, keys, times, posterior):
-    return jax.vmap(lambda k: sde._solve(k, times, posterior)[0])(keys)
+def _next_observed(num_times, observed_index, values):
+    """For each step ``i`` (``times[i]`` to ``times[i+1]``), the first observation at or
+    after ``times[i+1]``; the last one past the end."""
+    steps = jnp.arange(1, num_times)
+    position = jnp.searchsorted(observed_index, steps, side="left")
+    return values[jnp.minimum(position, observed_index.shape[0] - 1)]
+
+
+@jax.jit(static_argnums=4)
+def _sample(sde, keys, times, context, posterior):
+    return jax.vmap(lambda k: sde._solve(k, times, posterior, context)[0])(keys)
 
 
 def _elbo_value(sde, keys, times, observed_index, observed_values, noise_sd):
-    paths, costs = jax.vmap(lambda k: sde._solve(k, times, True))(keys)
-    residual = (paths[:, observed_index] - observed_values[None, :]) / noise_sd
-    log_lik = jnp.sum(-0.5 * residual**2 - math.log(noise_sd) - 0.5 * math.log(2 * math.pi),
-                      axis=1)  # fmt: skip
-    return jnp.mean(log_lik - costs)
+    def one_series(values, series_keys):
+        context = _next_observed(times.shape[0], observed_index, values)
+        paths, costs = jax.vmap(lambda k: sde._solve(k, times, True, context))(series_keys)
+        residual = (paths[:, observed_index] - values[None, :]) / noise_sd
+        log_lik = jnp.sum(-0.5 * residual**2 - math.log(noise_sd) - 0.5 * math.log(2 * math.pi),
+                          axis=1)  # fmt: skip
+        return jnp.mean(log_lik - costs)
+
+    values = observed_values if observed_values.ndim == 2 else observed_values[None]
+    num_series = values.shape[0]
+    series_keys = jnp.stack([jax.random.split(jax.random.fold_in(keys[0], i), keys.shape[0])
+                             for i in range(num_series)])  # fmt: skip
+    return jnp.sum(jax.vmap(one_series)(values, series_keys))
 
 
 @jax.jit(static_argnums=5)
@@ -276,7 +309,7 @@ def fractional_sde(
     if kind not in fbm.KINDS:
         raise ValueError(f"kind must be 'I' or 'II', got {kind!r}")
     fbm.gammas(num_processes, gamma_max)  # validates both
-    sizes = (num_processes + 2, *control_hidden, 1)
+    sizes = (num_processes + 3, *control_hidden, 1)
     return FractionalSDE(
         drift_params=drift_params,
         diffusion_params=diffusion_params,
