@@ -16,6 +16,10 @@ and the same Z. Everything in float64 (GPJax's own default), minibatches of 256.
     python benchmarks/sparse_gp.py [--n 100000] [--steps 2000] [--dims 1,2,5]
                                    [--models svgp256,svgp1024,...]
 
+GPJax 1.0 declares ``jax<0.11``, so a plain ``pip install gpjax`` downgrades jax; it runs on
+the jax inferax needs when installed without its pins:
+``pip install --no-deps gpjax==1.0.0 && pip install beartype jaxtyping lineax paramax``.
+
 The full run (n = 100,000, 2,000 steps) does not fit in 15 minutes on two shared cores;
 ``--steps`` and ``--models`` reduce it (docs/sparse-gp.md says what was run).
 """
@@ -144,7 +148,7 @@ def main() -> None:
                 try:
                     figures = run_gpjax(int(name[5:]), X, y, Xt, yt, args.steps, key)
                 except ImportError:
-                    print(f"D={dim} {name}: skipped (pip install inferax[bench] for GPJax)")
+                    print(f"D={dim} {name}: skipped (GPJax not installed: see this script's docstring)")
                     continue
             else:
                 figures = run_inferax(name, X, y, Xt, yt, args.steps, key)
