@@ -148,7 +148,7 @@ def main() -> None:
                 try:
                     figures = run_gpjax(int(name[5:]), X, y, Xt, yt, args.steps, key)
                 except ImportError:
-                    print(f"D={dim} {name}: skipped (GPJax not installed: see this script's docstring)")
+                    print(f"D={dim} {name}: skipped (GPJax not installed; see the docstring)")
                     continue
             else:
                 figures = run_inferax(name, X, y, Xt, yt, args.steps, key)
