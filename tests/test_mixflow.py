@@ -105,7 +105,7 @@ def test_orbit_elbo_is_the_orbit_average_of_log_pi_bar_minus_log_q(flow_1d):
             for _ in range(flow_1d.num_flows - 1):
                 state = mixflow_module.forward_step(grad, state, 0.2, 1)[0]
                 orbit.append(state)
-            stacked = variational.MixFlowState(*(jnp.stack(a) for a in zip(*orbit)))
+            stacked = variational.MixFlowState(*(jnp.stack(a) for a in zip(*orbit, strict=True)))
             log_q = flow_1d.log_prob(stacked)
             log_pi_bar = (jax.vmap(_mixture_1d)(stacked.x)
                           + jax.vmap(mixflow_module.laplace_logpdf)(stacked.rho))  # fmt: skip

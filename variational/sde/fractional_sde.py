@@ -21,7 +21,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -77,8 +76,8 @@ class FractionalSDE:
     ``diffusion(diffusion_params, t, x)`` are the prior's ``b`` and ``s``; the control is a
     tanh perceptron of ``(t, X, sqrt(2 gamma_k) Y_k, o_next - X)``, with ``o_next`` the
     next observation of the series (so each series' posterior is steered by its own data),
-    whose last layer starts at zero, so the posterior starts at the prior. The Hurst index is ``sigmoid(hurst_logit)``; it is
-    learned when ``learn_hurst`` is set.
+    whose last layer starts at zero, so the posterior starts at the prior. The Hurst index
+    is ``sigmoid(hurst_logit)``; it is learned when ``learn_hurst`` is set.
     """
 
     drift_params: Any
@@ -327,5 +326,3 @@ def fractional_sde(
 
 
 __all__ = ["FractionalSDE", "fractional_sde", "unit_diffusion", "zero_drift"]
-
-del dataclasses
