@@ -36,6 +36,15 @@ from inferax.variational.sde import fbm
 STABILITY_LIMIT = 0.5
 """The largest ``gamma_max * dt`` the explicit scheme accepts."""
 
+CONTEXT_WINDOWS = (1.0, 4.0, 16.0)
+"""Lengths, in mean spacings of a series' observations, of the exponential windows through
+which the control sees the observations ahead of it, besides the next one."""
+CONTEXT_SIZE = len(CONTEXT_WINDOWS) + 3
+BRIDGE_OFFSETS = (1.0 / 16.0, 0.25, 1.0)
+"""``c`` in the control's bridge inputs ``(o_next - X) / (tau + c)`` (``tau`` the time to
+the next observation, both in mean spacings): the Doob h-transform drift that steers
+Brownian motion to an observation with noise variance ``c``."""
+
 
 def mlp_init(rng_key, sizes, zero_last: bool) -> list:
     """Weights of a tanh perceptron, ``[(W, b), ...]``; the last layer zero when asked."""
@@ -73,10 +82,14 @@ class FractionalSDE:
     """A one-dimensional SDE driven by MA-fBM, with a variational control.
 
     Build it with ``fractional_sde``. ``drift(drift_params, t, x)`` and
-    ``diffusion(diffusion_params, t, x)`` are the prior's ``b`` and ``s``; the control is a
-    tanh perceptron of ``(t, X, sqrt(2 gamma_k) Y_k, o_next - X)``, with ``o_next`` the
-    next observation of the series (so each series' posterior is steered by its own data),
-    whose last layer starts at zero, so the posterior starts at the prior. The Hurst index
+    ``diffusion(diffusion_params, t, x)`` are the prior's ``b`` and ``s``. The control is a
+    tanh perceptron, whose last layer starts at zero so that the posterior starts at the
+    prior, of ``t``, ``X``, ``sqrt(2 gamma_k) Y_k`` and the series' observations ahead:
+    their exponentially weighted means minus ``X`` over windows of 1, 4 and 16 mean
+    spacings, the time to the next one, and whether there is one. The optimal control of a
+    smoothing problem depends on every observation ahead, not only the next (in a linear
+    model, through exponentially decaying weights), so each series' posterior is steered by
+    its own data. The Hurst index
     is ``sigmoid(hurst_logit)``; it is learned when ``learn_hurst`` is set.
     """
 
@@ -106,40 +119,50 @@ class FractionalSDE:
         if times.ndim != 1 or times.size < 2 or times[0] != 0.0:
             raise ValueError("times must be an increasing 1-D grid that starts at 0")
         steps = np.diff(times)
-        if np.any(steps <= 0) or not np.allclose(steps, steps[0], rtol=1e-6):
-            raise ValueError("times must be an evenly spaced increasing grid")
-        if self.gamma_max * steps[0] >= STABILITY_LIMIT:
+        if np.any(steps <= 0):
+            raise ValueError("times must be an increasing 1-D grid that starts at 0")
+        if self.gamma_max * steps.max() >= STABILITY_LIMIT:
             raise ValueError(
-                f"gamma_max * dt = {self.gamma_max} * {steps[0]:.4g} = "
-                f"{self.gamma_max * steps[0]:.3g} >= {STABILITY_LIMIT}: the explicit scheme is "
-                "unstable there; use a finer grid or a smaller gamma_max"
+                f"gamma_max * dt = {self.gamma_max} * {steps.max():.4g} = "
+                f"{self.gamma_max * steps.max():.3g} >= {STABILITY_LIMIT} (dt the longest "
+                "step of times): the explicit scheme is unstable there; use a finer grid or "
+                "a smaller gamma_max"
             )
         return times
 
-    def _solve(self, rng_key, times, controlled: bool, next_observed=None):
+    def _solve(self, rng_key, times, controlled: bool, context=None, reach=1.0):
         """One path on ``times``: ``X`` at every time and the control cost
-        ``1/2 int u^2 dt``; ``next_observed[i]`` is the next observation after
-        ``times[i]``, the control's view of the data (zero when ``None``)."""
+        ``1/2 int u^2 dt``; ``context[i]`` is the control's view of the observations ahead
+        of ``times[i]`` (``_observation_context``; zeros when ``None``) and ``reach`` the
+        unit of its distances (``_reach``)."""
         # Everything in the dtype of the model's parameters, whatever the x64 setting now.
         dtype = self.x0.dtype
         times = times.astype(dtype)
+        reach = jnp.asarray(reach, dtype)
         speeds = fbm.gammas(self.num_processes, self.gamma_max).astype(dtype)
         hurst = self._hurst_for_training()
         weights = fbm.omega(hurst, speeds, self.horizon, self.kind)
         scale = jnp.sqrt(2.0 * speeds)
         start_key, noise_key = jax.random.split(rng_key)
         y0 = fbm.initial_state(start_key, speeds, self.kind)
-        dt = times[1] - times[0]
-        noises = jax.random.normal(noise_key, (times.shape[0] - 1,), dtype) * jnp.sqrt(dt)
-        if next_observed is None:
-            next_observed = jnp.zeros(times.shape[0] - 1, dtype)
+        steps = jnp.diff(times)
+        noises = jax.random.normal(noise_key, steps.shape, dtype) * jnp.sqrt(steps)
+        if context is None:
+            context = jnp.zeros((times.shape[0] - 1, CONTEXT_SIZE), dtype)
+        num_values = len(CONTEXT_WINDOWS) + 1
+        offsets = jnp.asarray(BRIDGE_OFFSETS, dtype)
 
         def step(carry, xs):
             x, y, cost = carry
-            t, dw, target = xs
+            t, dt, dw, ahead = xs
             if controlled:
-                features = jnp.concatenate([jnp.stack([t, x]), scale * y, (target - x)[None]])
-                u = mlp_apply(self.control_params, features)[0]
+                distances = (ahead[:num_values] - x) / reach
+                to_next, any_ahead = ahead[num_values], ahead[num_values + 1]
+                bridges = any_ahead * distances[0] / (to_next + offsets)
+                features = jnp.concatenate(
+                    [jnp.stack([t, x, to_next, any_ahead]), scale * y, distances, bridges]
+                )
+                u = mlp_apply(self.control_params, features)[0] / reach
             else:
                 u = jnp.zeros_like(x)
             dy = (-speeds * y + u) * dt + dw
@@ -149,23 +172,23 @@ class FractionalSDE:
 
         start = (self.x0, y0, jnp.zeros_like(self.x0))
         (_, _, cost), path = jax.lax.scan(
-            step, start, (times[:-1], noises, next_observed.astype(dtype))
+            step, start, (times[:-1], steps, noises, context.astype(dtype))
         )
         return jnp.concatenate([self.x0[None], path]), cost
 
     def sample_paths(self, rng_key, times, num_paths: int, posterior: bool = True,
                      observed_index=None, observed_values=None) -> jax.Array:  # fmt: skip
-        """``num_paths`` paths of ``X`` on the evenly spaced grid ``times`` (starting at 0),
+        """``num_paths`` paths of ``X`` on the increasing grid ``times`` (starting at 0),
         under the posterior (controlled, given one series' observations, as in ``fit``)
         or the prior; shape ``(num_paths, len(times))``."""
         times = jnp.asarray(self._check_grid(times))
         keys = jax.random.split(rng_key, num_paths)
         if observed_index is None:
-            context = jnp.zeros(times.shape[0] - 1)
+            context, reach = jnp.zeros((times.shape[0] - 1, CONTEXT_SIZE)), 1.0
         else:
             index, values = _check_observations(times, observed_index, observed_values, 1.0)
-            context = _next_observed(times.shape[0], index, values)
-        return _sample(self, keys, times, context, posterior)
+            context, reach = _observation_context(times, index, values), _reach(times, index)
+        return _sample(self, keys, times, context, reach, posterior)
 
     def elbo(self, rng_key, times, observed_index, observed_values, noise_sd: float,
              num_paths: int = 32) -> jax.Array:  # fmt: skip
@@ -207,7 +230,9 @@ def _check_observations(times, observed_index, observed_values, noise_sd):
             "observed_index must be 1-D and observed_values (num_obs,) or (num_series, "
             f"num_obs) with the same num_obs, got {index.shape} and {values.shape}"
         )
-    if index.size and np.any(np.diff(index) <= 0):
+    if index.size == 0:
+        raise ValueError("observed_index must hold at least one observation")
+    if np.any(np.diff(index) <= 0):
         raise ValueError("observed_index must be increasing")
     if not np.issubdtype(index.dtype, np.integer) or np.any(index < 0) or np.any(
             index >= times.shape[0]):  # fmt: skip
@@ -219,23 +244,49 @@ def _check_observations(times, observed_index, observed_values, noise_sd):
     return jnp.asarray(index), jnp.asarray(values)
 
 
-def _next_observed(num_times, observed_index, values):
-    """For each step ``i`` (``times[i]`` to ``times[i+1]``), the first observation at or
-    after ``times[i+1]``; the last one past the end."""
-    steps = jnp.arange(1, num_times)
-    position = jnp.searchsorted(observed_index, steps, side="left")
-    return values[jnp.minimum(position, observed_index.shape[0] - 1)]
+def _reach(times, observed_index):
+    """``sqrt`` of the mean spacing of the observations: how far unit noise carries ``X``
+    from one to the next. The control sees distances in this unit and its output is divided
+    by it, so that the gains it needs (``u`` about ``(o - X) / spacing`` between dense
+    observations) are of order one for Adam, whose steps are bounded by its rate."""
+    return jnp.sqrt((times[observed_index[-1]] - times[0]) / observed_index.shape[0])
 
 
-@jax.jit(static_argnums=4)
-def _sample(sde, keys, times, context, posterior):
-    return jax.vmap(lambda k: sde._solve(k, times, posterior, context)[0])(keys)
+def _observation_context(times, observed_index, values):
+    """For each step ``i`` (``times[i]`` to ``times[i+1]``), the control's view of the
+    observations at or after ``times[i+1]``: the next one, their means weighted by
+    ``exp(-lag / window)`` for each of ``CONTEXT_WINDOWS`` (lags counted from the next one,
+    so the weights never all underflow), the time to the next one in mean spacings, and 1;
+    past the last observation, the last value, 0 and 0. Shape
+    ``(len(times) - 1, CONTEXT_SIZE)``."""
+    spacing = (times[observed_index[-1]] - times[0]) / observed_index.shape[0]
+    ahead = observed_index[None, :] >= jnp.arange(1, times.shape[0])[:, None]
+    lag = jnp.where(ahead, times[observed_index][None, :] - times[:-1, None], jnp.inf)
+    to_next = jnp.min(lag, axis=1, keepdims=True)
+    any_ahead = jnp.isfinite(to_next)
+    from_next = jnp.where(ahead, lag - jnp.where(any_ahead, to_next, 0.0), jnp.inf)
+    means = [jnp.where(any_ahead[:, 0], values[jnp.argmin(lag, axis=1)], values[-1])]
+    for window in CONTEXT_WINDOWS:
+        weights = jnp.exp(-from_next / (window * spacing))
+        mean = (weights @ values) / jnp.maximum(weights.sum(axis=1), 1.0)
+        means.append(jnp.where(any_ahead[:, 0], mean, values[-1]))
+    features = [*means, jnp.where(any_ahead, to_next / spacing, 0.0)[:, 0],
+                any_ahead[:, 0].astype(values.dtype)]  # fmt: skip
+    return jnp.stack(features, axis=1)
+
+
+@jax.jit(static_argnums=5)
+def _sample(sde, keys, times, context, reach, posterior):
+    return jax.vmap(lambda k: sde._solve(k, times, posterior, context, reach)[0])(keys)
 
 
 def _elbo_value(sde, keys, times, observed_index, observed_values, noise_sd):
     def one_series(values, series_keys):
-        context = _next_observed(times.shape[0], observed_index, values)
-        paths, costs = jax.vmap(lambda k: sde._solve(k, times, True, context))(series_keys)
+        context = _observation_context(times, observed_index, values)
+        reach = _reach(times, observed_index)
+        paths, costs = jax.vmap(lambda k: sde._solve(k, times, True, context, reach))(
+            series_keys
+        )
         residual = (paths[:, observed_index] - values[None, :]) / noise_sd
         log_lik = jnp.sum(-0.5 * residual**2 - math.log(noise_sd) - 0.5 * math.log(2 * math.pi),
                           axis=1)  # fmt: skip
@@ -308,7 +359,7 @@ def fractional_sde(
     if kind not in fbm.KINDS:
         raise ValueError(f"kind must be 'I' or 'II', got {kind!r}")
     fbm.gammas(num_processes, gamma_max)  # validates both
-    sizes = (num_processes + 3, *control_hidden, 1)
+    sizes = (num_processes + 2 + CONTEXT_SIZE + len(BRIDGE_OFFSETS), *control_hidden, 1)
     return FractionalSDE(
         drift_params=drift_params,
         diffusion_params=diffusion_params,
