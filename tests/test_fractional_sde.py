@@ -122,7 +122,7 @@ def bridge_fits():
     # one observation X(2) = 0 with noise sd 0.1; H fixed. One compiled program serves both
     # H: the Hurst index is a parameter, not part of the structure.
     # (The optimizer is a static argument of the compiled loop: one object, one program.)
-    optimizer = optax.adam(1e-2)
+    optimizer = optax.adam(optax.cosine_decay_schedule(1e-2, 3000, alpha=0.1))
     with jax.enable_x64(False):
         fits = {}
         for hurst in (0.5, 0.7):
@@ -157,3 +157,40 @@ def test_sde_bad_input_is_refused():
         model.elbo(jax.random.key(0), BRIDGE_TIMES, [100], [0.0], -1.0)
     with pytest.raises(ValueError, match="hurst"):
         sde.fractional_sde(jax.random.key(0), hurst=1.0)
+
+
+def test_variational_initial_state_kl_is_the_gaussian_kl():
+    # q(Y0) = N(C m, C L L^T C^T) against p(Y0) = N(0, C C^T), by the textbook formula.
+    module = importlib.import_module("inferax.variational.sde.fractional_sde")
+    speeds = fbm.gammas(4, 10.0)
+    keys = jax.random.split(jax.random.key(3), 4)
+    params = {
+        "weights": jax.random.normal(keys[0], (2, 4)),
+        "bias": jax.random.normal(keys[1], (4,)),
+        "lower": 0.3 * jax.random.normal(keys[2], (4, 4)),
+        "log_diag": 0.2 * jax.random.normal(keys[3], (4,)),
+    }
+    features = jnp.array([0.5, -1.0])
+    _, kl = module._initial_state(params, speeds, features, jax.random.key(4))
+    prior = np.asarray(fbm.stationary_covariance(speeds))
+    factor = np.linalg.cholesky(prior)
+    lower = np.tril(np.asarray(params["lower"]), -1) + np.diag(np.exp(params["log_diag"]))
+    mean = factor @ (np.asarray(features @ params["weights"] + params["bias"]))
+    cov = factor @ lower @ lower.T @ factor.T
+    precision = np.linalg.inv(prior)
+    want = 0.5 * (np.trace(precision @ cov) + mean @ precision @ mean - 4
+                  + np.linalg.slogdet(prior)[1] - np.linalg.slogdet(cov)[1])  # fmt: skip
+    assert float(kl) == pytest.approx(want, rel=1e-6)
+
+
+def test_variational_fit_takes_observations():
+    from inferax import variational
+
+    model = sde.fractional_sde(jax.random.key(0), hurst=0.6, kind="I", horizon=2.0)
+    data = sde.Observations(BRIDGE_TIMES, [50, 100], [0.3, 0.0], 0.1)
+    fitted = variational.fit(data, model, jax.random.key(1), optimizer=optax.adam(1e-2),
+                             num_steps=5, num_particles=2)  # fmt: skip
+    assert isinstance(fitted, sde.FractionalSDE)
+    with pytest.raises(TypeError, match="sde.Observations"):
+        variational.fit(object(), model, jax.random.key(1), optimizer=optax.adam(1e-2),
+                        num_steps=5)  # fmt: skip

@@ -74,8 +74,8 @@ def fit(
       num_khat_draws: draws for the PSIS k-hat of the fitted approximation.
 
     Returns:
-      An ``Approximation``; for a family with its own ``fit_by_engine`` (a MixFlow), what
-      that returns.
+      An ``Approximation``; for a family with its own ``fit_by_engine`` (a MixFlow, a
+      FractionalSDE, whose target is ``sde.Observations``), what that returns.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, inferax
@@ -92,14 +92,14 @@ def fit(
       Yao, Vehtari, Simpson, Gelman, "Yes, but Did It Work?: Evaluating Variational
       Inference", 2018 (the k-hat).
     """
-    if not isinstance(target, Target):
-        raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
     own_fit = getattr(family, "fit_by_engine", None)
     if own_fit is not None:
-        # A family not trained by steps on its own parameters (a MixFlow, whose only fitted
-        # part is its reference) says what fitting means for it.
+        # A family that says what fitting means for it: a MixFlow, whose only fitted part
+        # is its reference; a FractionalSDE, whose target is observations, not a density.
         return own_fit(target, rng_key, optimizer=optimizer, num_steps=num_steps,
                        num_particles=num_particles, progress=progress)  # fmt: skip
+    if not isinstance(target, Target):
+        raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
     if not isinstance(family, AbstractFamily):
         raise TypeError(f"family must be a variational family, got {type(family).__name__}")
     _check_count("num_steps", num_steps, minimum=1)

@@ -21,6 +21,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -84,18 +85,19 @@ class FractionalSDE:
     Build it with ``fractional_sde``. ``drift(drift_params, t, x)`` and
     ``diffusion(diffusion_params, t, x)`` are the prior's ``b`` and ``s``. The control is a
     tanh perceptron, whose last layer starts at zero so that the posterior starts at the
-    prior, of ``t``, ``X``, ``sqrt(2 gamma_k) Y_k`` and the series' observations ahead:
-    their exponentially weighted means minus ``X`` over windows of 1, 4 and 16 mean
-    spacings, the time to the next one, and whether there is one. The optimal control of a
-    smoothing problem depends on every observation ahead, not only the next (in a linear
-    model, through exponentially decaying weights), so each series' posterior is steered by
-    its own data. The Hurst index
-    is ``sigmoid(hurst_logit)``; it is learned when ``learn_hurst`` is set.
+    prior, of ``t``, ``X``, ``sqrt(2 gamma_k) Y_k`` and what the series' observations ahead
+    say (``_data_features``), so each series' posterior is steered by its own data. For
+    type I, ``Y(0)`` has a Gaussian variational law, ``C (m + L z)`` with ``C`` the
+    Cholesky factor of the stationary covariance, ``m`` linear in the data features at
+    ``t = 0`` and ``L`` lower triangular (``initial_params``; at the start ``m = 0`` and
+    ``L = I``, the prior); its ``KL`` to the prior is part of the ELBO. The Hurst index is
+    ``sigmoid(hurst_logit)``; it is learned when ``learn_hurst`` is set.
     """
 
     drift_params: Any
     diffusion_params: Any
     control_params: Any
+    initial_params: Any
     hurst_logit: jax.Array
     x0: jax.Array
     drift: Callable = static_field()
@@ -132,9 +134,9 @@ class FractionalSDE:
 
     def _solve(self, rng_key, times, controlled: bool, context=None, reach=1.0):
         """One path on ``times``: ``X`` at every time and the control cost
-        ``1/2 int u^2 dt``; ``context[i]`` is the control's view of the observations ahead
-        of ``times[i]`` (``_observation_context``; zeros when ``None``) and ``reach`` the
-        unit of its distances (``_reach``)."""
+        ``1/2 int u^2 dt`` plus ``KL(q(Y0) || p(Y0))``; ``context[i]`` is the control's
+        view of the observations ahead of ``times[i]`` (``_observation_context``; zeros
+        when ``None``) and ``reach`` the unit of its distances (``_reach``)."""
         # Everything in the dtype of the model's parameters, whatever the x64 setting now.
         dtype = self.x0.dtype
         times = times.astype(dtype)
@@ -144,24 +146,23 @@ class FractionalSDE:
         weights = fbm.omega(hurst, speeds, self.horizon, self.kind)
         scale = jnp.sqrt(2.0 * speeds)
         start_key, noise_key = jax.random.split(rng_key)
-        y0 = fbm.initial_state(start_key, speeds, self.kind)
         steps = jnp.diff(times)
         noises = jax.random.normal(noise_key, steps.shape, dtype) * jnp.sqrt(steps)
         if context is None:
             context = jnp.zeros((times.shape[0] - 1, CONTEXT_SIZE), dtype)
-        num_values = len(CONTEXT_WINDOWS) + 1
-        offsets = jnp.asarray(BRIDGE_OFFSETS, dtype)
+        context = context.astype(dtype)
+        if controlled and self.kind == "I":
+            features = _data_features(times[0], self.x0, context[0], reach)
+            y0, start_cost = _initial_state(self.initial_params, speeds, features, start_key)
+        else:
+            y0 = fbm.initial_state(start_key, speeds, self.kind)
+            start_cost = jnp.zeros_like(self.x0)
 
         def step(carry, xs):
             x, y, cost = carry
             t, dt, dw, ahead = xs
             if controlled:
-                distances = (ahead[:num_values] - x) / reach
-                to_next, any_ahead = ahead[num_values], ahead[num_values + 1]
-                bridges = any_ahead * distances[0] / (to_next + offsets)
-                features = jnp.concatenate(
-                    [jnp.stack([t, x, to_next, any_ahead]), scale * y, distances, bridges]
-                )
+                features = jnp.concatenate([_data_features(t, x, ahead, reach), scale * y])
                 u = mlp_apply(self.control_params, features)[0] / reach
             else:
                 u = jnp.zeros_like(x)
@@ -170,10 +171,8 @@ class FractionalSDE:
                 self.diffusion_params, t, x) * (weights @ dy)  # fmt: skip
             return (x, y + dy, cost + 0.5 * u**2 * dt), x
 
-        start = (self.x0, y0, jnp.zeros_like(self.x0))
-        (_, _, cost), path = jax.lax.scan(
-            step, start, (times[:-1], steps, noises, context.astype(dtype))
-        )
+        start = (self.x0, y0, start_cost)
+        (_, _, cost), path = jax.lax.scan(step, start, (times[:-1], steps, noises, context))
         return jnp.concatenate([self.x0[None], path]), cost
 
     def sample_paths(self, rng_key, times, num_paths: int, posterior: bool = True,
@@ -221,6 +220,39 @@ class FractionalSDE:
                                 num_steps)  # fmt: skip
         return fitted, np.asarray(trace)
 
+    def fit_by_engine(self, target: Observations, rng_key, *, optimizer, num_steps: int,
+                      num_particles: int = 32, progress=None) -> FractionalSDE:  # fmt: skip
+        """What ``variational.fit(observations, sde, key, optimizer=..., num_steps=...,
+        num_particles=...)`` does: ``fit`` on those ``Observations``, with
+        ``num_particles`` paths per series; returns the fitted SDE (``fit`` also returns
+        the ELBO trace). ``progress`` is accepted for the engine's signature; the loop is
+        one compiled program, with no bar."""
+        del progress
+        if not isinstance(target, Observations):
+            raise TypeError(
+                "variational.fit with a FractionalSDE takes sde.Observations as its target, "
+                f"got {type(target).__name__}"
+            )
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        fitted, _ = self.fit(rng_key, target.times, target.observed_index,
+                             target.observed_values, target.noise_sd, optimizer=optimizer,
+                             num_steps=num_steps, num_paths=num_particles)  # fmt: skip
+        return fitted
+
+
+@dataclasses.dataclass(frozen=True)
+class Observations:
+    """Noisy observations of one or several series of ``X``, for ``variational.fit``:
+    ``observed_values`` (``(num_obs,)`` or ``(num_series, num_obs)``) at
+    ``times[observed_index]``, with Gaussian noise of sd ``noise_sd``. ``times`` is the
+    solver's grid, increasing from 0."""
+
+    times: Any
+    observed_index: Any
+    observed_values: Any
+    noise_sd: float
+
 
 def _check_observations(times, observed_index, observed_values, noise_sd):
     index = np.asarray(observed_index)
@@ -242,6 +274,34 @@ def _check_observations(times, observed_index, observed_values, noise_sd):
     if not (math.isfinite(noise_sd) and noise_sd > 0):
         raise ValueError(f"noise_sd must be a finite positive number, got {noise_sd!r}")
     return jnp.asarray(index), jnp.asarray(values)
+
+
+def _data_features(t, x, ahead, reach):
+    """What the control (and, at ``t = 0``, ``q(Y0)``) sees besides ``Y``: ``t``, ``X``,
+    the time to the next observation and whether there is one, the next observation and
+    the window means minus ``X`` in units of ``reach``, and the bridge inputs
+    ``(o_next - X) / (tau + c)`` for each ``c`` in ``BRIDGE_OFFSETS``."""
+    num_values = len(CONTEXT_WINDOWS) + 1
+    distances = (ahead[:num_values] - x) / reach
+    to_next, any_ahead = ahead[num_values], ahead[num_values + 1]
+    bridges = any_ahead * distances[0] / (to_next + jnp.asarray(BRIDGE_OFFSETS, x.dtype))
+    return jnp.concatenate([jnp.stack([t, x, to_next, any_ahead]), distances, bridges])
+
+
+DATA_FEATURES = 4 + len(CONTEXT_WINDOWS) + 1 + len(BRIDGE_OFFSETS)
+
+
+def _initial_state(params, speeds, features, rng_key):
+    """``Y(0) = C (m + L z)`` and ``KL(q(Y0) || p(Y0))``, in the whitened coordinates
+    ``C^-1 Y(0)`` where the prior is ``N(0, I)``, so the ill-conditioned stationary
+    covariance is never inverted."""
+    factor = jnp.linalg.cholesky(fbm.stationary_covariance(speeds))
+    mean = features @ params["weights"] + params["bias"]
+    lower = jnp.tril(params["lower"], -1) + jnp.diag(jnp.exp(params["log_diag"]))
+    whitened = mean + lower @ jax.random.normal(rng_key, speeds.shape, speeds.dtype)
+    kl = 0.5 * (jnp.sum(lower**2) + jnp.sum(mean**2) - speeds.shape[0]) - jnp.sum(
+        params["log_diag"])  # fmt: skip
+    return factor @ whitened, kl
 
 
 def _reach(times, observed_index):
@@ -359,11 +419,20 @@ def fractional_sde(
     if kind not in fbm.KINDS:
         raise ValueError(f"kind must be 'I' or 'II', got {kind!r}")
     fbm.gammas(num_processes, gamma_max)  # validates both
-    sizes = (num_processes + 2 + CONTEXT_SIZE + len(BRIDGE_OFFSETS), *control_hidden, 1)
+    sizes = (DATA_FEATURES + num_processes, *control_hidden, 1)
+    initial_params = None
+    if kind == "I":
+        initial_params = {
+            "weights": jnp.zeros((DATA_FEATURES, num_processes)),
+            "bias": jnp.zeros(num_processes),
+            "lower": jnp.zeros((num_processes, num_processes)),
+            "log_diag": jnp.zeros(num_processes),
+        }
     return FractionalSDE(
         drift_params=drift_params,
         diffusion_params=diffusion_params,
         control_params=mlp_init(rng_key, sizes, zero_last=True),
+        initial_params=initial_params,
         hurst_logit=jnp.asarray(math.log(hurst / (1.0 - hurst))),
         x0=jnp.asarray(float(x0)),
         drift=drift,
@@ -376,4 +445,4 @@ def fractional_sde(
     )
 
 
-__all__ = ["FractionalSDE", "fractional_sde", "unit_diffusion", "zero_drift"]
+__all__ = ["FractionalSDE", "Observations", "fractional_sde", "unit_diffusion", "zero_drift"]
