@@ -8,11 +8,13 @@ The prior on ``(X, Y_1..Y_K)`` is
 with one Brownian motion ``W`` shared by every ``Y_k``. The posterior adds a control
 ``u(t, X, Y)`` to the drift of ``W`` (so to every ``dY_k``), and by Girsanov
 
-    ELBO = E_q sum_i log p(o_i | X(t_i)) - E_q 1/2 int_0^T u^2 dt
+    ELBO = E_q sum_i log p(o_i | X(t_i)) - KL(q(Y0) || p(Y0))
+           - E_q 1/2 int_0^T u^2 dt
 
-(``X(0)`` is fixed here, so there is no ``KL(q(X0) || p(X0))`` term). The solver is
-Euler-Maruyama in ``lax.scan`` with one shared Brownian increment per step for ``X`` and all
-``Y_k``; the control cost is carried as an extra state component.
+(``X(0)`` is fixed; ``Y(0)`` is random for type I and zero for type II, which has no KL
+term). The solver is Euler-Maruyama in ``lax.scan`` on any increasing grid, with one
+shared Brownian increment per step for ``X`` and all ``Y_k``; the control cost is carried
+as an extra state component.
 
 References:
   Daems, Opper, Crevecoeur, Birdal, "Variational Inference for SDEs Driven by Fractional
@@ -45,6 +47,8 @@ BRIDGE_OFFSETS = (1.0 / 16.0, 0.25, 1.0)
 """``c`` in the control's bridge inputs ``(o_next - X) / (tau + c)`` (``tau`` the time to
 the next observation, both in mean spacings): the Doob h-transform drift that steers
 Brownian motion to an observation with noise variance ``c``."""
+DATA_FEATURES = 4 + len(CONTEXT_WINDOWS) + 1 + len(BRIDGE_OFFSETS)
+"""The length of ``_data_features``."""
 
 
 def mlp_init(rng_key, sizes, zero_last: bool) -> list:
@@ -288,9 +292,6 @@ def _data_features(t, x, ahead, reach):
     return jnp.concatenate([jnp.stack([t, x, to_next, any_ahead]), distances, bridges])
 
 
-DATA_FEATURES = 4 + len(CONTEXT_WINDOWS) + 1 + len(BRIDGE_OFFSETS)
-
-
 def _initial_state(params, speeds, features, rng_key):
     """``Y(0) = C (m + L z)`` and ``KL(q(Y0) || p(Y0))``, in the whitened coordinates
     ``C^-1 Y(0)`` where the prior is ``N(0, I)``, so the ill-conditioned stationary
@@ -304,12 +305,16 @@ def _initial_state(params, speeds, features, rng_key):
     return factor @ whitened, kl
 
 
+def _mean_spacing(times, observed_index):
+    return (times[observed_index[-1]] - times[0]) / observed_index.shape[0]
+
+
 def _reach(times, observed_index):
     """``sqrt`` of the mean spacing of the observations: how far unit noise carries ``X``
     from one to the next. The control sees distances in this unit and its output is divided
     by it, so that the gains it needs (``u`` about ``(o - X) / spacing`` between dense
     observations) are of order one for Adam, whose steps are bounded by its rate."""
-    return jnp.sqrt((times[observed_index[-1]] - times[0]) / observed_index.shape[0])
+    return jnp.sqrt(_mean_spacing(times, observed_index))
 
 
 def _observation_context(times, observed_index, values):
@@ -319,7 +324,7 @@ def _observation_context(times, observed_index, values):
     so the weights never all underflow), the time to the next one in mean spacings, and 1;
     past the last observation, the last value, 0 and 0. Shape
     ``(len(times) - 1, CONTEXT_SIZE)``."""
-    spacing = (times[observed_index[-1]] - times[0]) / observed_index.shape[0]
+    spacing = _mean_spacing(times, observed_index)
     ahead = observed_index[None, :] >= jnp.arange(1, times.shape[0])[:, None]
     lag = jnp.where(ahead, times[observed_index][None, :] - times[:-1, None], jnp.inf)
     to_next = jnp.min(lag, axis=1, keepdims=True)
