@@ -191,6 +191,10 @@ def test_variational_fit_takes_observations():
     fitted = variational.fit(data, model, jax.random.key(1), optimizer=optax.adam(1e-2),
                              num_steps=5, num_particles=2)  # fmt: skip
     assert isinstance(fitted, sde.FractionalSDE)
+    from_data = fitted.elbo(jax.random.key(2), data, num_paths=4)
+    from_arrays = fitted.elbo(jax.random.key(2), BRIDGE_TIMES, [50, 100], [0.3, 0.0], 0.1,
+                              num_paths=4)  # fmt: skip
+    assert float(from_data) == float(from_arrays)
     with pytest.raises(TypeError, match="sde.Observations"):
         variational.fit(object(), model, jax.random.key(1), optimizer=optax.adam(1e-2),
                         num_steps=5)  # fmt: skip

@@ -193,12 +193,21 @@ class FractionalSDE:
             context, reach = _observation_context(times, index, values), _reach(times, index)
         return _sample(self, keys, times, context, reach, posterior)
 
-    def elbo(self, rng_key, times, observed_index, observed_values, noise_sd: float,
-             num_paths: int = 32) -> jax.Array:  # fmt: skip
+    def elbo(self, rng_key, times, observed_index=None, observed_values=None,
+             noise_sd: float | None = None, num_paths: int = 32) -> jax.Array:  # fmt: skip
         """The ELBO on ``num_paths`` paths per series: ``E_q sum_i log N(o_i; X(t_i),
-        noise_sd^2) - E_q 1/2 int u^2 dt``, summed over series; ``observed_index`` indexes
-        ``times``; ``observed_values`` is ``(num_obs,)`` for one series or
-        ``(num_series, num_obs)``."""
+        noise_sd^2) - KL(q(Y0) || p(Y0)) - E_q 1/2 int u^2 dt``, summed over series;
+        ``observed_index`` indexes ``times``; ``observed_values`` is ``(num_obs,)`` for one
+        series or ``(num_series, num_obs)``. ``elbo(key, observations)`` takes all four
+        from an ``Observations``."""
+        if isinstance(times, Observations):
+            if not (observed_index is None and observed_values is None and noise_sd is None):
+                raise ValueError("elbo: give either an Observations or the four arrays, not both")
+            times, observed_index, observed_values, noise_sd = (
+                times.times, times.observed_index, times.observed_values, times.noise_sd
+            )  # fmt: skip
+        if noise_sd is None:
+            raise ValueError("elbo: noise_sd is required with times and observations")
         times = jnp.asarray(self._check_grid(times))
         observed_index, observed_values = _check_observations(
             times, observed_index, observed_values, noise_sd
