@@ -384,11 +384,20 @@ def conducive_arrays(surrogates: GaussianSurrogates, client_probs) -> dict[str, 
     }
 
 
+SURROGATE_KINDS = ("gaussian", "laplace", "global_laplace", "analytic")
+"""The ways ``fit_surrogates`` fits a client's Gaussian surrogate."""
+
+
 def _client_map(target: Target, fn, rng_key, *args):
     """``fn(shard, size, rng_key, *args)`` for every client, each on the device that holds
     it; the results, stacked along a leading client axis, replicated on every device."""
+    return _client_mapper(target, fn, len(args))(rng_key, *args)
+
+
+def _client_mapper(target: Target, fn, num_args: int):
+    """``_client_map`` as one compiled function of ``(rng_key, *args)``, for calling
+    repeatedly (an iteration whose every step asks all clients)."""
     data: FederatedData = target.data
-    keys = jax.random.key_data(jax.random.split(rng_key, data.num_clients))
 
     def body(shards, sizes, keys, *args):
         out = jax.vmap(lambda s, n, k: fn(s, n, jax.random.wrap_key_data(k), *args))(
@@ -400,12 +409,17 @@ def _client_map(target: Target, fn, rng_key, *args):
     mapped = jax.shard_map(
         body,
         mesh=data.mesh,
-        in_specs=(shard_specs, P(CLIENT_AXIS), P(CLIENT_AXIS), *(P() for _ in args)),
+        in_specs=(shard_specs, P(CLIENT_AXIS), P(CLIENT_AXIS), *(P() for _ in range(num_args))),
         out_specs=P(CLIENT_AXIS),
         check_vma=False,  # the fits start from replicated values and vary per client
     )
-    replicated = NamedSharding(data.mesh, P())
-    return jax.jit(mapped, out_shardings=replicated)(data.shards, data.sizes, keys, *args)
+    compiled = jax.jit(mapped, out_shardings=NamedSharding(data.mesh, P()))
+
+    def call(rng_key, *args):
+        keys = jax.random.key_data(jax.random.split(rng_key, data.num_clients))
+        return compiled(data.shards, data.sizes, keys, *args)
+
+    return call
 
 
 def fit_surrogates(
@@ -428,6 +442,14 @@ def fit_surrogates(
     - ``"laplace"``: the mode of ``p(x)^(1/S) p(data_s | x)`` found with optax's Adam
       (``num_steps`` full-shard steps, default 1000), then ``P_s`` is minus the Hessian of the
       client's log likelihood there and ``P_s mu_s`` matches its gradient there.
+    - ``"global_laplace"``: each client's log likelihood to second order at the mode of the
+      whole posterior, which is found first by damped Newton steps in which every client
+      returns the value, gradient and Hessian of its log likelihood at the server's current
+      position (``num_steps`` at most, default 50): ``P_s`` is minus the client's Hessian
+      there and ``P_s mu_s`` matches its gradient there. Where the posterior concentrates,
+      this is what each client's likelihood looks like, even when that likelihood alone has
+      no mode (a client holding a single class); there the local fits below describe it
+      far from where the chain goes, and FSGLD's local steps inherit their error.
     - ``"gaussian"``: ``num_chains`` local SGLD chains per client on
       ``p(x)^(1/S) p(data_s | x)`` (``num_steps`` steps, default 2000, the first half
       discarded), moment-matched by a Gaussian ``N(m, C)``; the prior's share is divided out
@@ -441,7 +463,7 @@ def fit_surrogates(
     Args:
       target: a federated target.
       rng_key: the key.
-      kind: ``"analytic"``, ``"laplace"`` or ``"gaussian"``.
+      kind: ``"analytic"``, ``"laplace"``, ``"global_laplace"`` or ``"gaussian"``.
       step_size: the local SGLD step (``"gaussian"``); required for it.
       batch_size: the local SGLD minibatch, drawn with replacement; ``None``, the whole shard.
       num_steps: optimiser or SGLD steps.
@@ -457,10 +479,8 @@ def fit_surrogates(
     """
     if not is_federated(target):
         raise TypeError("fit_surrogates: expected a federated target from inferax.federated.split")
-    if kind not in ("analytic", "laplace", "gaussian"):
-        raise ValueError(
-            f"fit_surrogates: kind must be 'analytic', 'laplace' or 'gaussian', got {kind!r}"
-        )
+    if kind not in SURROGATE_KINDS:
+        raise ValueError(f"fit_surrogates: kind must be one of {SURROGATE_KINDS}, got {kind!r}")
     data: FederatedData = target.data
     base = target.log_likelihood.base
     num_clients = data.num_clients
@@ -524,6 +544,20 @@ def fit_surrogates(
             return precision, precision @ mode + grad
 
         precision, eta = map(to_host, _client_map(target, fit, rng_key))
+    elif kind == "global_laplace":
+
+        def expand(shard, size, key, flat):
+            del key
+            return (shard_ll(flat, shard, size), jax.grad(shard_ll)(flat, shard, size),
+                    jax.hessian(shard_ll)(flat, shard, size))  # fmt: skip
+
+        mode = _global_mode(
+            _client_mapper(target, expand, 1), rng_key, flat_init, flat_prior,
+            50 if num_steps is None else int(num_steps),
+        )  # fmt: skip
+        _, grad, hess = map(to_host, _client_map(target, expand, rng_key, mode))
+        precision = -hess.astype(np.float64)
+        eta = np.einsum("sij,j->si", precision, np.asarray(mode, np.float64)) + grad
     else:
         if step_size is None:
             raise ValueError("fit_surrogates: 'gaussian' needs the local SGLD step_size")
@@ -566,6 +600,45 @@ def fit_surrogates(
         precision = np.linalg.inv(covariance) + prior_hess / num_clients
         eta = np.einsum("sij,sj->si", precision, mean) - prior_grad / num_clients
     return _surrogates_from_natural(np.asarray(precision, np.float64), np.asarray(eta, np.float64))
+
+
+def _global_mode(expand, rng_key, start, flat_prior, max_steps: int) -> jax.Array:
+    """The mode of the whole posterior by Newton steps, each damped until the log posterior
+    rises and regularised (``H + lam I``) until ``-H`` is positive definite; only positions
+    go out to the clients, and values, gradients and Hessians of their log likelihoods come
+    back. Stops when a step moves less than ``1e-8 (1 + |x|)``."""
+    prior_terms = jax.jit(lambda x: (flat_prior(x), jax.grad(flat_prior)(x),
+                                     jax.hessian(flat_prior)(x)))  # fmt: skip
+
+    def terms(x):
+        values, grads, hessians = map(to_host, expand(rng_key, x))
+        prior_value, prior_grad, prior_hess = map(to_host, prior_terms(x))
+        return (float(values.sum() + prior_value), grads.sum(0) + prior_grad,
+                hessians.sum(0) + prior_hess)  # fmt: skip
+
+    x = np.asarray(start, np.float64)
+    value, grad, hess = terms(jnp.asarray(x, start.dtype))
+    for _ in range(max_steps):
+        shift = 0.0
+        while True:
+            try:
+                np.linalg.cholesky(-hess + shift * np.eye(x.size))
+                break
+            except np.linalg.LinAlgError:
+                shift = max(2.0 * shift, 1e-6 * max(1.0, float(np.abs(hess).max())))
+        step = np.linalg.solve(-hess + shift * np.eye(x.size), grad)
+        for _ in range(30):
+            candidate = x + step
+            new = terms(jnp.asarray(candidate, start.dtype))
+            if np.isfinite(new[0]) and new[0] >= value - 1e-9 * abs(value):
+                break
+            step = step / 2.0
+        else:
+            break
+        x, (value, grad, hess) = candidate, new
+        if np.linalg.norm(step) < 1e-8 * (1.0 + np.linalg.norm(x)):
+            break
+    return jnp.asarray(x, start.dtype)
 
 
 def _surrogates_from_natural(precision: np.ndarray, eta: np.ndarray) -> GaussianSurrogates:
@@ -752,7 +825,7 @@ class fsgld(AbstractFederatedKernel):  # noqa: N801  (lower case, like blackjax'
 
     def __post_init__(self):
         self._check_config()
-        kinds = ("gaussian", "laplace", "analytic")
+        kinds = SURROGATE_KINDS
         if not (isinstance(self.surrogate, GaussianSurrogates) or self.surrogate in kinds):
             raise ValueError(
                 f"fsgld: surrogate must be one of {kinds} or a GaussianSurrogates, got "

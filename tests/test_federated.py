@@ -230,7 +230,7 @@ def test_surrogate_fits_recover_the_analytic_gaussian_surrogate(toy):
     y, fed = toy
     shard_means = y.reshape(10, 200, 2).mean(1)
     exact_precision = np.broadcast_to(200.0 * np.eye(2), (10, 2, 2))
-    for kind in ("analytic", "laplace"):
+    for kind in ("analytic", "laplace", "global_laplace"):
         fitted = samplers.fit_surrogates(fed, jax.random.key(0), kind)
         np.testing.assert_allclose(fitted.mean, shard_means, atol=1e-3, err_msg=kind)
         np.testing.assert_allclose(fitted.precision, exact_precision, rtol=1e-3, err_msg=kind)
