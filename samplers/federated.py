@@ -790,7 +790,8 @@ class fsgld(AbstractFederatedKernel):  # noqa: N801  (lower case, like blackjax'
       batch_size: points per minibatch, drawn with replacement from one client.
       local_steps: moves per client round, >= 1.
       client_probs: the server's probabilities ``f_s``; ``None`` for uniform.
-      surrogate: ``"gaussian"``, ``"laplace"``, ``"analytic"`` or a ``GaussianSurrogates``.
+      surrogate: ``"gaussian"``, ``"laplace"``, ``"global_laplace"`` (best for non-IID
+        clients), ``"analytic"`` (see ``fit_surrogates``) or a ``GaussianSurrogates``.
       surrogate_seed: the seed of the surrogate fit.
       schedule: an optional optax schedule that multiplies ``step_size``.
 
