@@ -603,39 +603,47 @@ def fit_surrogates(
 
 
 def _global_mode(expand, rng_key, start, flat_prior, max_steps: int) -> jax.Array:
-    """The mode of the whole posterior by Newton steps, each damped until the log posterior
-    rises and regularised (``H + lam I``) until ``-H`` is positive definite; only positions
-    go out to the clients, and values, gradients and Hessians of their log likelihoods come
-    back. Stops when a step moves less than ``1e-8 (1 + |x|)``."""
+    """The mode of the whole posterior by Newton steps, each regularised (``-H + lam I``)
+    until positive definite and halved until the log posterior rises; only positions go
+    out to the clients, and values, gradients and Hessians of their log likelihoods come
+    back. Stops when a step moves less than ``1e-8 (1 + |x|)`` or none rises."""
     prior_terms = jax.jit(lambda x: (flat_prior(x), jax.grad(flat_prior)(x),
                                      jax.hessian(flat_prior)(x)))  # fmt: skip
 
     def terms(x):
         values, grads, hessians = map(to_host, expand(rng_key, x))
         prior_value, prior_grad, prior_hess = map(to_host, prior_terms(x))
-        return (float(values.sum() + prior_value), grads.sum(0) + prior_grad,
-                hessians.sum(0) + prior_hess)  # fmt: skip
+        value = float(values.sum() + prior_value)
+        grad, hess = grads.sum(0) + prior_grad, hessians.sum(0) + prior_hess
+        finite = np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))
+        return value, grad.astype(np.float64), hess.astype(np.float64), finite
 
     x = np.asarray(start, np.float64)
-    value, grad, hess = terms(jnp.asarray(x, start.dtype))
+    value, grad, hess, finite = terms(jnp.asarray(x, start.dtype))
+    if not finite:
+        raise ValueError(
+            "fit_surrogates: the log posterior or its derivatives are not finite at the "
+            "target's init, where 'global_laplace' starts its search for the mode"
+        )
+    eye = np.eye(x.size)
     for _ in range(max_steps):
         shift = 0.0
-        while True:
+        for _ in range(200):  # doubling from 1e-6 of |H|: far past any finite Hessian
             try:
-                np.linalg.cholesky(-hess + shift * np.eye(x.size))
+                np.linalg.cholesky(-hess + shift * eye)
                 break
             except np.linalg.LinAlgError:
                 shift = max(2.0 * shift, 1e-6 * max(1.0, float(np.abs(hess).max())))
-        step = np.linalg.solve(-hess + shift * np.eye(x.size), grad)
+        step = np.linalg.solve(-hess + shift * eye, grad)
         for _ in range(30):
             candidate = x + step
-            new = terms(jnp.asarray(candidate, start.dtype))
-            if np.isfinite(new[0]) and new[0] >= value - 1e-9 * abs(value):
+            new_value, new_grad, new_hess, finite = terms(jnp.asarray(candidate, start.dtype))
+            if finite and new_value >= value - 1e-9 * abs(value):
                 break
             step = step / 2.0
         else:
             break
-        x, (value, grad, hess) = candidate, new
+        x, value, grad, hess = candidate, new_value, new_grad, new_hess
         if np.linalg.norm(step) < 1e-8 * (1.0 + np.linalg.norm(x)):
             break
     return jnp.asarray(x, start.dtype)

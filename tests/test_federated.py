@@ -2,6 +2,7 @@
 et al. (2021), surrogate fits, bad input, and the same draws on 1 device, 4 devices and
 2 processes x 2 devices."""
 
+import dataclasses
 import os
 import pathlib
 import socket
@@ -254,6 +255,10 @@ def test_surrogate_fits_recover_the_analytic_gaussian_surrogate(toy):
     )
     with pytest.raises(ValueError, match="quadratic in the position"):
         samplers.fit_surrogates(inferax.federated.split(heads, 2), jax.random.key(0), "analytic")
+    at_zero = dataclasses.replace(heads, init=jnp.asarray(0.0))  # log 0: no finite start
+    with pytest.raises(ValueError, match="not finite at the target's init"):
+        samplers.fit_surrogates(inferax.federated.split(at_zero, 2), jax.random.key(0),
+                                "global_laplace")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
