@@ -12,6 +12,7 @@ The issue's full length is 20,000 steps (``--steps 20000``); the default is shor
 that the whole run takes minutes of CPU.
 
     python benchmarks/flows.py [--steps N] [--targets u1,u2,...] [--families planar,...]
+                               [--decay] [--no-peer]
 """
 
 from __future__ import annotations
@@ -80,7 +81,11 @@ def main() -> None:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--decay", action="store_true",
+                        help="cosine-decay the rate to a tenth of --lr over the run")  # fmt: skip
     args = parser.parse_args()
+    # optax.adam takes a rate or a schedule alike, so every family and the peer get the same.
+    lr = optax.cosine_decay_schedule(args.lr, args.steps, alpha=0.1) if args.decay else args.lr
     try:
         import flowjax  # noqa: F401
 
@@ -88,7 +93,8 @@ def main() -> None:
     except ImportError:
         peer = False
         print("note: flowjax is not installed (pip install inferax[bench]); no peer lines")
-    print(f"# {args.steps} Adam steps at {args.lr}, {args.draws} draws a step, "
+    rate = f"{args.lr} cosine-decayed to {args.lr / 10:g}" if args.decay else f"{args.lr}"
+    print(f"# {args.steps} Adam steps at {rate}, {args.draws} draws a step, "
           f"ELBO on {ELBO_DRAWS} draws, {jax.default_backend()}")  # fmt: skip
     print(f"{'target':8} {'family':18} {'ELBO':>8} {'gap':>7} {'k-hat':>6} "
           f"{'wall s':>7} {'ms/step':>8}")  # fmt: skip
@@ -97,11 +103,11 @@ def main() -> None:
         target = examples.ENERGIES[target_name]()
         log_z = examples.ENERGY_LOG_Z[target_name]
         runs = [(f"inferax.{f}", lambda f=f, t=target: run_inferax(
-            f, t, FAMILIES[f](), args.steps, args.draws, args.lr, key))
+            f, t, FAMILIES[f](), args.steps, args.draws, lr, key))
             for f in args.families.split(",")]  # fmt: skip
         if peer:
             runs += [(f"flowjax.{k}", lambda k=k, t=target: run_flowjax(
-                k, t, args.steps, args.draws, args.lr, key))
+                k, t, args.steps, args.draws, lr, key))
                 for k in ("coupling", "planar")]  # fmt: skip
         for label, run in runs:
             elbo, khat, wall, per_step = run()
