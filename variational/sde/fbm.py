@@ -144,13 +144,17 @@ def stationary_covariance(speeds: jax.Array) -> jax.Array:
     return 1.0 / (g[:, None] + g[None, :])
 
 
+def stationary_factor(speeds: jax.Array) -> jax.Array:
+    """The lower Cholesky factor of ``stationary_covariance``."""
+    return jnp.linalg.cholesky(stationary_covariance(speeds))
+
+
 def initial_state(rng_key, speeds: jax.Array, kind: str) -> jax.Array:
     """A draw of ``Y(0)``: from the stationary law for type I, zero for type II."""
     _check_kind(kind)
     if kind == "II":
         return jnp.zeros_like(speeds)
-    factor = jnp.linalg.cholesky(stationary_covariance(speeds))
-    return factor @ jax.random.normal(rng_key, speeds.shape, speeds.dtype)
+    return stationary_factor(speeds) @ jax.random.normal(rng_key, speeds.shape, speeds.dtype)
 
 
 def ou_transition(speeds: jax.Array, dt: float):
@@ -202,5 +206,6 @@ __all__ = [
     "ou_transition",
     "sample_paths",
     "stationary_covariance",
+    "stationary_factor",
     "upper_gamma_times_exp",
 ]

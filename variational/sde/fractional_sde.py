@@ -47,8 +47,8 @@ BRIDGE_OFFSETS = (1.0 / 16.0, 0.25, 1.0)
 """``c`` in the control's bridge inputs ``(o_next - X) / (tau + c)`` (``tau`` the time to
 the next observation, both in mean spacings): the Doob h-transform drift that steers
 Brownian motion to an observation with noise variance ``c``."""
-DATA_FEATURES = 4 + len(CONTEXT_WINDOWS) + 1 + len(BRIDGE_OFFSETS)
-"""The length of ``_data_features``."""
+DATA_FEATURES = 2 + CONTEXT_SIZE + len(BRIDGE_OFFSETS)
+"""The length of ``_data_features``: ``t``, ``X``, the context's entries, the bridges."""
 
 
 def mlp_init(rng_key, sizes, zero_last: bool) -> list:
@@ -305,7 +305,7 @@ def _initial_state(params, speeds, features, rng_key):
     """``Y(0) = C (m + L z)`` and ``KL(q(Y0) || p(Y0))``, in the whitened coordinates
     ``C^-1 Y(0)`` where the prior is ``N(0, I)``, so the ill-conditioned stationary
     covariance is never inverted."""
-    factor = jnp.linalg.cholesky(fbm.stationary_covariance(speeds))
+    factor = fbm.stationary_factor(speeds)
     mean = features @ params["weights"] + params["bias"]
     lower = jnp.tril(params["lower"], -1) + jnp.diag(jnp.exp(params["log_diag"]))
     whitened = mean + lower @ jax.random.normal(rng_key, speeds.shape, speeds.dtype)
@@ -354,36 +354,47 @@ def _sample(sde, keys, times, context, reach, posterior):
     return jax.vmap(lambda k: sde._solve(k, times, posterior, context, reach)[0])(keys)
 
 
-def _elbo_value(sde, keys, times, observed_index, observed_values, noise_sd):
-    def one_series(values, series_keys):
-        context = _observation_context(times, observed_index, values)
-        reach = _reach(times, observed_index)
+def _series_context(times, observed_index, observed_values):
+    """``(values, contexts, reach)`` for the ELBO: the observations as ``(num_series,
+    num_obs)``, each series' ``_observation_context`` and the common ``_reach``. They
+    depend on the data alone, so a fit computes them once, outside its loop."""
+    values = observed_values if observed_values.ndim == 2 else observed_values[None]
+    contexts = jax.vmap(lambda v: _observation_context(times, observed_index, v))(values)
+    return values, contexts, _reach(times, observed_index)
+
+
+def _elbo_value(sde, keys, times, observed_index, series_context, noise_sd):
+    values, contexts, reach = series_context
+
+    def one_series(series_values, context, series_keys):
         paths, costs = jax.vmap(lambda k: sde._solve(k, times, True, context, reach))(
             series_keys
         )
-        residual = (paths[:, observed_index] - values[None, :]) / noise_sd
+        residual = (paths[:, observed_index] - series_values[None, :]) / noise_sd
         log_lik = jnp.sum(-0.5 * residual**2 - math.log(noise_sd) - 0.5 * math.log(2 * math.pi),
                           axis=1)  # fmt: skip
         return jnp.mean(log_lik - costs)
 
-    values = observed_values if observed_values.ndim == 2 else observed_values[None]
     num_series = values.shape[0]
     series_keys = jnp.stack([jax.random.split(jax.random.fold_in(keys[0], i), keys.shape[0])
                              for i in range(num_series)])  # fmt: skip
-    return jnp.sum(jax.vmap(one_series)(values, series_keys))
+    return jnp.sum(jax.vmap(one_series)(values, contexts, series_keys))
 
 
 @jax.jit(static_argnums=5)
 def _elbo(sde, keys, times, observed_index, observed_values, noise_sd):
-    return _elbo_value(sde, keys, times, observed_index, observed_values, noise_sd)
+    series_context = _series_context(times, observed_index, observed_values)
+    return _elbo_value(sde, keys, times, observed_index, series_context, noise_sd)
 
 
 @jax.jit(static_argnames=("optimizer", "num_paths", "trace_length", "noise_sd"))
 def _fit(sde, state, rng_key, times, observed_index, observed_values, noise_sd, num_steps,
          optimizer, num_paths, trace_length):  # fmt: skip
+    series_context = _series_context(times, observed_index, observed_values)
+
     def loss(sde, key):
         keys = jax.random.split(key, num_paths)
-        return -_elbo_value(sde, keys, times, observed_index, observed_values, noise_sd)
+        return -_elbo_value(sde, keys, times, observed_index, series_context, noise_sd)
 
     def one(i, carry):
         sde, state, trace = carry
