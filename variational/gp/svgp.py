@@ -105,15 +105,9 @@ class SVGP(AbstractSparseGP):
         return projection, factor, used
 
     def latent(self, X):
-        projection, factor, used = self._projection(X)
-        scale_tril = jnp.tril(self.scale_tril)
-        mean, spread = _marginals(projection, self.mean, None, scale_tril)
-        if self.whiten:
-            prior_part = jnp.sum(projection**2, axis=0)
-        else:
-            prior_part = jnp.sum((factor.T @ projection) ** 2, axis=0)
-        var = self.kernel.diag(X) - prior_part + spread
-        return mean, jnp.maximum(var, 1e-12), used
+        mean, var, _, used = self.batch_marginals(X, self.mean,
+                                                  scale_tril=jnp.tril(self.scale_tril))  # fmt: skip
+        return mean, var, used
 
     def elbo_with(self, X, y, num_data, mean, cov=None, scale_tril=None):
         """``(ELBO, jitter)`` on the batch ``(X, y)`` for ``q(u) = N(mean, S)``, with ``S``
@@ -124,6 +118,13 @@ class SVGP(AbstractSparseGP):
 
     def expected_log_likelihood(self, X, y, num_data, mean, cov=None, scale_tril=None):
         """``((n / |B|) sum_B E_q log p(y_i | f_i), jitter)``."""
+        f_mean, f_var, _, used = self.batch_marginals(X, mean, cov, scale_tril)
+        expected = jnp.sum(self.likelihood.expected_log_prob(y, f_mean, f_var))
+        return (num_data / X.shape[0]) * expected, used
+
+    def batch_marginals(self, X, mean, cov=None, scale_tril=None):
+        """``(mean, var, projection, jitter)`` of ``q(f)`` at standardised ``X``, with the
+        ``(M, |B|)`` projection through which ``f``'s marginals read ``q(u)``."""
         projection, factor, used = self._projection(X)
         f_mean, spread = _marginals(projection, mean, cov, scale_tril)
         if self.whiten:
@@ -131,8 +132,7 @@ class SVGP(AbstractSparseGP):
         else:
             prior_part = jnp.sum((factor.T @ projection) ** 2, axis=0)
         f_var = jnp.maximum(self.kernel.diag(X) - prior_part + spread, 1e-12)
-        expected = jnp.sum(self.likelihood.expected_log_prob(y, f_mean, f_var))
-        return (num_data / X.shape[0]) * expected, used
+        return f_mean, f_var, projection, used
 
     def kl(self, mean, covariance, factored=True):
         """``KL(q(u) || p(u))`` (of ``q(v) || N(0, I)`` when whitened); ``covariance`` is
@@ -175,8 +175,14 @@ class SVGP(AbstractSparseGP):
             raise ValueError(
                 f"natgrad_step_size must be in (0, 1], got {step.natgrad_step_size}"
             )
-        params = step.trained(self)
-        return step, (self, step.optimizer.init(params)), lambda state: state[0]
+        precision = None
+        if step.natural_gradient:
+            inverse_factor = solve_triangular(jnp.tril(self.scale_tril),
+                                              jnp.eye(self.mean.shape[0], dtype=self.mean.dtype),
+                                              lower=True)  # fmt: skip
+            precision = inverse_factor.T @ inverse_factor
+        state = (self, step.optimizer.init(step.trained(self)), precision)
+        return step, state, lambda state: state[0]
 
 
 def _initial_inducing(rng_key, model, X):
@@ -221,27 +227,36 @@ class SVGPStep:
         return parts
 
     def __call__(self, state, rng_key, data):
-        model, opt_state = state
+        model, opt_state, precision = state
         X, y = minibatch(rng_key, data, self.batch_size)
         params = self.trained(model)
 
         if self.natural_gradient:
             scale_tril = jnp.tril(model.scale_tril)
-            cov = scale_tril @ scale_tril.T
+            zeros = jnp.zeros(X.shape[0], X.dtype)
 
-            def objective(params, mean, cov):
+            # The likelihood term reads q(u) only through the batch's marginals, so its
+            # gradients in (m, S) are g = A dm and G = A diag(dv) A^T for its gradients
+            # (dm, dv) in the marginals' means and variances: O(|B| M^2), not the O(M^3)
+            # of differentiating through S = L L^T.
+            def objective(params, mean_shift, var_shift):
                 current = dataclasses.replace(model, **stop_fixed(params, self.fixed))
-                expected, used = current.expected_log_likelihood(
-                    X, y, self.num_data, mean, cov=0.5 * (cov + cov.T)
+                f_mean, f_var, projection, used = current.batch_marginals(
+                    X, model.mean, scale_tril=scale_tril
                 )
-                kl = current.kl(jax.lax.stop_gradient(mean), jax.lax.stop_gradient(scale_tril))
-                return expected - kl, used
+                expected = jnp.sum(current.likelihood.expected_log_prob(
+                    y, f_mean + mean_shift, f_var + var_shift))  # fmt: skip
+                elbo = (self.num_data / X.shape[0]) * expected - current.kl(model.mean,
+                                                                            scale_tril)  # fmt: skip
+                return elbo, (used, jax.lax.stop_gradient(projection))
 
-            (elbo, used), grads = jax.value_and_grad(objective, argnums=(0, 1, 2),
-                                                     has_aux=True)(params, model.mean, cov)
-            hyper_grads, mean_grad, cov_grad = grads
-            mean, scale_tril = natural_gradient_step(
-                model.mean, scale_tril, mean_grad, cov_grad, model.prior_precision(),
+            (elbo, (used, projection)), grads = jax.value_and_grad(
+                objective, argnums=(0, 1, 2), has_aux=True
+            )(params, zeros, zeros)
+            hyper_grads, mean_shift_grad, var_shift_grad = grads
+            mean, scale_tril, precision = natural_gradient_step(
+                model.mean, precision, projection @ mean_shift_grad,
+                (projection * var_shift_grad[None, :]) @ projection.T, model.prior_precision(),
                 self.natgrad_step_size,
             )  # fmt: skip
             variational = {"mean": mean, "scale_tril": scale_tril}
@@ -259,34 +274,31 @@ class SVGPStep:
         updates, opt_state = self.optimizer.update(neg, opt_state, params)
         params = optax.apply_updates(params, updates)
         params.update(variational)
-        return (dataclasses.replace(model, **params), opt_state), -elbo, used
+        return (dataclasses.replace(model, **params), opt_state, precision), -elbo, used
 
 
-def natural_gradient_step(mean, scale_tril, mean_grad, cov_grad, prior_precision, step_size):
-    """One natural-gradient ascent step of ``q = N(m, S)``, ``S = L L^T``, against
+def natural_gradient_step(mean, precision, mean_grad, cov_grad, prior_precision, step_size):
+    """One natural-gradient ascent step of ``q = N(m, S)``, ``S = P^-1``, against
     ``E_q[log-likelihood] - KL(q || N(0, K))``, with ``prior_precision = K^-1``.
 
-    The natural gradient in the natural parameters ``(P m, -P / 2)``, ``P = S^-1``, is the
-    ordinary gradient in the expectation parameters ``(m, S + m m^T)``: ``(g - 2 G m, G)``
-    for the gradients ``g``, ``G`` in ``(m, S)``. ``mean_grad`` and ``cov_grad`` are those of
-    the likelihood term only; the KL's are added in closed form, which makes the step a
-    convex combination, ``P' = (1 - r) P + r (K^-1 - 2 G)`` and
+    The natural gradient in the natural parameters ``(P m, -P / 2)`` is the ordinary
+    gradient in the expectation parameters ``(m, S + m m^T)``: ``(g - 2 G m, G)`` for the
+    gradients ``g``, ``G`` in ``(m, S)``. ``mean_grad`` and ``cov_grad`` are those of the
+    likelihood term only; the KL's are added in closed form, which makes the step a convex
+    combination, ``P' = (1 - r) P + r (K^-1 - 2 G)`` and
     ``P' m' = (1 - r) P m + r (g - 2 G m)``: positive definite for log-concave
     likelihoods. With a Gaussian likelihood and the full data, ``r = 1`` lands on the
     optimal ``q``.
 
     Returns:
-      ``(m, L)`` after the step.
+      ``(m', L', P')`` after the step, with ``S' = L' L'^T`` and ``L'`` lower triangular.
 
     References:
       Salimbeni, Eleftheriadis, Hensman, "Natural Gradients in Practice: Non-Conjugate
       Variational Inference in Gaussian Process Models", 2018.
     """
-    size = mean.shape[0]
-    eye = jnp.eye(size, dtype=mean.dtype)
+    eye = jnp.eye(mean.shape[0], dtype=mean.dtype)
     cov_grad = 0.5 * (cov_grad + cov_grad.T)
-    inverse_factor = solve_triangular(scale_tril, eye, lower=True)
-    precision = inverse_factor.T @ inverse_factor
     new_precision = (1.0 - step_size) * precision + step_size * (prior_precision - 2.0 * cov_grad)
     new_precision = 0.5 * (new_precision + new_precision.T)
     theta = (1.0 - step_size) * (precision @ mean) + step_size * (
@@ -297,7 +309,7 @@ def natural_gradient_step(mean, scale_tril, mean_grad, cov_grad, prior_precision
     reversed_factor = jnp.linalg.cholesky(new_precision[::-1, ::-1])
     new_scale = solve_triangular(reversed_factor, eye, lower=True).T[::-1, ::-1]
     new_mean = new_scale @ (new_scale.T @ theta)
-    return new_mean, new_scale
+    return new_mean, new_scale, new_precision
 
 
 def svgp(
