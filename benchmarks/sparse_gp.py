@@ -63,7 +63,7 @@ def steps_to_converge(losses):
     return int(reached[0]) + window if reached.size else losses.size
 
 
-def run_inferax(name, X, y, Xt, yt, steps, key):
+def run_inferax(name, X, y, Xt, yt, steps, key, learning_rate=0.01):
     dim = X.shape[1]
     kernel = gp.rbf(np.ones(dim))
     Z = X[np.random.default_rng(1).choice(X.shape[0], 4096, replace=False)]
@@ -76,7 +76,7 @@ def run_inferax(name, X, y, Xt, yt, steps, key):
     else:
         model, options = gp.dklgp(kernel, rho=1.5), {"num_stages": 2}
     start = time.perf_counter()
-    fit = model.fit(key, X, y, num_steps=steps, batch_size=BATCH, learning_rate=0.01,
+    fit = model.fit(key, X, y, num_steps=steps, batch_size=BATCH, learning_rate=learning_rate,
                     progress=False, **options)  # fmt: skip
     wall = time.perf_counter() - start
     per_step = fit.timing["optimization"] / steps

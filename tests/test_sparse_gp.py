@@ -10,14 +10,21 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import integrate, stats
 
+from inferax import Target, variational
 from inferax.variational import gp
 from inferax.variational.gp.linalg import cholesky_with_jitter, report_jitter
+from inferax.variational.gp.swsgp import nearest_inducing
 from inferax.variational.gp.training import Scaling
 
 FROZEN = ("inducing", "kernel", "likelihood")
+
+
+def examples_target():
+    return Target.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
 
 
 @pytest.fixture(autouse=True)
@@ -188,6 +195,29 @@ def test_sgpr_learns_the_noise_and_minibatch_natural_gradients_reach_its_q(issue
     np.testing.assert_allclose(svgp.predict(Xs[:20])[0], sgpr_mean, atol=0.05)
 
 
+def test_variational_fit_trains_a_sparse_gp_on_a_dataset(issue_problem):
+    X, y, Z, *_ = issue_problem
+    optimizer = optax.adam(optax.cosine_decay_schedule(0.05, 30, alpha=0.1))
+    model = gp.svgp(Z)
+    direct = model.fit(jax.random.key(0), X, y, num_steps=30, batch_size=50,
+                       optimizer=optimizer, progress=False)  # fmt: skip
+    engine = variational.fit(gp.Dataset(X, y), model, jax.random.key(0), optimizer=optimizer,
+                             num_steps=30, batch_size=50, progress=False)  # fmt: skip
+    assert isinstance(engine, gp.GPFit)
+    np.testing.assert_array_equal(engine.losses, direct.losses)
+    assert engine.losses[-1] < engine.losses[0]
+    with pytest.raises(TypeError, match=r"takes gp.Dataset\(X, y\)"):
+        variational.fit((X, y), model, jax.random.key(0), optimizer=optimizer, num_steps=1)
+    with pytest.raises(ValueError, match="num_particles"):
+        variational.fit(gp.Dataset(X, y), model, jax.random.key(0), optimizer=optimizer,
+                        num_steps=1, num_particles=8)  # fmt: skip
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        variational.fit(examples_target(), variational.meanfield_gaussian(), jax.random.key(0),
+                        optimizer=optimizer, num_steps=1, batch_size=50)  # fmt: skip
+    with pytest.raises(TypeError, match="optimizer must be an optax"):
+        model.fit(jax.random.key(0), X, y, num_steps=1, optimizer="adam")
+
+
 # --- bad input ------------------------------------------------------------------------
 
 
@@ -241,7 +271,7 @@ def test_swsgp_with_all_inducing_points_as_neighbours_is_svgp(issue_problem):
     model = gp.SWSGP(kernel, likelihood, jnp.asarray(Z), jnp.asarray(rng.normal(size=20)),
                      jnp.asarray(rng.normal(size=20) - 1.0),
                      jnp.asarray(0.3 * rng.normal(size=(20, 3))), identity, num_inducing=20,
-                     num_neighbours=20, rank=3, standardize=False)  # fmt: skip
+                     num_neighbours=20, rank=3, jitter=1e-6, standardize=False)  # fmt: skip
     svgp = gp.SVGP(kernel, likelihood, jnp.asarray(Z), model.mean,
                    jnp.linalg.cholesky(model.covariance()), identity, num_inducing=20,
                    whiten=False, standardize=False)  # fmt: skip
@@ -253,6 +283,15 @@ def test_swsgp_with_all_inducing_points_as_neighbours_is_svgp(issue_problem):
     local = model.__class__(**{**{f: getattr(model, f) for f in model.__dataclass_fields__},
                                "num_neighbours": 8})  # fmt: skip
     assert abs(local.elbo(X, y) - svgp.elbo(X, y)) > 1e-6
+
+
+def test_blocked_neighbour_search_is_exact():
+    rng = np.random.default_rng(5)
+    kernel = gp.rbf(np.array([0.5, 2.0, 1.0]))
+    Z, X = jnp.asarray(rng.normal(size=(3001, 3))), jnp.asarray(rng.normal(size=(64, 3)))
+    got = np.sort(np.asarray(nearest_inducing(kernel, Z, X, 32)), axis=1)
+    scaled = np.sum(((np.asarray(X)[:, None] - np.asarray(Z)[None]) / [0.5, 2.0, 1.0]) ** 2, -1)
+    np.testing.assert_array_equal(got, np.sort(np.argsort(scaled, axis=1)[:, :32], axis=1))
 
 
 # --- DKLGP -------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ def fit(
     chunk_size: int = 500,
     progress: bool | None = None,
     num_khat_draws: int = 1000,
+    **family_settings,
 ) -> Approximation:
     """Fits ``family`` to ``target`` by stochastic optimisation of a variational bound.
 
@@ -72,10 +73,13 @@ def fit(
       chunk_size: steps per compiled chunk.
       progress: show a progress bar; ``None``: on an interactive terminal, not under CI.
       num_khat_draws: draws for the PSIS k-hat of the fitted approximation.
+      **family_settings: settings for a family with its own ``fit_by_engine`` (a sparse
+        GP's ``batch_size``, ``fixed``); refused for any other family.
 
     Returns:
       An ``Approximation``; for a family with its own ``fit_by_engine`` (a MixFlow, a
-      FractionalSDE, whose target is ``sde.Observations``), what that returns.
+      FractionalSDE, whose target is ``sde.Observations``, a sparse GP, whose target is
+      ``gp.Dataset``), what that returns.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, inferax
@@ -97,7 +101,10 @@ def fit(
         # A family that says what fitting means for it: a MixFlow, whose only fitted part
         # is its reference; a FractionalSDE, whose target is observations, not a density.
         return own_fit(target, rng_key, optimizer=optimizer, num_steps=num_steps,
-                       num_particles=num_particles, progress=progress)  # fmt: skip
+                       num_particles=num_particles, progress=progress,
+                       **family_settings)  # fmt: skip
+    if family_settings:
+        raise TypeError(f"fit got unexpected keyword argument(s) {sorted(family_settings)}")
     if not isinstance(target, Target):
         raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
     if not isinstance(family, AbstractFamily):

@@ -23,6 +23,7 @@ from inferax.variational.gp.likelihoods import poisson as poisson
 from inferax.variational.gp.likelihoods import student_t as student_t
 from inferax.variational.gp.model import AbstractSparseGP as AbstractSparseGP
 from inferax.variational.gp.model import GPFit as GPFit
+from inferax.variational.gp.training import Dataset as Dataset
 from inferax.variational.gp.sgpr import SGPR as SGPR
 from inferax.variational.gp.sgpr import sgpr as sgpr
 from inferax.variational.gp.svgp import SVGP as SVGP
@@ -40,6 +41,7 @@ __all__ = [
     "AbstractSparseGP",
     "Bernoulli",
     "DKLGP",
+    "Dataset",
     "GPFit",
     "Gaussian",
     "Matern12",

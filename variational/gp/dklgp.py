@@ -22,7 +22,7 @@ from inferax.variational.family import pytree_dataclass, static_field
 from inferax.variational.gp.kernels import AbstractKernel, rbf
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
 from inferax.variational.gp.linalg import cholesky_with_jitter
-from inferax.variational.gp.model import AbstractSparseGP, GPFit, stop_fixed
+from inferax.variational.gp.model import AbstractSparseGP, GPFit, resolve_optimizer, stop_fixed
 from inferax.variational.gp.ordering import maximin_order, neighbour_sets
 from inferax.variational.gp.training import Scaling, check_inputs, run_steps
 
@@ -255,7 +255,7 @@ class DKLGP(AbstractSparseGP):
         step = DKLGPStep(
             num_data=settings.pop("num_data"),
             batch_size=settings.pop("batch_size"),
-            learning_rate=settings.pop("learning_rate"),
+            optimizer=settings.pop("optimizer"),
             fixed=settings.pop("fixed"),
         )
         settings.pop("num_stages", None)
@@ -273,6 +273,11 @@ class DKLGP(AbstractSparseGP):
         ``batch_size`` counts columns. Other options as ``AbstractSparseGP.fit``."""
         _check_count("num_stages", num_stages, minimum=1)
         _check_count("num_steps", num_steps, minimum=num_stages)
+        unknown = set(options) - {"batch_size", "learning_rate", "optimizer", "fixed",
+                                  "chunk_size", "progress"}  # fmt: skip
+        if unknown:
+            raise TypeError(f"DKLGP.fit got unexpected option(s) {sorted(unknown)}")
+        optimizer = resolve_optimizer(options.get("optimizer"), options.get("learning_rate", 0.01))
         rng_key = _check_key(rng_key)
         X_checked, y_checked = check_inputs(X, y)
         self.likelihood.check_y(y_checked)
@@ -299,7 +304,7 @@ class DKLGP(AbstractSparseGP):
                     timing["ordering"] += time.perf_counter() - start
             settings = {
                 "num_data": Xs.shape[0], "batch_size": options.get("batch_size"),
-                "learning_rate": float(options.get("learning_rate", 0.01)),
+                "optimizer": optimizer,
                 "fixed": tuple(sorted(options.get("fixed", ()))),
             }  # fmt: skip
             step, state, unpack = model.training_step(settings)
@@ -383,12 +388,9 @@ class DKLGPStep:
 
     num_data: int
     batch_size: int | None
-    learning_rate: float
+    optimizer: optax.GradientTransformation
     fixed: tuple[str, ...]
 
-    @property
-    def optimizer(self):
-        return optax.adam(self.learning_rate)
 
     def trained(self, model):
         return {"kernel": model.kernel, "likelihood": model.likelihood,

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
+import math
 from typing import Any, final
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from inferax.sampling import _check_count, _check_key
 from inferax.typing import PRNGKey
 from inferax.variational.gp.kernels import AbstractKernel
 from inferax.variational.gp.likelihoods import AbstractLikelihood
 from inferax.variational.gp.linalg import report_jitter
-from inferax.variational.gp.training import Scaling, check_inputs, run_steps
+from inferax.variational.gp.training import Dataset, Scaling, check_inputs, run_steps
 
 
 class AbstractSparseGP(abc.ABC):
@@ -81,6 +84,7 @@ class AbstractSparseGP(abc.ABC):
         num_steps: int,
         batch_size: int | None = None,
         learning_rate: float = 0.01,
+        optimizer: optax.GradientTransformation | None = None,
         fixed: tuple[str, ...] = (),
         chunk_size: int = 500,
         progress: bool | None = None,
@@ -97,6 +101,8 @@ class AbstractSparseGP(abc.ABC):
             ``None`` for the full data.
           learning_rate: Adam's step size for the hyperparameters (and, where natural
             gradients are off, for the variational parameters).
+          optimizer: an optax optimizer in place of ``optax.adam(learning_rate)`` (a
+            schedule, clipping); pass the same object again to reuse the compiled loop.
           fixed: parts held fixed: any of ``"kernel"``, ``"likelihood"``, ``"inducing"``.
           chunk_size: steps per compiled chunk.
           progress: show a progress bar.
@@ -129,7 +135,7 @@ class AbstractSparseGP(abc.ABC):
         model = dataclasses.replace(self, scaling=scaling).initialize(init_key, Xs, ys)
         settings = dict(
             settings, num_data=Xs.shape[0], batch_size=batch_size,
-            learning_rate=float(learning_rate), fixed=tuple(sorted(fixed)),
+            optimizer=resolve_optimizer(optimizer, learning_rate), fixed=tuple(sorted(fixed)),
         )  # fmt: skip
         step, state, unpack = model.training_step(settings)
         state, losses, timing = run_steps(
@@ -138,6 +144,24 @@ class AbstractSparseGP(abc.ABC):
         )  # fmt: skip
         model = unpack(state).finalize(Xs, ys)
         return GPFit(model=model, losses=losses, timing=timing)
+
+    def fit_by_engine(self, target: Dataset, rng_key: PRNGKey, *, optimizer, num_steps: int,
+                      num_particles: int = 1, progress: bool | None = None,
+                      **settings) -> GPFit:  # fmt: skip
+        """What ``variational.fit(gp.Dataset(X, y), model, key, optimizer=...,
+        num_steps=..., batch_size=...)`` does: ``fit`` with those settings. The bound is
+        the model's own (closed form or Gauss-Hermite), so ``num_particles`` must be 1."""
+        if not isinstance(target, Dataset):
+            raise TypeError(
+                f"variational.fit with a {type(self).__name__} takes gp.Dataset(X, y) as its "
+                f"target, got {type(target).__name__}"
+            )
+        if num_particles != 1:
+            raise ValueError(
+                f"num_particles: a sparse GP's bound needs no draws, got {num_particles!r}"
+            )
+        return self.fit(rng_key, target.X, target.y, num_steps=num_steps, optimizer=optimizer,
+                        progress=progress, **settings)  # fmt: skip
 
     def predict(self, X) -> tuple[jax.Array, jax.Array]:
         """The latent ``f``'s posterior mean and variance at ``X``, in the units of ``y``
@@ -196,6 +220,25 @@ def _elbo(model, key, X, y):
     return model.elbo_standardized(key, X, y, X.shape[0])
 
 
+def resolve_optimizer(optimizer, learning_rate: float) -> optax.GradientTransformation:
+    """``optimizer``, or Adam at ``learning_rate``: the same object for the same rate, so a
+    refit finds its compiled loop."""
+    if optimizer is None:
+        if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate)
+                and learning_rate >= 0):  # fmt: skip
+            raise ValueError(f"learning_rate must be a number >= 0, got {learning_rate!r}")
+        return _adam(float(learning_rate))
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax GradientTransformation, got "
+                        f"{type(optimizer).__name__}")  # fmt: skip
+    return optimizer
+
+
+@functools.lru_cache(maxsize=64)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate)
+
+
 def stop_fixed(parts: dict, fixed: tuple[str, ...]) -> dict:
     """``parts`` with the named entries behind ``stop_gradient``."""
     return {
@@ -226,4 +269,4 @@ class GPFit:
         return self.model.predict_y(X)
 
 
-__all__ = ["AbstractSparseGP", "GPFit", "stop_fixed"]
+__all__ = ["AbstractSparseGP", "GPFit", "resolve_optimizer", "stop_fixed"]

@@ -91,7 +91,7 @@ class SGPR(AbstractSparseGP):
         if settings.pop("batch_size") is not None:
             raise ValueError("SGPR's collapsed bound uses the full data: leave batch_size None")
         step = SGPRStep(
-            learning_rate=settings.pop("learning_rate"), fixed=settings.pop("fixed")
+            optimizer=settings.pop("optimizer"), fixed=settings.pop("fixed")
         )
         settings.pop("num_data")
         if settings:
@@ -116,12 +116,9 @@ def _optimal_q(model, X, y):
 class SGPRStep:
     """One Adam step on the kernel, the noise and ``Z`` against the collapsed bound."""
 
-    learning_rate: float
+    optimizer: optax.GradientTransformation
     fixed: tuple[str, ...]
 
-    @property
-    def optimizer(self):
-        return optax.adam(self.learning_rate)
 
     def trained(self, model):
         return {"kernel": model.kernel, "likelihood": model.likelihood,

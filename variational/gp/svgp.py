@@ -164,7 +164,7 @@ class SVGP(AbstractSparseGP):
         step = SVGPStep(
             num_data=settings.pop("num_data"),
             batch_size=settings.pop("batch_size"),
-            learning_rate=settings.pop("learning_rate"),
+            optimizer=settings.pop("optimizer"),
             fixed=settings.pop("fixed"),
             natural_gradient=bool(settings.pop("natural_gradient", True)),
             natgrad_step_size=float(settings.pop("natgrad_step_size", 0.1)),
@@ -210,14 +210,11 @@ class SVGPStep:
 
     num_data: int
     batch_size: int | None
-    learning_rate: float
+    optimizer: optax.GradientTransformation
     fixed: tuple[str, ...]
     natural_gradient: bool
     natgrad_step_size: float
 
-    @property
-    def optimizer(self):
-        return optax.adam(self.learning_rate)
 
     def trained(self, model):
         parts = {"kernel": model.kernel, "likelihood": model.likelihood,

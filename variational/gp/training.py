@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,15 @@ def check_inputs(X, y=None, *, dim: int | None = None) -> tuple[np.ndarray, np.n
     if not np.all(np.isfinite(y)):
         raise ValueError(f"y has {int(np.sum(~np.isfinite(y)))} NaN or infinite value(s)")
     return X, y
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Inputs ``X (n, D)`` and outputs ``y (n,)``: a sparse GP's target for
+    ``variational.fit``, checked when the fit starts."""
+
+    X: Any
+    y: Any
 
 
 @pytree_dataclass
@@ -184,4 +194,4 @@ def _chunk(state, rng_key, data, first, count, step, chunk_size):
     return jax.lax.fori_loop(0, count, one_step, (state, losses, used))
 
 
-__all__ = ["Scaling", "check_inputs", "minibatch", "run_steps"]
+__all__ = ["Dataset", "Scaling", "check_inputs", "minibatch", "run_steps"]
