@@ -16,7 +16,7 @@ from scipy import integrate, stats
 
 from inferax import Target, variational
 from inferax.variational import gp
-from inferax.variational.gp.linalg import cholesky_with_jitter, report_jitter
+from inferax.variational.gp.linalg import cholesky_with_jitter, report_jitter, whitening_solve
 from inferax.variational.gp.swsgp import nearest_inducing
 from inferax.variational.gp.training import Scaling
 
@@ -259,6 +259,28 @@ def test_cholesky_retries_with_growing_jitter_then_says_so(caplog, issue_problem
     model = gp.sgpr(duplicated, jitter=0.0, standardize=False)
     with pytest.raises(FloatingPointError, match="failed even after retrying with jitter"):
         model.fit(jax.random.key(0), X, y, num_steps=1)
+
+
+def test_whitening_solve_gradient_matches_the_factors_own():
+    rng = np.random.default_rng(6)
+    Z, X = jnp.asarray(rng.normal(size=(12, 2))), jnp.asarray(rng.normal(size=(7, 2)))
+    weights = jnp.asarray(rng.normal(size=(12, 7)))
+
+    def through_factor(lengthscale):
+        kernel = gp.rbf(lengthscale)
+        factor, _ = cholesky_with_jitter(kernel.matrix(Z, Z), 1e-6)
+        projection = jax.scipy.linalg.solve_triangular(factor, kernel.matrix(Z, X), lower=True)
+        return jnp.sum(jnp.tanh(projection) * weights)
+
+    def written_out(lengthscale):
+        kernel = gp.rbf(lengthscale)
+        projection, _ = whitening_solve(kernel.matrix(Z, Z), kernel.matrix(Z, X), 1e-6)
+        return jnp.sum(jnp.tanh(projection) * weights)
+
+    point = jnp.array([0.7, 1.3])
+    np.testing.assert_allclose(written_out(point), through_factor(point), rtol=1e-12)
+    np.testing.assert_allclose(jax.grad(written_out)(point), jax.grad(through_factor)(point),
+                               rtol=1e-8)  # fmt: skip
 
 
 # --- SWSGP -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from inferax.variational.family import pytree_dataclass, static_field
 from inferax.variational.gp.kernels import AbstractKernel, rbf
 from inferax.variational.gp.likelihoods import AbstractLikelihood, Gaussian, gaussian
 from inferax.variational.gp.model import AbstractSparseGP, stop_fixed
-from inferax.variational.gp.svgp import _initial_inducing, _marginals, inducing_projection
+from inferax.variational.gp.svgp import _initial_inducing, _marginals, whitened_projection
 from inferax.variational.gp.training import minibatch
 
 
@@ -25,7 +25,7 @@ def _collapsed(model, X, y):
     ``B = I + A A^T = L_B L_B^T`` and ``c = L_B^-1 A y / sigma``."""
     sigma2 = model.likelihood.variance
     sigma = jnp.sqrt(sigma2)
-    projection, _, used = inducing_projection(model.kernel, model.inducing, X, model.jitter)
+    projection, used = whitened_projection(model.kernel, model.inducing, X, model.jitter)
     A = projection / sigma
     size = A.shape[0]
     B = jnp.eye(size, dtype=A.dtype) + A @ A.T
@@ -82,7 +82,7 @@ class SGPR(AbstractSparseGP):
         return _optimal_q(self, X, y)
 
     def latent(self, X):
-        projection, _, used = inducing_projection(self.kernel, self.inducing, X, self.jitter)
+        projection, used = whitened_projection(self.kernel, self.inducing, X, self.jitter)
         mean, spread = _marginals(projection, self.mean, None, self.scale_tril)
         var = self.kernel.diag(X) - jnp.sum(projection**2, axis=0) + spread
         return mean, jnp.maximum(var, 1e-12), used

@@ -15,7 +15,7 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 from inferax.variational.family import pytree_dataclass, static_field
 from inferax.variational.gp.kernels import AbstractKernel, rbf
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
-from inferax.variational.gp.linalg import cholesky_with_jitter
+from inferax.variational.gp.linalg import cholesky_with_jitter, whitening_solve
 from inferax.variational.gp.model import AbstractSparseGP, stop_fixed
 from inferax.variational.gp.training import minibatch
 
@@ -24,6 +24,12 @@ def inducing_projection(kernel, Z, X, jitter):
     """``(A, L, jitter)``: ``L = chol(Kuu + jitter I)`` and ``A = L^-1 Kuf``."""
     factor, used = cholesky_with_jitter(kernel.matrix(Z, Z), jitter)
     return solve_triangular(factor, kernel.matrix(Z, X), lower=True), factor, used
+
+
+def whitened_projection(kernel, Z, X, jitter):
+    """``(A, jitter)``: ``A = L^-1 Kuf``, ``L = chol(Kuu + jitter I)``, when ``L`` itself is
+    not needed (its gradient is then cheaper: ``linalg.whitening_solve``)."""
+    return whitening_solve(kernel.matrix(Z, Z), kernel.matrix(Z, X), jitter)
 
 
 def gaussian_kl_whitened(mean, cov=None, scale_tril=None):
@@ -98,15 +104,18 @@ class SVGP(AbstractSparseGP):
                                    scale_tril=scale)  # fmt: skip
 
     def _projection(self, X):
+        """``(projection, factor, jitter)``; ``factor`` (``chol(Kuu)``) is ``None`` when
+        whitened, where nothing reads it."""
+        if self.whiten:
+            projection, used = whitened_projection(self.kernel, self.inducing, X, self.jitter)
+            return projection, None, used
         projection, factor, used = inducing_projection(self.kernel, self.inducing, X,
                                                        self.jitter)  # fmt: skip
-        if not self.whiten:
-            projection = solve_triangular(factor.T, projection, lower=False)
-        return projection, factor, used
+        return solve_triangular(factor.T, projection, lower=False), factor, used
 
     def latent(self, X):
-        mean, var, _, used = self.batch_marginals(X, self.mean,
-                                                  scale_tril=jnp.tril(self.scale_tril))  # fmt: skip
+        scale_tril = jnp.tril(self.scale_tril)
+        mean, var, _, used = self.batch_marginals(X, self.mean, scale_tril=scale_tril)
         return mean, var, used
 
     def elbo_with(self, X, y, num_data, mean, cov=None, scale_tril=None):
@@ -243,8 +252,8 @@ class SVGPStep:
                 )
                 expected = jnp.sum(current.likelihood.expected_log_prob(
                     y, f_mean + mean_shift, f_var + var_shift))  # fmt: skip
-                elbo = (self.num_data / X.shape[0]) * expected - current.kl(model.mean,
-                                                                            scale_tril)  # fmt: skip
+                kl = current.kl(model.mean, scale_tril)
+                elbo = (self.num_data / X.shape[0]) * expected - kl
                 return elbo, (used, jax.lax.stop_gradient(projection))
 
             (elbo, (used, projection)), grads = jax.value_and_grad(
@@ -362,4 +371,4 @@ def svgp(
 
 
 __all__ = ["SVGP", "SVGPStep", "gaussian_kl", "gaussian_kl_whitened", "inducing_projection",
-           "natural_gradient_step", "svgp"]
+           "natural_gradient_step", "svgp", "whitened_projection"]
