@@ -383,14 +383,14 @@ def _predict_chunk(model, Xs, neighbours):
 
 @dataclasses.dataclass(frozen=True)
 class DKLGPStep:
-    """One Adam step on ``mu``, ``V`` and the hyperparameters from a minibatch of columns
-    (drawn with replacement), ``U``'s columns recomputed from the current kernel."""
+    """One optimizer step (Adam by default) on ``mu``, ``V`` and the hyperparameters from a
+    minibatch of columns (drawn with replacement), ``U``'s columns recomputed from the
+    current kernel."""
 
     num_data: int
     batch_size: int | None
     optimizer: optax.GradientTransformation
     fixed: tuple[str, ...]
-
 
     def trained(self, model):
         return {"kernel": model.kernel, "likelihood": model.likelihood,

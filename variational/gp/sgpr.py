@@ -114,11 +114,11 @@ def _optimal_q(model, X, y):
 
 @dataclasses.dataclass(frozen=True)
 class SGPRStep:
-    """One Adam step on the kernel, the noise and ``Z`` against the collapsed bound."""
+    """One optimizer step (Adam by default) on the kernel, the noise and ``Z`` against the
+    collapsed bound."""
 
     optimizer: optax.GradientTransformation
     fixed: tuple[str, ...]
-
 
     def trained(self, model):
         return {"kernel": model.kernel, "likelihood": model.likelihood,

@@ -214,8 +214,9 @@ def _initial_inducing(rng_key, model, X):
 @dataclasses.dataclass(frozen=True)
 class SVGPStep:
     """One SVGP step: a minibatch, then a natural-gradient step for ``q(u)`` in its natural
-    parameters (Salimbeni, Eleftheriadis, Hensman 2018) and an Adam step for the rest, both
-    from one evaluation of the ELBO's gradient. Without natural gradients, Adam on all."""
+    parameters (Salimbeni, Eleftheriadis, Hensman 2018) and an optimizer step (Adam by
+    default) for the rest, both from one evaluation of the ELBO's gradient. Without natural
+    gradients, the optimizer steps everything."""
 
     num_data: int
     batch_size: int | None
@@ -223,7 +224,6 @@ class SVGPStep:
     fixed: tuple[str, ...]
     natural_gradient: bool
     natgrad_step_size: float
-
 
     def trained(self, model):
         parts = {"kernel": model.kernel, "likelihood": model.likelihood,

@@ -191,14 +191,13 @@ class SWSGP(AbstractSparseGP):
 
 @dataclasses.dataclass(frozen=True)
 class SWSGPStep:
-    """One Adam step on everything, the neighbour sets recomputed for the batch (``Z``
-    moves)."""
+    """One optimizer step (Adam by default) on everything, the neighbour sets recomputed for
+    the batch (``Z`` moves)."""
 
     num_data: int
     batch_size: int | None
     optimizer: optax.GradientTransformation
     fixed: tuple[str, ...]
-
 
     def trained(self, model):
         return {"kernel": model.kernel, "likelihood": model.likelihood,
@@ -234,7 +233,8 @@ def swsgp(
     """A sparse-within-sparse GP: ``M`` inducing points, ``H = num_neighbours`` per point.
 
     A step costs ``O(B (M D + H^3))`` for a minibatch of ``B``: the neighbour search, then
-    an ``H x H`` factorisation per point. Trained by Adam on all parameters.
+    an ``H x H`` factorisation per point. The optimizer (Adam by default) trains all
+    parameters.
 
     Args:
       inducing: inducing inputs ``Z (M, D)`` in the units of ``X``, or an integer ``M``.
