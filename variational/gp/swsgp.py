@@ -245,8 +245,8 @@ def swsgp(
       jitter: a nugget added to each ``K_aa``'s diagonal, in the prior and the
         conditional alike. Near neighbours make ``K_aa`` nearly singular, and the weights
         ``K_aa^-1 k_ai`` then amplify every wobble of the optimised ``m``. With 4096
-        inducing points in 2-D and the default ``1e-3``, the fit reaches a test NLPD of
-        -0.15; with ``1e-6``, the lengthscales collapse and it reaches 0.76.
+        inducing points in 2-D, after 600 Adam steps at 0.01, the default ``1e-3`` reached
+        a test NLPD of -0.15; ``1e-6`` collapsed the lengthscales and reached 0.76.
       standardize: standardise ``X`` (and ``y`` for a Gaussian likelihood) before fitting.
 
     Returns:
