@@ -12,7 +12,8 @@ The issue's full length is 20,000 steps (``--steps 20000``); the default is shor
 that the whole run takes minutes of CPU.
 
     python benchmarks/flows.py [--steps N] [--targets u1,u2,...] [--families planar,...]
-                               [--decay] [--no-peer]
+                               [--decay] [--no-peer] [--peer-flows coupling,planar]
+                               [--seeds N]
 """
 
 from __future__ import annotations
@@ -81,8 +82,13 @@ def main() -> None:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--peer-flows", default="coupling,planar",
+                        help="flowjax's flows to run, of coupling and planar")  # fmt: skip
     parser.add_argument("--decay", action="store_true",
                         help="cosine-decay the rate to a tenth of --lr over the run")  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="fit each flow from keys 0..N-1; with N > 1 a line per target and "
+                             "family gives the gaps' mean and sd")  # fmt: skip
     args = parser.parse_args()
     # optax.adam takes a rate or a schedule alike, so every family and the peer get the same.
     lr = optax.cosine_decay_schedule(args.lr, args.steps, alpha=0.1) if args.decay else args.lr
@@ -98,21 +104,27 @@ def main() -> None:
           f"ELBO on {ELBO_DRAWS} draws, {jax.default_backend()}")  # fmt: skip
     print(f"{'target':8} {'family':18} {'ELBO':>8} {'gap':>7} {'k-hat':>6} "
           f"{'wall s':>7} {'ms/step':>8}")  # fmt: skip
-    key = jax.random.key(0)
     for target_name in args.targets.split(","):
         target = examples.ENERGIES[target_name]()
         log_z = examples.ENERGY_LOG_Z[target_name]
-        runs = [(f"inferax.{f}", lambda f=f, t=target: run_inferax(
+        runs = [(f"inferax.{f}", lambda key, f=f, t=target: run_inferax(
             f, t, FAMILIES[f](), args.steps, args.draws, lr, key))
-            for f in args.families.split(",")]  # fmt: skip
+            for f in args.families.split(",") if f]  # fmt: skip
         if peer:
-            runs += [(f"flowjax.{k}", lambda k=k, t=target: run_flowjax(
+            runs += [(f"flowjax.{k}", lambda key, k=k, t=target: run_flowjax(
                 k, t, args.steps, args.draws, lr, key))
-                for k in ("coupling", "planar")]  # fmt: skip
+                for k in args.peer_flows.split(",") if k]  # fmt: skip
         for label, run in runs:
-            elbo, khat, wall, per_step = run()
-            print(f"{target_name:8} {label:18} {elbo:8.4f} {log_z - elbo:7.4f} {khat:6.2f} "
-                  f"{wall:7.1f} {1000 * per_step:8.3f}", flush=True)  # fmt: skip
+            gaps = []
+            for seed in range(args.seeds):
+                elbo, khat, wall, per_step = run(jax.random.key(seed))
+                gaps.append(log_z - elbo)
+                name = label if args.seeds == 1 else f"{label} key {seed}"
+                print(f"{target_name:8} {name:18} {elbo:8.4f} {log_z - elbo:7.4f} {khat:6.2f} "
+                      f"{wall:7.1f} {1000 * per_step:8.3f}", flush=True)  # fmt: skip
+            if args.seeds > 1:
+                print(f"{target_name:8} {label:18} gap over keys 0-{args.seeds - 1}: mean "
+                      f"{np.mean(gaps):.3f}, sd {np.std(gaps, ddof=1):.3f}", flush=True)
 
 
 if __name__ == "__main__":
