@@ -23,7 +23,7 @@ from inferax.variational.gp.training import Scaling
 FROZEN = ("inducing", "kernel", "likelihood")
 
 
-def examples_target():
+def standard_normal_target():
     return Target.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
 
 
@@ -212,8 +212,9 @@ def test_variational_fit_trains_a_sparse_gp_on_a_dataset(issue_problem):
         variational.fit(gp.Dataset(X, y), model, jax.random.key(0), optimizer=optimizer,
                         num_steps=1, num_particles=8)  # fmt: skip
     with pytest.raises(TypeError, match="unexpected keyword"):
-        variational.fit(examples_target(), variational.meanfield_gaussian(), jax.random.key(0),
-                        optimizer=optimizer, num_steps=1, batch_size=50)  # fmt: skip
+        variational.fit(standard_normal_target(), variational.meanfield_gaussian(),
+                        jax.random.key(0), optimizer=optimizer, num_steps=1,
+                        batch_size=50)  # fmt: skip
     with pytest.raises(TypeError, match="optimizer must be an optax"):
         model.fit(jax.random.key(0), X, y, num_steps=1, optimizer="adam")
 

@@ -99,7 +99,8 @@ def fit(
     own_fit = getattr(family, "fit_by_engine", None)
     if own_fit is not None:
         # A family that says what fitting means for it: a MixFlow, whose only fitted part
-        # is its reference; a FractionalSDE, whose target is observations, not a density.
+        # is its reference; a FractionalSDE or a sparse GP, whose target is data, not a
+        # density.
         return own_fit(target, rng_key, optimizer=optimizer, num_steps=num_steps,
                        num_particles=num_particles, progress=progress,
                        **family_settings)  # fmt: skip
