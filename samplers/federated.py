@@ -551,11 +551,11 @@ def fit_surrogates(
             return (shard_ll(flat, shard, size), jax.grad(shard_ll)(flat, shard, size),
                     jax.hessian(shard_ll)(flat, shard, size))  # fmt: skip
 
-        mode = _global_mode(
-            _client_mapper(target, expand, 1), rng_key, flat_init, flat_prior,
-            50 if num_steps is None else int(num_steps),
-        )  # fmt: skip
-        _, grad, hess = map(to_host, _client_map(target, expand, rng_key, mode))
+        # One compiled mapping serves the search and the expansion at its end.
+        expand_all = _client_mapper(target, expand, 1)
+        mode = _global_mode(expand_all, rng_key, flat_init, flat_prior,
+                            50 if num_steps is None else int(num_steps))  # fmt: skip
+        _, grad, hess = map(to_host, expand_all(rng_key, mode))
         precision = -hess.astype(np.float64)
         eta = np.einsum("sij,j->si", precision, np.asarray(mode, np.float64)) + grad
     else:
