@@ -5,15 +5,16 @@ minus the ELBO, the PSIS k-hat, the wall time and the time per step. The peer is
 (``coupling_flow`` and ``planar_flow`` with ``invert=False``, trained with its
 ``ElboLoss`` and ``fit_to_key_based_loss``), when installed (``pip install inferax[bench]``).
 
-Settings follow issue 11: Adam at 1e-3, 256 draws a step, base N(0, 2^2 I); RealNVP and
-flowjax's coupling flow have 8 layers of a (64, 64) MLP, planar flows 32 layers, the
-spline flow 8 layers of 8 bins on [-6, 6] and a final affine map, on a base N(0, I).
+Settings follow issue 11: Adam at 1e-3, 256 draws a step, base N(0, 2^2 I) at the start
+(trained, in inferax and in flowjax alike); RealNVP and flowjax's coupling flow have 8
+layers of a (64, 64) MLP, planar flows 32 layers, the spline flow 8 layers of 8 bins on
+[-6, 6] and a final affine map, on a base N(0, I).
 The issue's full length is 20,000 steps (``--steps 20000``); the default is shorter, so
 that the whole run takes minutes of CPU.
 
     python benchmarks/flows.py [--steps N] [--targets u1,u2,...] [--families planar,...]
                                [--decay] [--no-peer] [--peer-flows coupling,planar]
-                               [--seeds N]
+                               [--seeds N] [--estimator reparam|stl]
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ TARGETS = ("u1", "u2", "u3", "u4", "banana", "funnel")
 ELBO_DRAWS = 10_000
 
 
-def run_inferax(name, target, family, steps, draws, lr, key):
+def run_inferax(name, target, family, steps, draws, lr, key, estimator="reparam"):
     start = time.perf_counter()
     approx = variational.fit(target, family, key, optimizer=optax.adam(lr), num_steps=steps,
-                             num_particles=draws, progress=False)  # fmt: skip
+                             num_particles=draws, estimator=estimator, progress=False)  # fmt: skip
     elbo, _ = approx.elbo(jax.random.fold_in(key, 1), ELBO_DRAWS)
     wall = time.perf_counter() - start
     per_step = approx.timing["optimization"] / steps
@@ -86,6 +87,8 @@ def main() -> None:
                         help="flowjax's flows to run, of coupling and planar")  # fmt: skip
     parser.add_argument("--decay", action="store_true",
                         help="cosine-decay the rate to a tenth of --lr over the run")  # fmt: skip
+    parser.add_argument("--estimator", default="reparam", choices=("reparam", "stl"),
+                        help="inferax's gradient estimator; flowjax's is reparam")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=1,
                         help="fit each flow from keys 0..N-1; with N > 1 a line per target and "
                              "family gives the gaps' mean and sd")  # fmt: skip
@@ -101,14 +104,15 @@ def main() -> None:
         print("note: flowjax is not installed (pip install inferax[bench]); no peer lines")
     rate = f"{args.lr} cosine-decayed to {args.lr / 10:g}" if args.decay else f"{args.lr}"
     print(f"# {args.steps} Adam steps at {rate}, {args.draws} draws a step, "
-          f"ELBO on {ELBO_DRAWS} draws, {jax.default_backend()}")  # fmt: skip
+          f"inferax's estimator {args.estimator}, ELBO on {ELBO_DRAWS} draws, "
+          f"{jax.default_backend()}")  # fmt: skip
     print(f"{'target':8} {'family':18} {'ELBO':>8} {'gap':>7} {'k-hat':>6} "
           f"{'wall s':>7} {'ms/step':>8}")  # fmt: skip
     for target_name in args.targets.split(","):
         target = examples.ENERGIES[target_name]()
         log_z = examples.ENERGY_LOG_Z[target_name]
         runs = [(f"inferax.{f}", lambda key, f=f, t=target: run_inferax(
-            f, t, FAMILIES[f](), args.steps, args.draws, lr, key))
+            f, t, FAMILIES[f](), args.steps, args.draws, lr, key, args.estimator))
             for f in args.families.split(",") if f]  # fmt: skip
         if peer:
             runs += [(f"flowjax.{k}", lambda key, k=k, t=target: run_flowjax(

@@ -37,16 +37,20 @@ class AbstractTransform(abc.ABC):
 @final
 @pytree_dataclass
 class Flow(AbstractFamily):
-    """``x = f(z)``, ``z ~ N(loc, base_scale^2 I)``; ``log q(x) = log N(z) - log|det df/dz|``.
+    """``x = f(z)``, ``z ~ N(loc, diag(sigma)^2)``; ``log q(x) = log N(z) - log|det df/dz|``.
 
-    ``loc`` is trainable and starts at the target's ``init``; ``f`` is ``transform``'s
+    ``loc`` is trainable and starts at the target's ``init``; so is the base's scale,
+    ``sigma = base_scale * exp(log_scale)``, with ``log_scale`` starting at zero, as
+    flowjax and normflows train their base: on U4, RealNVP's gap (mean over five keys) was
+    0.156 with the base fixed and 0.104 with it trained. ``f`` is ``transform``'s
     bijector, whose forward direction is the sampling direction, so sampling and its
     density cost one pass, and ``log_prob`` uses the inverse.
 
     Args:
       transform: the bijection's configuration.
-      base_scale: the base distribution's standard deviation.
-      params: ``{"loc": (dim,), "transform": ...}``, or ``None`` before ``init``.
+      base_scale: the base distribution's standard deviation at the start.
+      params: ``{"loc": (dim,), "log_scale": (dim,), "transform": ...}``, or ``None``
+        before ``init``.
     """
 
     transform: AbstractTransform = static_field()
@@ -54,17 +58,25 @@ class Flow(AbstractFamily):
     params: Any = None
 
     def init(self, rng_key: PRNGKey, position: jax.Array) -> Self:
-        params = {"loc": position, "transform": self.transform.init(rng_key, position.shape[0])}
+        params = {
+            "loc": position,
+            "log_scale": jnp.zeros_like(position),
+            "transform": self.transform.init(rng_key, position.shape[0]),
+        }
         return Flow(self.transform, self.base_scale, params)
 
+    def base_scales(self) -> jax.Array:
+        """The base's standard deviations, ``sigma``."""
+        return self.base_scale * jnp.exp(self.params["log_scale"])
+
     def _base_log_prob(self, z: jax.Array) -> jax.Array:
-        eps = (z - self.params["loc"]) / self.base_scale
-        return standard_normal_logpdf(eps) - z.size * math.log(self.base_scale)
+        eps = (z - self.params["loc"]) / self.base_scales()
+        return standard_normal_logpdf(eps) - jnp.sum(jnp.log(self.base_scales()))
 
     def sample_and_log_prob(self, rng_key: PRNGKey) -> tuple[jax.Array, jax.Array]:
         self._check_initialized()
         loc = self.params["loc"]
-        z = loc + self.base_scale * jax.random.normal(rng_key, loc.shape, loc.dtype)
+        z = loc + self.base_scales() * jax.random.normal(rng_key, loc.shape, loc.dtype)
         x, log_det = self.transform.bijector(self.params["transform"]).forward_and_log_det(z)
         return x, self._base_log_prob(z) - log_det
 
@@ -119,16 +131,25 @@ class LayerScan(distrax.Bijector):
 
 
 def mlp_init(rng_key: PRNGKey, sizes: tuple[int, ...], zero_last: bool = True) -> list:
-    """A multilayer perceptron's weights, ``[(W, b), ...]``, with LeCun-normal weights;
-    the last layer is zero, so a coupling layer starts as the identity."""
+    """A multilayer perceptron's weights, ``[(W, b), ...]``, with LeCun-normal weights and
+    hidden biases uniform on ``+-1/sqrt(fan_in)``; the last layer is zero, so a coupling
+    layer starts as the identity.
+
+    Zero hidden biases put every ReLU's kink at the origin: a 2-D coupling layer's
+    conditioner sees one coordinate, so it started as a sum of ``relu(x)`` and
+    ``relu(-x)``. Spread kinks took RealNVP's gap on U4 from 0.104 to 0.083."""
     params = []
-    keys = jax.random.split(rng_key, len(sizes) - 1)
+    keys = jax.random.split(rng_key, 2 * (len(sizes) - 1))
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        last = i == len(sizes) - 2
-        weight = jax.random.normal(keys[i], (fan_in, fan_out)) / math.sqrt(fan_in)
-        if last and zero_last:
-            weight = jnp.zeros_like(weight)
-        params.append((weight, jnp.zeros(fan_out)))
+        weight_key, bias_key = keys[2 * i], keys[2 * i + 1]
+        bound = 1.0 / math.sqrt(fan_in)
+        weight = jax.random.normal(weight_key, (fan_in, fan_out)) * bound
+        bias = jax.random.uniform(bias_key, (fan_out,), minval=-bound, maxval=bound)
+        if i == len(sizes) - 2:
+            bias = jnp.zeros(fan_out)
+            if zero_last:
+                weight = jnp.zeros_like(weight)
+        params.append((weight, bias))
     return params
 
 
