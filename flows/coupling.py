@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import final
 
 import distrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from inferax.flows.flow import AbstractTransform, Flow, LayerScan, mlp_apply, mlp_init
 from inferax.typing import PRNGKey
@@ -35,7 +35,7 @@ SCALE_KINDS = ("softplus", "tanh")
 
 # softplus(0 + _SOFTPLUS_AT_ZERO) + MIN_SCALE = 1: a zero conditioner output is the identity.
 MIN_SCALE = 0.01
-_SOFTPLUS_AT_ZERO = float(np.log(np.expm1(1.0 - MIN_SCALE)))
+_SOFTPLUS_AT_ZERO = math.log(math.expm1(1.0 - MIN_SCALE))
 
 
 @final
