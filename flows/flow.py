@@ -4,6 +4,7 @@ direction; the family every deterministic flow builder returns."""
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, Self, final
@@ -39,34 +40,41 @@ class AbstractTransform(abc.ABC):
 class Flow(AbstractFamily):
     """``x = f(z)``, ``z ~ N(loc, diag(sigma)^2)``; ``log q(x) = log N(z) - log|det df/dz|``.
 
-    ``loc`` is trainable and starts at the target's ``init``; so is the base's scale,
-    ``sigma = base_scale * exp(log_scale)``, with ``log_scale`` starting at zero, as
-    flowjax and normflows train their base: on U4, RealNVP's gap (mean over five keys) was
-    0.156 with the base fixed and 0.104 with it trained. ``f`` is ``transform``'s
-    bijector, whose forward direction is the sampling direction, so sampling and its
-    density cost one pass, and ``log_prob`` uses the inverse.
+    ``loc`` is trainable and starts at the target's ``init``; so, unless
+    ``train_base_scale`` is off, is the base's scale ``sigma = base_scale *
+    exp(log_scale)``, with ``log_scale`` starting at zero, as flowjax and normflows train
+    their base: on U4, RealNVP's gap (mean over five keys) was 0.156 with the base fixed
+    and 0.104 with it trained. ``f`` is ``transform``'s bijector, whose forward direction
+    is the sampling direction, so sampling and its density cost one pass, and ``log_prob``
+    uses the inverse.
 
     Args:
       transform: the bijection's configuration.
       base_scale: the base distribution's standard deviation at the start.
       params: ``{"loc": (dim,), "log_scale": (dim,), "transform": ...}``, or ``None``
         before ``init``.
+      train_base_scale: whether ``sigma`` trains; without it ``params`` has no
+        ``log_scale`` and ``sigma = base_scale``.
     """
 
     transform: AbstractTransform = static_field()
     base_scale: float = static_field(default=1.0)
     params: Any = None
+    train_base_scale: bool = static_field(default=True)
 
     def init(self, rng_key: PRNGKey, position: jax.Array) -> Self:
         params = {
             "loc": position,
-            "log_scale": jnp.zeros_like(position),
             "transform": self.transform.init(rng_key, position.shape[0]),
         }
-        return Flow(self.transform, self.base_scale, params)
+        if self.train_base_scale:
+            params["log_scale"] = jnp.zeros_like(position)
+        return dataclasses.replace(self, params=params)
 
     def base_scales(self) -> jax.Array:
         """The base's standard deviations, ``sigma``."""
+        if not self.train_base_scale:
+            return jnp.full_like(self.params["loc"], self.base_scale)
         return self.base_scale * jnp.exp(self.params["log_scale"])
 
     def _base_log_prob(self, z: jax.Array) -> jax.Array:

@@ -41,7 +41,10 @@ def _gaussian_map(family):
 
 def _flow_map(family):
     def base(z):
-        sigma = family.base_scale * jnp.exp(family.params["log_scale"])
+        if family.train_base_scale:
+            sigma = family.base_scale * jnp.exp(family.params["log_scale"])
+        else:
+            sigma = jnp.full(z.shape, family.base_scale)
         eps = (z - family.params["loc"]) / sigma
         return standard_normal_logpdf(eps) - jnp.sum(jnp.log(sigma))
 
