@@ -78,8 +78,9 @@ class Flow(AbstractFamily):
         return self.base_scale * jnp.exp(self.params["log_scale"])
 
     def _base_log_prob(self, z: jax.Array) -> jax.Array:
-        eps = (z - self.params["loc"]) / self.base_scales()
-        return standard_normal_logpdf(eps) - jnp.sum(jnp.log(self.base_scales()))
+        sigma = self.base_scales()
+        eps = (z - self.params["loc"]) / sigma
+        return standard_normal_logpdf(eps) - jnp.sum(jnp.log(sigma))
 
     def sample_and_log_prob(self, rng_key: PRNGKey) -> tuple[jax.Array, jax.Array]:
         self._check_initialized()
@@ -140,8 +141,8 @@ class LayerScan(distrax.Bijector):
 
 def mlp_init(rng_key: PRNGKey, sizes: tuple[int, ...], zero_last: bool = True) -> list:
     """A multilayer perceptron's weights, ``[(W, b), ...]``, with LeCun-normal weights and
-    hidden biases uniform on ``+-1/sqrt(fan_in)``; the last layer is zero, so a coupling
-    layer starts as the identity.
+    hidden biases uniform on ``+-1/sqrt(fan_in)``; the last layer's bias is zero, and with
+    ``zero_last`` its weights too, so a coupling layer starts as the identity.
 
     Zero hidden biases put every ReLU's kink at the origin: a 2-D coupling layer's
     conditioner sees one coordinate, so it started as a sum of ``relu(x)`` and

@@ -2,7 +2,6 @@
 density against ``jax.jacfwd`` log-determinants, sampling against ``log_prob``, and the
 invertibility of planar and radial layers for any raw parameters."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
