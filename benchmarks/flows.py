@@ -8,7 +8,7 @@ minus the ELBO, the PSIS k-hat, the wall time and the time per step. The peer is
 Settings follow issue 11: Adam at 1e-3, 256 draws a step, base N(0, 2^2 I) at the start
 (trained, in inferax and in flowjax alike); RealNVP and flowjax's coupling flow have 8
 layers of a (64, 64) MLP, planar flows 32 layers, the spline flow 8 layers of 8 bins on
-[-6, 6] and a final affine map, on a base N(0, I).
+[-6, 6] and a final affine map, on a fixed base N(0, I).
 The issue's full length is 20,000 steps (``--steps 20000``); the default is shorter, so
 that the whole run takes minutes of CPU.
 
