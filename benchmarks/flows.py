@@ -8,13 +8,14 @@ minus the ELBO, the PSIS k-hat, the wall time and the time per step. The peer is
 Settings follow issue 11: Adam at 1e-3, 256 draws a step, base N(0, 2^2 I) at the start
 (trained, in inferax and in flowjax alike); RealNVP and flowjax's coupling flow have 8
 layers of a (64, 64) MLP, planar flows 32 layers, the spline flow 8 layers of 8 bins on
-[-6, 6] and a final affine map, on a fixed base N(0, I).
+[-4, 4] (``--spline-interval``) and a final affine map, on a fixed base N(0, I).
 The issue's full length is 20,000 steps (``--steps 20000``); the default is shorter, so
 that the whole run takes minutes of CPU.
 
     python benchmarks/flows.py [--steps N] [--targets u1,u2,...] [--families planar,...]
                                [--decay] [--no-peer] [--peer-flows coupling,planar]
-                               [--seeds N] [--estimator reparam|stl]
+                               [--seeds N] [--first-seed K] [--estimator reparam|stl]
+                               [--spline-interval B]
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import optax
 
 from inferax import examples, flows, variational
 
+# Each takes the parsed arguments, for the options that set a family's shape.
 FAMILIES = {
-    "realnvp": lambda: flows.realnvp(8, (64, 64)),
-    "planar": lambda: flows.planar(32),
-    "spline": lambda: flows.spline(8, (64, 64), 8, interval=6.0, base_scale=1.0),
+    "realnvp": lambda args: flows.realnvp(8, (64, 64)),
+    "planar": lambda args: flows.planar(32),
+    "spline": lambda args: flows.spline(8, (64, 64), 8, interval=args.spline_interval),
 }
 TARGETS = ("u1", "u2", "u3", "u4", "banana", "funnel")
 ELBO_DRAWS = 10_000
@@ -90,8 +92,12 @@ def main() -> None:
     parser.add_argument("--estimator", default="reparam", choices=("reparam", "stl"),
                         help="inferax's gradient estimator; flowjax's is reparam")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=1,
-                        help="fit each flow from keys 0..N-1; with N > 1 a line per target and "
+                        help="fit each flow from N keys; with N > 1 a line per target and "
                              "family gives the gaps' mean and sd")  # fmt: skip
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first of the --seeds keys")  # fmt: skip
+    parser.add_argument("--spline-interval", type=float, default=4.0,
+                        help="the half-width of the spline flow's range")  # fmt: skip
     args = parser.parse_args()
     # optax.adam takes a rate or a schedule alike, so every family and the peer get the same.
     lr = optax.cosine_decay_schedule(args.lr, args.steps, alpha=0.1) if args.decay else args.lr
@@ -108,11 +114,12 @@ def main() -> None:
           f"{jax.default_backend()}")  # fmt: skip
     print(f"{'target':8} {'family':18} {'ELBO':>8} {'gap':>7} {'k-hat':>6} "
           f"{'wall s':>7} {'ms/step':>8}")  # fmt: skip
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     for target_name in args.targets.split(","):
         target = examples.ENERGIES[target_name]()
         log_z = examples.ENERGY_LOG_Z[target_name]
         runs = [(f"inferax.{f}", lambda key, f=f, t=target: run_inferax(
-            f, t, FAMILIES[f](), args.steps, args.draws, lr, key, args.estimator))
+            f, t, FAMILIES[f](args), args.steps, args.draws, lr, key, args.estimator))
             for f in args.families.split(",") if f]  # fmt: skip
         if peer:
             runs += [(f"flowjax.{k}", lambda key, k=k, t=target: run_flowjax(
@@ -120,14 +127,14 @@ def main() -> None:
                 for k in args.peer_flows.split(",") if k]  # fmt: skip
         for label, run in runs:
             gaps = []
-            for seed in range(args.seeds):
+            for seed in seeds:
                 elbo, khat, wall, per_step = run(jax.random.key(seed))
                 gaps.append(log_z - elbo)
                 name = label if args.seeds == 1 else f"{label} key {seed}"
                 print(f"{target_name:8} {name:18} {elbo:8.4f} {log_z - elbo:7.4f} {khat:6.2f} "
                       f"{wall:7.1f} {1000 * per_step:8.3f}", flush=True)  # fmt: skip
             if args.seeds > 1:
-                print(f"{target_name:8} {label:18} gap over keys 0-{args.seeds - 1}: mean "
+                print(f"{target_name:8} {label:18} gap over keys {seeds[0]}-{seeds[-1]}: mean "
                       f"{np.mean(gaps):.3f}, sd {np.std(gaps, ddof=1):.3f}", flush=True)
 
 
