@@ -112,6 +112,10 @@ def spline(
         raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
     if not isinstance(num_bins, int) or num_bins < 2:
         raise ValueError(f"num_bins must be an integer >= 2, got {num_bins!r}")
+    if not interval > 0:
+        raise ValueError(f"interval must be positive, got {interval!r}")
+    if not base_scale > 0:
+        raise ValueError(f"base_scale must be positive, got {base_scale!r}")
     transform = Spline(num_layers, _check_hidden(hidden), num_bins, float(interval))
     return Flow(transform, float(base_scale), train_base_scale=False)
 

@@ -153,6 +153,10 @@ def test_bad_configurations_are_refused():
         flows.realnvp(2, (4,), scale="exp")
     with pytest.raises(ValueError, match="scale_bound"):
         flows.realnvp(2, (4,), scale="tanh", scale_bound=0.0)
+    with pytest.raises(ValueError, match="interval must be positive"):
+        flows.spline(2, (4,), interval=0.0)
+    with pytest.raises(ValueError, match="base_scale must be positive"):
+        flows.spline(2, (4,), base_scale=-1.0)
     with pytest.raises(ValueError, match="at least 2"):
         flows.realnvp(2, (4,)).init(jax.random.key(0), jnp.zeros(1))
     with pytest.raises(ValueError, match="no parameters"):
