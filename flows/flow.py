@@ -62,6 +62,10 @@ class Flow(AbstractFamily):
     params: Any = None
     train_base_scale: bool = static_field(default=True)
 
+    def __post_init__(self):
+        if not self.base_scale > 0:
+            raise ValueError(f"base_scale must be positive, got {self.base_scale!r}")
+
     def init(self, rng_key: PRNGKey, position: jax.Array) -> Self:
         params = {
             "loc": position,

@@ -157,6 +157,8 @@ def test_bad_configurations_are_refused():
         flows.spline(2, (4,), interval=0.0)
     with pytest.raises(ValueError, match="base_scale must be positive"):
         flows.spline(2, (4,), base_scale=-1.0)
+    with pytest.raises(ValueError, match="base_scale must be positive"):
+        flows.planar(2, base_scale=0.0)
     with pytest.raises(ValueError, match="at least 2"):
         flows.realnvp(2, (4,)).init(jax.random.key(0), jnp.zeros(1))
     with pytest.raises(ValueError, match="no parameters"):
