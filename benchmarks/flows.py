@@ -2,8 +2,9 @@
 
 For each target and family it prints one line: the final ELBO (10,000 fresh draws), log Z
 minus the ELBO, the PSIS k-hat, the wall time and the time per step. The peer is flowjax
-(``coupling_flow`` and ``planar_flow`` with ``invert=False``, trained with its
-``ElboLoss`` and ``fit_to_key_based_loss``), when installed (``pip install inferax[bench]``).
+(``coupling_flow``, affine or with its ``RationalQuadraticSpline`` transformer, and
+``planar_flow``, all with ``invert=False``, trained with its ``ElboLoss`` and
+``fit_to_key_based_loss``), when installed (``pip install inferax[bench]``).
 
 Settings follow issue 11: Adam at 1e-3, 256 draws a step, base N(0, 2^2 I) at the start
 (trained, in inferax and in flowjax alike); RealNVP and flowjax's coupling flow have 8
@@ -13,7 +14,7 @@ The issue's full length is 20,000 steps (``--steps 20000``); the default is shor
 that the whole run takes minutes of CPU.
 
     python benchmarks/flows.py [--steps N] [--targets u1,u2,...] [--families planar,...]
-                               [--decay] [--no-peer] [--peer-flows coupling,planar]
+                               [--decay] [--no-peer] [--peer-flows coupling,spline,planar]
                                [--seeds N] [--first-seed K] [--estimator reparam|stl]
                                [--spline-interval B]
 """
@@ -34,7 +35,8 @@ from inferax import examples, flows, variational
 FAMILIES = {
     "realnvp": lambda args: flows.realnvp(8, (64, 64)),
     "planar": lambda args: flows.planar(32),
-    "spline": lambda args: flows.spline(8, (64, 64), 8, interval=args.spline_interval),
+    "spline": lambda args: flows.spline(8, (64, 64), args.spline_bins,
+                                          interval=args.spline_interval),
 }
 TARGETS = ("u1", "u2", "u3", "u4", "banana", "funnel")
 ELBO_DRAWS = 10_000
@@ -50,7 +52,8 @@ def run_inferax(name, target, family, steps, draws, lr, key, estimator="reparam"
     return elbo, approx.khat, wall, per_step
 
 
-def run_flowjax(kind, target, steps, draws, lr, key):
+def run_flowjax(kind, target, steps, draws, lr, key, spline_bins, spline_interval):
+    from flowjax.bijections import RationalQuadraticSpline
     from flowjax.distributions import Normal
     from flowjax.flows import coupling_flow, planar_flow
     from flowjax.train import fit_to_key_based_loss
@@ -61,8 +64,17 @@ def run_flowjax(kind, target, steps, draws, lr, key):
     if kind == "coupling":
         dist = coupling_flow(init_key, base_dist=base, flow_layers=8, nn_width=64, nn_depth=2,
                              invert=False)  # fmt: skip
-    else:
+    elif kind == "spline":
+        # The same shape as inferax's spline flow, on the same base scale; flowjax has no
+        # final affine map, and trains its base's location and scale instead.
+        spline = RationalQuadraticSpline(knots=spline_bins, interval=spline_interval)
+        dist = coupling_flow(init_key, base_dist=Normal(jnp.zeros(2), jnp.ones(2)),
+                             transformer=spline, flow_layers=8, nn_width=64, nn_depth=2,
+                             invert=False)  # fmt: skip
+    elif kind == "planar":
         dist = planar_flow(init_key, base_dist=base, flow_layers=32, invert=False)
+    else:
+        raise SystemExit(f"--peer-flows: no flowjax flow {kind!r}; of coupling, spline, planar")
     loss = ElboLoss(target.logdensity, num_samples=draws)  # it vmaps the target itself
     start = time.perf_counter()
     dist, _ = fit_to_key_based_loss(train_key, dist, loss_fn=loss, steps=steps,
@@ -85,8 +97,8 @@ def main() -> None:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--no-peer", action="store_true")
-    parser.add_argument("--peer-flows", default="coupling,planar",
-                        help="flowjax's flows to run, of coupling and planar")  # fmt: skip
+    parser.add_argument("--peer-flows", default="coupling,spline,planar",
+                        help="flowjax's flows to run, of coupling, spline and planar")  # fmt: skip
     parser.add_argument("--decay", action="store_true",
                         help="cosine-decay the rate to a tenth of --lr over the run")  # fmt: skip
     parser.add_argument("--estimator", default="reparam", choices=("reparam", "stl"),
@@ -97,7 +109,9 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0,
                         help="the first of the --seeds keys")  # fmt: skip
     parser.add_argument("--spline-interval", type=float, default=4.0,
-                        help="the half-width of the spline flow's range")  # fmt: skip
+                        help="the half-width of the spline flows' range, inferax's and flowjax's")  # fmt: skip
+    parser.add_argument("--spline-bins", type=int, default=8,
+                        help="the spline flows' bins, inferax's and flowjax's")  # fmt: skip
     args = parser.parse_args()
     # optax.adam takes a rate or a schedule alike, so every family and the peer get the same.
     lr = optax.cosine_decay_schedule(args.lr, args.steps, alpha=0.1) if args.decay else args.lr
@@ -123,7 +137,8 @@ def main() -> None:
             for f in args.families.split(",") if f]  # fmt: skip
         if peer:
             runs += [(f"flowjax.{k}", lambda key, k=k, t=target: run_flowjax(
-                k, t, args.steps, args.draws, lr, key))
+                k, t, args.steps, args.draws, lr, key, args.spline_bins,
+                args.spline_interval))
                 for k in args.peer_flows.split(",") if k]  # fmt: skip
         for label, run in runs:
             gaps = []
