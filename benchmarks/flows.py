@@ -16,7 +16,7 @@ that the whole run takes minutes of CPU.
     python benchmarks/flows.py [--steps N] [--targets u1,u2,...] [--families planar,...]
                                [--decay] [--no-peer] [--peer-flows coupling,spline,planar]
                                [--seeds N] [--first-seed K] [--estimator reparam|stl]
-                               [--spline-interval B]
+                               [--spline-interval B] [--spline-bins N]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ FAMILIES = {
     "spline": lambda args: flows.spline(8, (64, 64), args.spline_bins,
                                           interval=args.spline_interval),
 }
+PEER_FLOWS = ("coupling", "spline", "planar")
 TARGETS = ("u1", "u2", "u3", "u4", "banana", "funnel")
 ELBO_DRAWS = 10_000
 
@@ -71,10 +72,8 @@ def run_flowjax(kind, target, steps, draws, lr, key, spline_bins, spline_interva
         dist = coupling_flow(init_key, base_dist=Normal(jnp.zeros(2), jnp.ones(2)),
                              transformer=spline, flow_layers=8, nn_width=64, nn_depth=2,
                              invert=False)  # fmt: skip
-    elif kind == "planar":
-        dist = planar_flow(init_key, base_dist=base, flow_layers=32, invert=False)
     else:
-        raise SystemExit(f"--peer-flows: no flowjax flow {kind!r}; of coupling, spline, planar")
+        dist = planar_flow(init_key, base_dist=base, flow_layers=32, invert=False)
     loss = ElboLoss(target.logdensity, num_samples=draws)  # it vmaps the target itself
     start = time.perf_counter()
     dist, _ = fit_to_key_based_loss(train_key, dist, loss_fn=loss, steps=steps,
@@ -97,7 +96,7 @@ def main() -> None:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--no-peer", action="store_true")
-    parser.add_argument("--peer-flows", default="coupling,spline,planar",
+    parser.add_argument("--peer-flows", default=",".join(PEER_FLOWS),
                         help="flowjax's flows to run, of coupling, spline and planar")  # fmt: skip
     parser.add_argument("--decay", action="store_true",
                         help="cosine-decay the rate to a tenth of --lr over the run")  # fmt: skip
@@ -109,10 +108,18 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0,
                         help="the first of the --seeds keys")  # fmt: skip
     parser.add_argument("--spline-interval", type=float, default=4.0,
-                        help="the half-width of the spline flows' range, inferax's and flowjax's")  # fmt: skip
+                        help="the half-width of the spline flows' range, inferax's and "
+                             "flowjax's")  # fmt: skip
     parser.add_argument("--spline-bins", type=int, default=8,
                         help="the spline flows' bins, inferax's and flowjax's")  # fmt: skip
     args = parser.parse_args()
+    # Refused here, not when a long run reaches the name.
+    for option, names, known in (("--families", args.families, FAMILIES),
+                                 ("--peer-flows", args.peer_flows, PEER_FLOWS),
+                                 ("--targets", args.targets, TARGETS)):  # fmt: skip
+        unknown = [n for n in names.split(",") if n and n not in known]
+        if unknown:
+            parser.error(f"{option}: unknown {unknown}; known: {', '.join(known)}")
     # optax.adam takes a rate or a schedule alike, so every family and the peer get the same.
     lr = optax.cosine_decay_schedule(args.lr, args.steps, alpha=0.1) if args.decay else args.lr
     try:
