@@ -9,14 +9,15 @@ minus the ELBO, the PSIS k-hat, the wall time and the time per step. The peer is
 Settings follow issue 11: Adam at 1e-3, 256 draws a step, base N(0, 2^2 I) at the start
 (trained, in inferax and in flowjax alike); RealNVP and flowjax's coupling flow have 8
 layers of a (64, 64) MLP, planar flows 32 layers, the spline flow 8 layers of 8 bins on
-[-4, 4] (``--spline-interval``) and a final affine map, on a fixed base N(0, I).
+[-5, 5] (``--spline-interval``), its conditioners' outputs bounded by 3 tanh(out / 3)
+(``--spline-bound``), and a final affine map, on a fixed base N(0, I).
 The issue's full length is 20,000 steps (``--steps 20000``); the default is shorter, so
 that the whole run takes minutes of CPU.
 
     python benchmarks/flows.py [--steps N] [--targets u1,u2,...] [--families planar,...]
                                [--decay] [--no-peer] [--peer-flows coupling,spline,planar]
                                [--seeds N] [--first-seed K] [--estimator reparam|stl]
-                               [--spline-interval B] [--spline-bins N]
+                               [--spline-interval B] [--spline-bound b] [--spline-bins N]
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ FAMILIES = {
     "realnvp": lambda args: flows.realnvp(8, (64, 64)),
     "planar": lambda args: flows.planar(32),
     "spline": lambda args: flows.spline(8, (64, 64), args.spline_bins,
-                                          interval=args.spline_interval),
+                                          interval=args.spline_interval,
+                                          output_bound=args.spline_bound or None),
 }
 PEER_FLOWS = ("coupling", "spline", "planar")
 TARGETS = ("u1", "u2", "u3", "u4", "banana", "funnel")
@@ -107,9 +109,12 @@ def main() -> None:
                              "family gives the gaps' mean and sd")  # fmt: skip
     parser.add_argument("--first-seed", type=int, default=0,
                         help="the first of the --seeds keys")  # fmt: skip
-    parser.add_argument("--spline-interval", type=float, default=4.0,
+    parser.add_argument("--spline-interval", type=float, default=5.0,
                         help="the half-width of the spline flows' range, inferax's and "
                              "flowjax's")  # fmt: skip
+    parser.add_argument("--spline-bound", type=float, default=3.0,
+                        help="the bound b on inferax's spline conditioners' outputs, "
+                             "b tanh(out / b); 0 for none (flowjax's has none)")  # fmt: skip
     parser.add_argument("--spline-bins", type=int, default=8,
                         help="the spline flows' bins, inferax's and flowjax's")  # fmt: skip
     args = parser.parse_args()
@@ -120,6 +125,8 @@ def main() -> None:
         unknown = [n for n in names.split(",") if n and n not in known]
         if unknown:
             parser.error(f"{option}: unknown {unknown}; known: {', '.join(known)}")
+    if args.spline_bound < 0:
+        parser.error(f"--spline-bound: must be >= 0 (0 for none), got {args.spline_bound}")
     # optax.adam takes a rate or a schedule alike, so every family and the peer get the same.
     lr = optax.cosine_decay_schedule(args.lr, args.steps, alpha=0.1) if args.decay else args.lr
     try:

@@ -58,6 +58,7 @@ FAMILIES = {
     "realnvp": flows.realnvp(2, (8,)),
     "realnvp_tanh": flows.realnvp(2, (8,), scale="tanh"),
     "spline": flows.spline(2, (8,), 4, interval=3.0),
+    "spline_unbounded": flows.spline(2, (8,), 4, interval=3.0, output_bound=None),
 }
 """Every family with a tractable density; the conformance tests run on each."""
 
@@ -157,6 +158,8 @@ def test_bad_configurations_are_refused():
         flows.spline(2, (4,), interval=0.0)
     with pytest.raises(ValueError, match="base_scale must be positive"):
         flows.spline(2, (4,), base_scale=-1.0)
+    with pytest.raises(ValueError, match="output_bound"):
+        flows.spline(2, (4,), output_bound=0.0)
     with pytest.raises(ValueError, match="base_scale must be positive"):
         flows.planar(2, base_scale=0.0)
     with pytest.raises(ValueError, match="at least 2"):
