@@ -95,9 +95,10 @@ def spline(
         another, and knot slopes stay in ``[0.08, 3.6]``. Unbounded, the U4 fits that
         destabilised at a range of 5 had heavy-tailed gradients: draws that land between
         U4's branches meet the energy's steep walls, and (a likely reason, not proven)
-        an unbounded slope lets such a draw's pull on the parameters grow without limit. At a range of 5 a bound of 3 gave U1-U4 0.015/0.029/0.051/0.054 (keys
-        0-9), ahead of RealNVP on all four; two of those forty runs ended above 0.1 (U3
-        0.124, U4 0.110).
+        an unbounded slope lets such a draw's pull on the parameters grow without limit.
+        At a range of 5 a bound of 3 gave U1-U4 0.015/0.029/0.051/0.054 (keys 0-9), ahead
+        of RealNVP on all four; two of those forty runs ended above 0.1 (U3 0.124, U4
+        0.110).
       base_scale: the base's standard deviation. The default is 1, not the 2 of the other
         flows: the spline acts only inside ``[-interval, interval]``, and with a base of
         scale 2 too many draws start outside it (U1 at 1,000 steps: a gap of 0.39 with
