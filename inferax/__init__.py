@@ -6,6 +6,10 @@ from inferax import federated as federated
 from inferax.numpyro_bridge import from_numpyro as from_numpyro
 from inferax.posterior import Posterior as Posterior
 from inferax.posterior import load as load
+from inferax.predictive import infer_discrete as infer_discrete
+from inferax.predictive import pointwise_log_likelihood as pointwise_log_likelihood
+from inferax.predictive import predictive as predictive
+from inferax.predictive import prior_predictive as prior_predictive
 from inferax.sampling import resume as resume
 from inferax.sampling import sample as sample
 from inferax.target import Target as Target
@@ -28,7 +32,11 @@ __all__ = [
     "federated",
     "flows",
     "from_numpyro",
+    "infer_discrete",
     "load",
+    "pointwise_log_likelihood",
+    "predictive",
+    "prior_predictive",
     "resume",
     "sample",
     "samplers",

@@ -143,8 +143,8 @@ def energy_u4():
 def _banana(z):
     # z1 ~ N(0, 2^2), z2 | z1 ~ N(0.25 (z1^2 - 4), 1): normalised, log Z = 0.
     mean = 0.25 * (z[0] ** 2 - 4.0)
-    return (
-        jax.scipy.stats.norm.logpdf(z[0], 0.0, 2.0) + jax.scipy.stats.norm.logpdf(z[1], mean, 1.0)
+    return jax.scipy.stats.norm.logpdf(z[0], 0.0, 2.0) + jax.scipy.stats.norm.logpdf(
+        z[1], mean, 1.0
     )
 
 

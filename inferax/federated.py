@@ -338,6 +338,7 @@ def _rebuild(target: Target, data: FederatedData) -> Target:
         constrain=target.constrain,
         nonsmooth=target.nonsmooth,
         observed_data=target.observed_data,
+        model=target.model,
     )
 
 

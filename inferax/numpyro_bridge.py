@@ -3,17 +3,52 @@ observed sites when the caller names the data arguments."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
+from numpyro.distributions import ImproperUniform, Unit
 from numpyro.infer import init_to_uniform
 from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
 
 from inferax.target import Target
+
+ENUM_EXTRA = "pip install 'inferax[enum]'"
+"""How a user gets funsor, which NumPyro needs to enumerate discrete sites."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NumPyroModel:
+    """A NumPyro model together with the arguments a ``Target`` was built from: what
+    predictive sampling, pointwise log likelihoods and discrete-site recovery rerun.
+
+    Attributes:
+      model: the model function.
+      args: its positional arguments.
+      kwargs: its keyword arguments.
+      observed: the observed sites (``numpyro.factor`` terms excluded), in trace order.
+      enumerated: the discrete latent sites that NumPyro marginalises by enumeration.
+      improper: the latent sites with an improper prior (``dist.ImproperUniform``).
+      dims: dim names by site, from the model's plates, as ``arviz_base.from_numpyro``
+        infers them.
+      constant_data: the array arguments that are not observed values, by argument name.
+      max_plate_nesting: how deeply the model's plates nest.
+    """
+
+    model: Callable
+    args: tuple
+    kwargs: dict[str, Any]
+    observed: tuple[str, ...]
+    enumerated: tuple[str, ...]
+    improper: tuple[str, ...]
+    dims: dict[str, list[str]]
+    constant_data: dict[str, np.ndarray]
+    max_plate_nesting: int
 
 
 def from_numpyro(
@@ -22,12 +57,23 @@ def from_numpyro(
     data: Sequence[str] | None = None,
     **kwargs,
 ) -> Target:
-    """A ``Target`` for a NumPyro model with continuous latent sites.
+    """A ``Target`` for a NumPyro model: every model NumPyro's NUTS runs, with continuous
+    latent sites or discrete ones that NumPyro enumerates.
 
-    The position is the model's latent sites in unconstrained space, through
+    The position is the model's continuous latent sites in unconstrained space, through
     ``numpyro.infer.util.initialize_model``; the log density includes the Jacobians of the
-    transforms. ``constrain`` is the model's postprocess function, so output holds every
-    sample and deterministic site in its own space. Observed sites go to ``observed_data``.
+    transforms, improper priors (``dist.ImproperUniform``), ``numpyro.factor`` terms, masks,
+    scales and reparametrisations, and sums out enumerated discrete sites
+    (``infer={"enumerate": "parallel"}``, which needs ``funsor``: ``pip install
+    'inferax[enum]'``). ``constrain`` is the model's postprocess function, so output holds
+    every sample and deterministic site in its own space. Observed sites go to
+    ``observed_data``; ``target.model`` keeps the model and its arguments, for pointwise log
+    likelihoods (``inferax.sample``), ``inferax.predictive``, ``inferax.prior_predictive``
+    and ``inferax.infer_discrete``.
+
+    The example position ``target.init`` is the origin of unconstrained space when the log
+    density and its gradient are finite there; otherwise it is found as NumPyro finds one,
+    uniformly within 2 of the origin, over up to 100 tries.
 
     When ``data`` names model arguments, those arguments become ``target.data``: their
     leading axis indexes data points. ``log_likelihood(params, batch)`` is then the log
@@ -46,10 +92,12 @@ def from_numpyro(
       A ``Target``.
 
     Raises:
-      ValueError: the model has a discrete latent site (named in the message), or a name in
-        ``data`` is not a model argument, or a data argument has no leading axis of data
-        points (a scalar, or a first axis of another length than the others'; the message
-        names it), or no finite initial position exists.
+      ValueError: the model has a discrete latent site that is not enumerated (named in the
+        message, with how to enumerate it), or an enumerated one and ``funsor`` is missing;
+        a name in ``data`` is not a model argument, or a data argument has no leading axis of
+        data points, or a latent site has one value per data point, or the model has
+        enumerated sites (these cannot be split into minibatches); or no finite initial
+        position exists.
 
     Examples:
       >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist, inferax
@@ -60,28 +108,21 @@ def from_numpyro(
       >>> sorted(target.constrain(target.init))
       ['mu']
     """
-    prior_trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(*args, **kwargs)
-    _refuse_discrete_latents(prior_trace)
-    observed = {
-        name: np.asarray(site["value"])
-        for name, site in prior_trace.items()
-        if site["type"] == "sample" and site["is_observed"]
-    }
-    # An example position: the origin of unconstrained space (radius 0 makes the key
-    # irrelevant). `inferax.sample` spreads chains around it with its own key.
-    try:
-        info = initialize_model(
-            jax.random.key(0),
-            model,
-            init_strategy=init_to_uniform(radius=0.0),
-            model_args=args,
-            model_kwargs=kwargs,
-        )
-    except RuntimeError as error:
-        raise ValueError(
-            f"from_numpyro: the model's log density is not finite at the origin of "
-            f"unconstrained space ({error}); check the model and its data"
-        ) from error
+    info = _initialize(model, args, kwargs)
+    trace = info.model_trace
+    enumerated = _enumerated_sites(trace)
+    numpyro_model = NumPyroModel(
+        model=model,
+        args=args,
+        kwargs=kwargs,
+        observed=_observed_sites(trace),
+        enumerated=enumerated,
+        improper=_improper_sites(trace),
+        dims=_plate_dims(trace),
+        constant_data=_constant_data(model, args, kwargs, trace),
+        max_plate_nesting=_max_plate_nesting(trace),
+    )
+    observed = {name: np.asarray(trace[name]["value"]) for name in numpyro_model.observed}
     init = info.param_info.z
     constrain = info.postprocess_fn
 
@@ -92,11 +133,19 @@ def from_numpyro(
             init=init,
             constrain=constrain,
             observed_data=observed,
+            model=numpyro_model,
         )
 
+    if enumerated:
+        raise ValueError(
+            f"data: the model enumerates the discrete sites {list(enumerated)}, and an "
+            "enumerated likelihood does not split into a sum over minibatches; sample the "
+            "whole model (drop data=)"
+        )
     bind = _DataBinder(model, args, kwargs, tuple(data))
     data_tree = {name: jnp.asarray(bind.values[name]) for name in bind.names}
     _check_leading_axis(data_tree)
+    _refuse_latents_per_data_point(trace, data_tree)
     one_point = jax.tree.map(lambda leaf: leaf[:1], data_tree)
     latent_only = handlers.block(model, hide_fn=lambda site: site.get("is_observed", False))
 
@@ -120,7 +169,172 @@ def from_numpyro(
         data=data_tree,
         constrain=constrain,
         observed_data=observed,
+        model=numpyro_model,
     )
+
+
+def _initialize(model: Callable, args: tuple, kwargs: dict):
+    """NumPyro's own initialisation: the origin of unconstrained space where the density is
+    usable there (the key is then irrelevant), else NumPyro's default search."""
+    _refuse_unenumerated_discrete(model, args, kwargs)
+    last_error = None
+    for radius in (0.0, 2.0):
+        try:
+            return initialize_model(
+                jax.random.key(0),
+                model,
+                init_strategy=init_to_uniform(radius=radius),
+                model_args=args,
+                model_kwargs=kwargs,
+            )
+        except RuntimeError as error:
+            last_error = error
+        except (ImportError, ModuleNotFoundError) as error:
+            raise ValueError(
+                "from_numpyro: the model enumerates a discrete site, and NumPyro needs "
+                f"funsor to sum it out: {ENUM_EXTRA} ({error})"
+            ) from error
+    raise ValueError(
+        "from_numpyro: no position with a finite log density and gradient was found, at the "
+        f"origin of unconstrained space or in 100 tries within 2 of it ({last_error}); "
+        "check the model and its data"
+    ) from last_error
+
+
+def _refuse_unenumerated_discrete(model: Callable, args: tuple, kwargs: dict) -> None:
+    """A discrete latent site must be marked for parallel enumeration and enumerable;
+    checked on the model's structure alone, before NumPyro tries to differentiate it."""
+
+    def discrete_sites():
+        # init_to_uniform stands in for the continuous latent values, improper priors
+        # (which have no sampler) included.
+        model_with_values = handlers.substitute(
+            handlers.seed(model, 0), substitute_fn=init_to_uniform
+        )
+        trace = handlers.trace(model_with_values).get_trace(*args, **kwargs)
+        return {
+            name: (site["fn"], (site.get("infer") or {}).get("enumerate"))
+            for name, site in trace.items()
+            if site["type"] == "sample"
+            and not site["is_observed"]
+            and site["fn"].support.is_discrete
+        }
+
+    sites = {}
+    # The trace is read for its structure only; eval_shape keeps it from computing.
+    jax.eval_shape(lambda: sites.update(discrete_sites()))
+    for name, (distribution, enumerate_as) in sites.items():
+        kind = type(distribution).__name__
+        if not distribution.has_enumerate_support:
+            raise ValueError(
+                f"from_numpyro: latent site '{name}' is discrete ({kind}) with an unbounded "
+                "support, which cannot be enumerated; marginalise it out by hand, or observe it"
+            )
+        if enumerate_as != "parallel":
+            raise ValueError(
+                f"from_numpyro: latent site '{name}' is discrete ({kind}) and not enumerated; "
+                "inferax samples continuous latents and sums out enumerated discrete ones. "
+                f"Enumerate it with infer={{'enumerate': 'parallel'}} on numpyro.sample("
+                f"'{name}', ...), or numpyro.contrib.funsor.config_enumerate on the model "
+                f"(this needs funsor: {ENUM_EXTRA}); or marginalise it out, or observe it"
+            )
+
+
+def _enumerated_sites(trace) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name, site in trace.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and site["fn"].support.is_discrete
+        and "enumerate" in (site.get("infer") or {})
+    )
+
+
+def _improper_sites(trace) -> tuple[str, ...]:
+    def is_improper(distribution) -> bool:
+        while True:
+            if isinstance(distribution, ImproperUniform):
+                return True
+            if not hasattr(distribution, "base_dist"):
+                return False
+            distribution = distribution.base_dist
+
+    return tuple(
+        name
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"] and is_improper(site["fn"])
+    )
+
+
+def _observed_sites(trace) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name, site in trace.items()
+        if site["type"] == "sample" and site["is_observed"] and not isinstance(site["fn"], Unit)
+    )
+
+
+def _plate_dims(trace) -> dict[str, list[str]]:
+    """Dim names by site, as ``arviz_base.from_numpyro`` names them: the enclosing plates'
+    names, outermost first, then any ``infer={"event_dims": [...]}``."""
+    dims = {}
+    for name, site in trace.items():
+        if site["type"] not in ("sample", "deterministic"):
+            continue
+        frames = sorted(site.get("cond_indep_stack") or (), key=lambda frame: frame.dim)
+        names = [frame.name for frame in frames]
+        names += list((site.get("infer") or {}).get("event_dims", []))
+        if names:
+            dims[name] = names
+    return dims
+
+
+def _max_plate_nesting(trace) -> int:
+    dims = [
+        -frame.dim
+        for site in trace.values()
+        for frame in site.get("cond_indep_stack") or ()
+        if frame.dim is not None
+    ]
+    return max(dims, default=0)
+
+
+def _constant_data(model: Callable, args: tuple, kwargs: dict, trace) -> dict[str, np.ndarray]:
+    """The model's array arguments, by name, except the observed values themselves."""
+    try:
+        bound = inspect.signature(model).bind(*args, **kwargs)
+    except TypeError:
+        return {}
+    observed_ids = {
+        id(site["value"])
+        for site in trace.values()
+        if site["type"] == "sample" and site["is_observed"]
+    }
+    constant = {}
+    for name, value in bound.arguments.items():
+        if isinstance(value, jax.Array | np.ndarray) and id(value) not in observed_ids:
+            if np.ndim(value) > 0:
+                constant[name] = np.asarray(value)
+    return constant
+
+
+def _refuse_latents_per_data_point(trace, data_tree: dict) -> None:
+    """A latent site inside a plate as long as the data has one value per data point: a
+    minibatch would see only some of them, so the split cannot hold."""
+    num_data = next(iter(data_tree.values())).shape[0]
+    for name, site in trace.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        for frame in site.get("cond_indep_stack") or ():
+            if frame.size == num_data:
+                raise ValueError(
+                    f"data: latent site '{name}' has one value per data point (it lies in "
+                    f"plate '{frame.name}' of size {num_data}, the length of the data), and "
+                    "a minibatch would see only some of its values, so such a site cannot be "
+                    "minibatched. Sample the whole model (drop data=), or name as data only "
+                    "arguments whose points share every latent site"
+                )
 
 
 def _check_leading_axis(data_tree: dict) -> None:
@@ -162,18 +376,6 @@ def _check_runs_on_a_batch(log_likelihood, init, data_tree: dict) -> None:
             f"data: the likelihood of a batch of {list(data_tree)} has shape {out.shape}, "
             "expected a scalar"
         )
-
-
-def _refuse_discrete_latents(trace) -> None:
-    for name, site in trace.items():
-        if site["type"] != "sample" or site["is_observed"]:
-            continue
-        if site["fn"].support.is_discrete:
-            raise ValueError(
-                f"from_numpyro: latent site '{name}' is discrete "
-                f"({type(site['fn']).__name__}); inferax samples continuous latents only. "
-                "Marginalise it out, or observe it."
-            )
 
 
 def _observed_log_prob(trace) -> jax.Array:

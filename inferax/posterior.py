@@ -40,6 +40,17 @@ class Posterior:
       sampler: the kernel's configuration.
       num_warmup: warmup steps per chain.
       tuned: the parameters warmup tuned, per chain (step size, inverse mass matrix).
+      log_likelihood: pointwise log likelihood by observed site, shape
+        ``(chain, draw, *site_shape)``: one value per observation, for ``az.loo`` and
+        ``az.compare``. ``inferax.sample`` fills it for NumPyro models.
+      constant_data: the model's array arguments other than the observations.
+      posterior_predictive: replicated observations by site, ``(chain, draw, ...)``
+        (``inferax.predictive``).
+      prior: prior draws of the latent and deterministic sites, ``(1, draw, ...)``
+        (``inferax.prior_predictive``).
+      prior_predictive: prior draws of the observed sites, ``(1, draw, ...)``.
+      dims: dim names by site (without ``chain`` and ``draw``), from the model's plates.
+      coords: coordinate values by dim name.
     """
 
     draws: dict[str, np.ndarray]
@@ -49,6 +60,13 @@ class Posterior:
     sampler: str = ""
     num_warmup: int = 0
     tuned: dict[str, Any] = dataclasses.field(default_factory=dict)
+    log_likelihood: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    constant_data: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    posterior_predictive: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    prior: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    prior_predictive: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    dims: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    coords: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def num_chains(self) -> int:
@@ -58,12 +76,38 @@ class Posterior:
     def num_draws(self) -> int:
         return next(iter(self.draws.values())).shape[1]
 
-    def to_datatree(self) -> xr.DataTree:
-        """The draws as an ``xarray.DataTree`` in ArviZ 1.x's layout: groups ``posterior``,
-        ``sample_stats`` and ``observed_data``, dims ``(chain, draw, ...)``."""
-        groups = {"posterior": self.draws, "sample_stats": self.stats}
-        if self.observed_data:
-            groups["observed_data"] = self.observed_data
+    def to_datatree(
+        self,
+        *,
+        coords: dict[str, Any] | None = None,
+        dims: dict[str, list[str]] | None = None,
+    ) -> xr.DataTree:
+        """The run as an ``xarray.DataTree`` in ArviZ 1.x's layout, dims ``(chain, draw,
+        ...)``: groups ``posterior`` and ``sample_stats``, and where there are any,
+        ``log_likelihood``, ``posterior_predictive``, ``prior``, ``prior_predictive``,
+        ``observed_data`` and ``constant_data``. Plate names are dim names; ``az.loo``,
+        ``az.compare`` and ``az.plot_ppc`` read the tree as it is.
+
+        Args:
+          coords: coordinate values by dim name, over those the posterior holds.
+          dims: dim names by variable (without ``chain`` and ``draw``), over the plates'.
+
+        Returns:
+          An ``xarray.DataTree``.
+        """
+        groups = {
+            "posterior": self.draws,
+            "sample_stats": self.stats,
+            "log_likelihood": self.log_likelihood,
+            "posterior_predictive": self.posterior_predictive,
+            "prior": self.prior,
+            "prior_predictive": self.prior_predictive,
+            "observed_data": self.observed_data,
+            "constant_data": self.constant_data,
+        }
+        groups = {name: values for name, values in groups.items() if values}
+        all_dims = {**self.dims, **(dims or {})}
+        all_coords = {**self.coords, **(coords or {})}
         attrs = {
             "inference_library": "inferax",
             "inference_library_version": _inferax_version(),
@@ -71,7 +115,12 @@ class Posterior:
             "tuning_steps": self.num_warmup,
             **{_TIMING_ATTRS[name]: seconds for name, seconds in self.timing.items()},
         }
-        return arviz_base.from_dict(groups, attrs={"posterior": attrs, "sample_stats": attrs})
+        return arviz_base.from_dict(
+            groups,
+            attrs={"posterior": attrs, "sample_stats": attrs},
+            dims=_dims_that_fit(groups, all_dims),
+            coords=all_coords,
+        )
 
     def fault_counts(self) -> dict[str, int]:
         """Numerical trouble in the run: divergent transitions, and draws with a non-finite
@@ -136,6 +185,14 @@ def load(path: str | os.PathLike) -> Posterior:
             return {}
         return {name: np.asarray(var) for name, var in tree[group].dataset.data_vars.items()}
 
+    dims, coords = {}, {}
+    for group in tree.children.values():
+        sample_dims = {"chain", "draw"}
+        for name, var in group.dataset.data_vars.items():
+            dims.setdefault(name, [dim for dim in var.dims if dim not in sample_dims])
+        for name, coord in group.dataset.coords.items():
+            if name not in sample_dims:
+                coords.setdefault(name, np.asarray(coord))
     return Posterior(
         draws=arrays("posterior"),
         stats=arrays("sample_stats"),
@@ -143,4 +200,27 @@ def load(path: str | os.PathLike) -> Posterior:
         observed_data=arrays("observed_data"),
         sampler=str(attrs.get("sampler", "")),
         num_warmup=int(attrs.get("tuning_steps", 0)),
+        log_likelihood=arrays("log_likelihood"),
+        constant_data=arrays("constant_data"),
+        posterior_predictive=arrays("posterior_predictive"),
+        prior=arrays("prior"),
+        prior_predictive=arrays("prior_predictive"),
+        dims=dims,
+        coords=coords,
     )
+
+
+def _dims_that_fit(groups: dict, dims: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The named dims of each variable, cut to the axes it has: a plate dim names a batch
+    axis, and a site whose value has fewer axes than its plates (a plate that broadcasts)
+    keeps ArviZ's default names rather than wrong ones."""
+    fitted = {}
+    for group, values in groups.items():
+        leading = 0 if group in ("observed_data", "constant_data") else 2
+        for name, value in values.items():
+            if name not in dims:
+                continue
+            names = list(dims[name])
+            if len(names) <= np.ndim(value) - leading:
+                fitted[name] = names
+    return fitted

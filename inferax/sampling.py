@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 import os
 import time
 import warnings
@@ -17,9 +16,11 @@ from inferax.checkpoint import CheckpointStore, SavedPoint, decode_kernel, encod
 from inferax.compile_cache import compiled
 from inferax.fingerprint import compare_fingerprints, target_fingerprint
 from inferax.posterior import Posterior
+from inferax.predictive import log_likelihood_groups
 from inferax.progress import ProgressBar, progress_enabled
 from inferax.target import Target, named_sites
 from inferax.typing import ArrayLikeTree, PRNGKey
+from inferax.validation import check_count, check_key, check_logdensity_shape
 
 INIT_RADIUS = 2.0
 """Chains start uniformly within this distance of ``target.init`` in each unconstrained
@@ -37,11 +38,11 @@ class RunSettings:
     chunk_size: int
 
     def check(self) -> None:
-        _check_count("num_chains", self.num_chains, minimum=1)
-        _check_count("num_warmup", self.num_warmup, minimum=0)
-        _check_count("num_samples", self.num_samples, minimum=1)
-        _check_count("thinning", self.thinning, minimum=1)
-        _check_count("chunk_size", self.chunk_size, minimum=1)
+        check_count("num_chains", self.num_chains, minimum=1)
+        check_count("num_warmup", self.num_warmup, minimum=0)
+        check_count("num_samples", self.num_samples, minimum=1)
+        check_count("thinning", self.thinning, minimum=1)
+        check_count("chunk_size", self.chunk_size, minimum=1)
 
 
 def sample(
@@ -58,6 +59,7 @@ def sample(
     chunk_size: int = 100,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
+    log_likelihood: bool | None = None,
 ) -> Posterior:
     """Draws from ``target`` with ``kernel``: warmup, then sampling, all chains at once.
 
@@ -87,9 +89,15 @@ def sample(
       checkpoint: a directory to save the run in, after every ``checkpoint_every`` chunks:
         the whole sampler state and the draws so far. ``inferax.resume`` continues it.
       checkpoint_every: chunks between saves.
+      log_likelihood: for a NumPyro model, compute the pointwise log likelihood of every
+        observation at every draw (the ``log_likelihood`` group that ``az.loo`` reads), in
+        one compiled program. ``None``: when it takes at most
+        ``inferax.predictive.LOG_LIKELIHOOD_MEMORY_LIMIT`` bytes (a warning gives the size
+        otherwise) and the model enumerates no discrete site.
 
     Returns:
-      A ``Posterior`` with draws of shape ``(chain, draw, ...)``.
+      A ``Posterior`` with draws of shape ``(chain, draw, ...)``; for a NumPyro model also
+      its plates' dims, its constant data and the pointwise log likelihood.
 
     Raises:
       ValueError: a setting is out of range, the target is refused by the kernel, the log
@@ -109,11 +117,11 @@ def sample(
     """
     settings = RunSettings(num_chains, num_warmup, num_samples, thinning, chunk_size)
     _check_run_inputs(target, kernel, settings)
-    _check_count("checkpoint_every", checkpoint_every, minimum=1)
-    rng_key = _check_key(rng_key)
+    check_count("checkpoint_every", checkpoint_every, minimum=1)
+    rng_key = check_key(rng_key)
     kernel.check_target(target)
     target = _prepared_target(kernel, target)
-    _check_logdensity_shape(target)
+    check_logdensity_shape(target)
     if init is None:
         _check_logdensity_at_init(target)
         positions = None
@@ -133,7 +141,8 @@ def sample(
             checkpoint, manifest, _expected_bytes(target, kernel, settings)
         )
     run = _Run(target, kernel, settings, rng_key, store, checkpoint_every, progress)
-    return run.execute(saved=None, positions=positions)
+    posterior = run.execute(saved=None, positions=positions)
+    return log_likelihood_groups(target, posterior, log_likelihood)
 
 
 def resume(
@@ -144,6 +153,7 @@ def resume(
     rng_key: PRNGKey | None = None,
     progress: bool | None = None,
     checkpoint_every: int = 1,
+    log_likelihood: bool | None = None,
     **settings,
 ) -> Posterior:
     """Continues a run that ``sample(..., checkpoint=run_dir)`` saved, from its last
@@ -162,6 +172,7 @@ def resume(
       rng_key: if given, it must be the run's key.
       progress: show a progress bar (as in ``sample``).
       checkpoint_every: chunks between saves from here on.
+      log_likelihood: as in ``sample``.
       **settings: ``num_chains``, ``num_warmup``, ``num_samples``, ``thinning`` or
         ``chunk_size``, if given, must equal the run's.
 
@@ -191,7 +202,7 @@ def resume(
         kernel = decode_kernel(manifest["kernel_pickle"])
     elif repr(kernel) != manifest["kernel"]:
         differences.append(f"kernel: the run has {manifest['kernel']}, got {kernel!r}")
-    if rng_key is not None and _encode_key(_check_key(rng_key)) != manifest["key"]:
+    if rng_key is not None and _encode_key(check_key(rng_key)) != manifest["key"]:
         differences.append("rng_key: the run was started with another key")
     if bool(jax.config.jax_enable_x64) != manifest["x64"]:
         differences.append(f"jax_enable_x64: the run has {manifest['x64']}")
@@ -200,11 +211,12 @@ def resume(
     differences += compare_fingerprints(manifest["fingerprint"], target_fingerprint(target))
     if differences:
         raise ValueError("resume: refused, this is not the same run: " + "; ".join(differences))
-    _check_count("checkpoint_every", checkpoint_every, minimum=1)
+    check_count("checkpoint_every", checkpoint_every, minimum=1)
     rng_key = _decode_key(manifest["key"])
     saved = store.latest()
     run = _Run(target, kernel, saved_settings, rng_key, store, checkpoint_every, progress)
-    return run.execute(saved=saved, positions=None)
+    posterior = run.execute(saved=saved, positions=None)
+    return log_likelihood_groups(target, posterior, log_likelihood)
 
 
 class _Run:
@@ -405,37 +417,6 @@ def _expected_bytes(target: Target, kernel, settings: RunSettings) -> int:
     state = sum(np.size(leaf) * 8 for leaf in jax.tree.leaves(target.init)) * 8
     total = settings.num_chains * (settings.num_samples * per_draw + 3 * state)
     return int(1.1 * total) + 1_000_000
-
-
-def _check_count(name: str, value, *, minimum: int) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_key(rng_key) -> PRNGKey:
-    if isinstance(rng_key, jax.Array) and jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
-        if rng_key.shape != ():
-            raise ValueError(f"rng_key must be a single key, got shape {rng_key.shape}")
-        return rng_key
-    if isinstance(rng_key, jax.Array | np.ndarray) and rng_key.shape == (2,):
-        if rng_key.dtype == np.uint32:
-            return jax.random.wrap_key_data(jnp.asarray(rng_key))
-    raise TypeError(
-        "rng_key must be a JAX random key, such as jax.random.key(0), "
-        f"got {type(rng_key).__name__}"
-    )
-
-
-def _check_logdensity_shape(target: Target) -> None:
-    """The log density must be a float scalar; traced, not compiled."""
-    out = jax.eval_shape(target.logdensity, target.init)
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
-        shape = getattr(out, "shape", type(out).__name__)
-        raise TypeError(f"the log density must return a scalar, got shape {shape}")
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"the log density must return a float, got dtype {out.dtype}")
 
 
 def _check_logdensity_at_init(target: Target) -> None:

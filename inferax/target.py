@@ -72,6 +72,8 @@ class Target:
         rather than by gradients (proximal and Bregman samplers). Gradient kernels refuse
         a target that has one.
       observed_data: named observed values, for the DataTree's ``observed_data`` group.
+      model: the ``NumPyroModel`` the target was built from (``inferax.from_numpyro`` sets
+        it), for pointwise log likelihoods and predictive sampling; ``None`` otherwise.
 
     Examples:
       >>> import jax.numpy as jnp, inferax
@@ -87,6 +89,7 @@ class Target:
     constrain: Callable[[ArrayTree], dict[str, jax.Array]] = named_sites
     nonsmooth: Any = None
     observed_data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model: Any = None
 
     def __post_init__(self):
         if not callable(self.log_prior):
@@ -177,7 +180,8 @@ def _float_dtype(leaf) -> jnp.dtype:
 
 class _ByIdentity:
     """Holds a value in a pytree's static structure, compared by identity: the observed data
-    is output metadata, never an input to a compiled program, and a dict is unhashable."""
+    and the model are output metadata, never inputs to a compiled program, and a dict is
+    unhashable."""
 
     __slots__ = ("value",)
 
@@ -198,6 +202,7 @@ def _flatten_target(target: Target):
         target.log_likelihood,
         target.constrain,
         _ByIdentity(target.observed_data),
+        _ByIdentity(target.model),
     )
     return children, static
 
@@ -212,6 +217,7 @@ def _unflatten_target(static, children) -> Target:
         log_likelihood=static[1],
         constrain=static[2],
         observed_data=static[3].value,
+        model=static[4].value,
     )
     for name, value in fields.items():
         object.__setattr__(target, name, value)

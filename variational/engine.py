@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 
 from inferax.compile_cache import compiled
 from inferax.progress import ProgressBar, progress_enabled
-from inferax.sampling import _check_count, _check_key, _check_logdensity_shape
+from inferax.validation import check_count, check_key, check_logdensity_shape
 from inferax.target import Target
 from inferax.typing import ArrayTree, PRNGKey
 from inferax.variational.family import AbstractFamily
@@ -110,11 +110,11 @@ def fit(
         raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
     if not isinstance(family, AbstractFamily):
         raise TypeError(f"family must be a variational family, got {type(family).__name__}")
-    _check_count("num_steps", num_steps, minimum=1)
-    _check_count("chunk_size", chunk_size, minimum=1)
-    _check_count("num_khat_draws", num_khat_draws, minimum=2)
-    rng_key = _check_key(rng_key)
-    _check_logdensity_shape(target)
+    check_count("num_steps", num_steps, minimum=1)
+    check_count("chunk_size", chunk_size, minimum=1)
+    check_count("num_khat_draws", num_khat_draws, minimum=2)
+    rng_key = check_key(rng_key)
+    check_logdensity_shape(target)
     objective = resolve_objective(objective, num_particles, estimator)
     init_key, run_key, khat_key = jax.random.split(rng_key, 3)
     if not family.initialized:

@@ -31,7 +31,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.scipy.special import logsumexp
 
-from inferax.sampling import _check_count, _check_key
+from inferax.validation import check_count, check_key
 from inferax.target import Target
 from inferax.typing import ArrayTree, PRNGKey
 
@@ -165,8 +165,8 @@ class MixFlow:
     def sample_augmented(self, rng_key: PRNGKey, n: int) -> MixFlowState:
         """``n`` i.i.d. draws of ``q_N`` on the augmented space."""
         self._check_fitted()
-        _check_count("n", n, minimum=1)
-        rng_key = _check_key(rng_key)
+        check_count("n", n, minimum=1)
+        rng_key = check_key(rng_key)
         with jax.enable_x64(True):
             return _sample(self._config(), *self._reference(), rng_key, int(n))
 
@@ -197,8 +197,8 @@ class MixFlow:
     def elbo_terms(self, rng_key: PRNGKey, n: int) -> np.ndarray:
         """The ``n`` independent orbit estimates whose mean is ``elbo``."""
         self._check_fitted()
-        _check_count("n", n, minimum=2)
-        rng_key = _check_key(rng_key)
+        check_count("n", n, minimum=2)
+        rng_key = check_key(rng_key)
         with jax.enable_x64(True):
             return np.asarray(_orbit_elbo(self._config(), *self._reference(), rng_key, int(n)))
 
@@ -297,8 +297,8 @@ def mixflow(
     """
     if not isinstance(target, Target):
         raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
-    _check_count("num_flows", num_flows, minimum=1)
-    _check_count("leapfrog_steps", leapfrog_steps, minimum=1)
+    check_count("num_flows", num_flows, minimum=1)
+    check_count("leapfrog_steps", leapfrog_steps, minimum=1)
     step_size = _check_step_size(step_size)
     flow = MixFlow(target, int(num_flows), int(leapfrog_steps), step_size)
     if reference is None:

@@ -17,7 +17,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 from scipy.spatial import cKDTree
 
-from inferax.sampling import _check_count, _check_key
+from inferax.validation import check_count, check_key
 from inferax.variational.family import pytree_dataclass, static_field
 from inferax.variational.gp.kernels import AbstractKernel, rbf
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
@@ -271,14 +271,14 @@ class DKLGP(AbstractSparseGP):
         the ordering and pattern are rebuilt if a lengthscale moved by more than
         ``reorder_tolerance`` (relative), keeping ``mu`` and restarting ``V`` at ``U``.
         ``batch_size`` counts columns. Other options as ``AbstractSparseGP.fit``."""
-        _check_count("num_stages", num_stages, minimum=1)
-        _check_count("num_steps", num_steps, minimum=num_stages)
+        check_count("num_stages", num_stages, minimum=1)
+        check_count("num_steps", num_steps, minimum=num_stages)
         unknown = set(options) - {"batch_size", "learning_rate", "optimizer", "fixed",
                                   "chunk_size", "progress"}  # fmt: skip
         if unknown:
             raise TypeError(f"DKLGP.fit got unexpected option(s) {sorted(unknown)}")
         optimizer = resolve_optimizer(options.get("optimizer"), options.get("learning_rate", 0.01))
-        rng_key = _check_key(rng_key)
+        rng_key = check_key(rng_key)
         X_checked, y_checked = check_inputs(X, y)
         self.likelihood.check_y(y_checked)
         dtype = jnp.result_type(float)
@@ -450,7 +450,7 @@ def dklgp(
     """
     if not rho >= 1.0:
         raise ValueError(f"rho must be >= 1, got {rho}")
-    _check_count("max_set_size", max_set_size, minimum=1)
+    check_count("max_set_size", max_set_size, minimum=1)
     kernel = rbf() if kernel is None else kernel
     likelihood = gaussian() if likelihood is None else likelihood
     return DKLGP(kernel, likelihood, rho=float(rho), max_set_size=max_set_size,

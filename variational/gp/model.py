@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from inferax.sampling import _check_count, _check_key
+from inferax.validation import check_count, check_key
 from inferax.typing import PRNGKey
 from inferax.variational.gp.kernels import AbstractKernel
 from inferax.variational.gp.likelihoods import AbstractLikelihood
@@ -111,11 +111,11 @@ class AbstractSparseGP(abc.ABC):
         Returns:
           A ``GPFit`` with the fitted model and the loss (negative ELBO) trace.
         """
-        rng_key = _check_key(rng_key)
-        _check_count("num_steps", num_steps, minimum=1)
-        _check_count("chunk_size", chunk_size, minimum=1)
+        rng_key = check_key(rng_key)
+        check_count("num_steps", num_steps, minimum=1)
+        check_count("chunk_size", chunk_size, minimum=1)
         if batch_size is not None:
-            _check_count("batch_size", batch_size, minimum=1)
+            check_count("batch_size", batch_size, minimum=1)
         unknown = set(fixed) - {"kernel", "likelihood", "inducing"}
         if unknown:
             raise ValueError(

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax.scipy.linalg import cho_solve
 
-from inferax.sampling import _check_count
+from inferax.validation import check_count
 from inferax.variational.family import pytree_dataclass, static_field
 from inferax.variational.gp.kernels import AbstractKernel, rbf, softplus_inverse
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
@@ -256,8 +256,8 @@ def swsgp(
       Tran, Milios, Michiardi, Filippone, "Sparse within Sparse Gaussian Processes using
       Neighbor Information", ICML 2021.
     """
-    _check_count("num_neighbours", num_neighbours, minimum=1)
-    _check_count("rank", rank, minimum=0)
+    check_count("num_neighbours", num_neighbours, minimum=1)
+    check_count("rank", rank, minimum=0)
     kernel = rbf() if kernel is None else kernel
     likelihood = gaussian() if likelihood is None else likelihood
     settings = dict(num_neighbours=num_neighbours, rank=rank, jitter=float(jitter),

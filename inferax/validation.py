@@ -1,0 +1,50 @@
+"""Checks of user input that every entry point shares: counts, keys and log densities,
+made before anything compiles, with errors that name the argument."""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inferax.target import Target
+from inferax.typing import PRNGKey
+
+
+def check_count(name: str, value, *, minimum: int) -> None:
+    """Raises unless ``value`` is an integer (not a bool) of at least ``minimum``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_key(rng_key) -> PRNGKey:
+    """The key as a typed JAX key; a legacy ``uint32[2]`` key is wrapped, anything else (an
+    int seed included) is refused rather than silently turned into a key."""
+    if isinstance(rng_key, jax.Array) and jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
+        if rng_key.shape != ():
+            raise ValueError(f"rng_key must be a single key, got shape {rng_key.shape}")
+        return rng_key
+    if isinstance(rng_key, jax.Array | np.ndarray) and rng_key.shape == (2,):
+        if rng_key.dtype == np.uint32:
+            return jax.random.wrap_key_data(jnp.asarray(rng_key))
+    raise TypeError(
+        "rng_key must be a JAX random key, such as jax.random.key(0), "
+        f"got {type(rng_key).__name__}"
+    )
+
+
+def check_logdensity_shape(target: Target) -> None:
+    """The log density must be a float scalar; traced, not compiled."""
+    out = jax.eval_shape(target.logdensity, target.init)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+        shape = getattr(out, "shape", type(out).__name__)
+        raise TypeError(f"the log density must return a scalar, got shape {shape}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"the log density must return a float, got dtype {out.dtype}")
+
+
+__all__ = ["check_count", "check_key", "check_logdensity_shape"]
