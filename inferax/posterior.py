@@ -16,6 +16,32 @@ import xarray as xr
 
 from inferax.checkpoint import write_atomically
 
+STUCK_ACCEPTANCE = 0.01
+"""A chain whose mean acceptance rate after warmup is below this is stuck."""
+
+
+def stuck_chains(stats: dict[str, Any]) -> list[int]:
+    """The chains that did not move after warmup: mean acceptance rate below
+    ``STUCK_ACCEPTANCE``, or every transition divergent. Warmup that ends with a step size
+    of zero, or in a region where every proposal fails, leaves such a chain.
+
+    Args:
+      stats: sampler statistics by ArviZ name, shape ``(chain, draw)``
+        (``acceptance_rate`` and ``diverging`` are read where present).
+
+    Returns:
+      The indices of the stuck chains, in order.
+    """
+    stuck = None
+    if "acceptance_rate" in stats:
+        acceptance = np.nan_to_num(np.asarray(stats["acceptance_rate"], dtype=float), nan=0.0)
+        stuck = acceptance.mean(axis=1) < STUCK_ACCEPTANCE
+    if "diverging" in stats:
+        all_divergent = np.asarray(stats["diverging"], dtype=bool).all(axis=1)
+        stuck = all_divergent if stuck is None else stuck | all_divergent
+    return [] if stuck is None else np.flatnonzero(stuck).tolist()
+
+
 _TIMING_ATTRS = {"compile": "compile_time", "warmup": "warmup_time", "sampling": "sampling_time"}
 
 
@@ -136,6 +162,10 @@ class Posterior:
             "diverging": int(np.sum(diverging)) if diverging is not None else 0,
             "nonfinite_draws": int(nonfinite.sum()),
         }
+
+    def stuck_chains(self) -> list[int]:
+        """The chains that did not move after warmup (see ``inferax.posterior.stuck_chains``)."""
+        return stuck_chains(self.stats)
 
     def summary(self, **kwargs):
         """ArviZ's summary table: mean, sd, HDI, mcse, ess_bulk, ess_tail, r_hat.

@@ -60,6 +60,7 @@ def sample(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     log_likelihood: bool | None = None,
+    restart_stuck_chains: bool = False,
 ) -> Posterior:
     """Draws from ``target`` with ``kernel``: warmup, then sampling, all chains at once.
 
@@ -94,6 +95,11 @@ def sample(
         one compiled program. ``None``: when it takes at most
         ``inferax.predictive.LOG_LIKELIHOOD_MEMORY_LIMIT`` bytes (a warning gives the size
         otherwise) and the model enumerates no discrete site.
+      restart_stuck_chains: a chain that did not move after warmup (mean acceptance below
+        1%, or every transition divergent) is named in a warning; with this set, each such
+        chain is run once more, warmup included, from a fresh start within 2 of
+        ``target.init`` drawn with another key, and its draws replace the stuck ones. Not
+        with ``checkpoint``.
 
     Returns:
       A ``Posterior`` with draws of shape ``(chain, draw, ...)``; for a NumPyro model also
@@ -119,6 +125,12 @@ def sample(
     _check_run_inputs(target, kernel, settings)
     check_count("checkpoint_every", checkpoint_every, minimum=1)
     rng_key = check_key(rng_key)
+    if log_likelihood not in (None, True, False):
+        raise TypeError(f"log_likelihood must be True, False or None, got {log_likelihood!r}")
+    if restart_stuck_chains and checkpoint is not None:
+        raise ValueError(
+            "restart_stuck_chains: restarted chains are not checkpointed; pass one or the other"
+        )
     kernel.check_target(target)
     target = _prepared_target(kernel, target)
     check_logdensity_shape(target)
@@ -142,6 +154,9 @@ def sample(
         )
     run = _Run(target, kernel, settings, rng_key, store, checkpoint_every, progress)
     posterior = run.execute(saved=None, positions=positions)
+    if restart_stuck_chains and posterior.stuck_chains():
+        posterior = _restarted(posterior, target, kernel, settings, rng_key, progress)
+    _warn_stuck_chains(posterior, restarted=restart_stuck_chains)
     return log_likelihood_groups(target, posterior, log_likelihood)
 
 
@@ -216,7 +231,67 @@ def resume(
     saved = store.latest()
     run = _Run(target, kernel, saved_settings, rng_key, store, checkpoint_every, progress)
     posterior = run.execute(saved=saved, positions=None)
+    _warn_stuck_chains(posterior, restarted=False)
     return log_likelihood_groups(target, posterior, log_likelihood)
+
+
+RESTART_KEY_TAG = 0x5EED
+"""Folded into the run's key for the restart of stuck chains, so they get new draws."""
+
+
+def _restarted(posterior: Posterior, target, kernel, settings: RunSettings, rng_key, progress):
+    """The posterior with its stuck chains run again from fresh starts."""
+    stuck = posterior.stuck_chains()
+    restart_key = jax.random.fold_in(rng_key, RESTART_KEY_TAG)
+    init_key, run_key = jax.random.split(restart_key)
+    positions = _jittered_positions(target, init_key, len(stuck))
+    settings = dataclasses.replace(settings, num_chains=len(stuck))
+    run = _Run(target, kernel, settings, run_key, None, 1, progress)
+    again = run.execute(saved=None, positions=positions)
+
+    def splice(old: dict, new: dict) -> dict:
+        spliced = {}
+        for name, values in old.items():
+            values = np.array(values, copy=True)
+            values[stuck] = np.asarray(new[name])
+            spliced[name] = values
+        return spliced
+
+    return dataclasses.replace(
+        posterior,
+        draws=splice(posterior.draws, again.draws),
+        stats=splice(posterior.stats, again.stats),
+        tuned=splice(posterior.tuned, again.tuned),
+        timing={name: posterior.timing[name] + again.timing[name] for name in posterior.timing},
+    )
+
+
+def _warn_stuck_chains(posterior: Posterior, *, restarted: bool) -> None:
+    stuck = posterior.stuck_chains()
+    if not stuck:
+        return
+    lines = []
+    for chain in stuck:
+        parts = []
+        if "step_size" in posterior.stats:
+            parts.append(f"step size {float(posterior.stats['step_size'][chain, -1]):.3g}")
+        if "acceptance_rate" in posterior.stats:
+            acceptance = np.nan_to_num(posterior.stats["acceptance_rate"][chain], nan=0.0)
+            parts.append(f"mean acceptance {float(acceptance.mean()):.3f}")
+        if "diverging" in posterior.stats:
+            diverging = posterior.stats["diverging"][chain]
+            parts.append(f"{int(diverging.sum())} of {diverging.size} transitions divergent")
+        lines.append(f"chain {chain} ({', '.join(parts)})")
+    advice = (
+        "it stayed stuck after a restart from a fresh start"
+        if restarted
+        else "pass restart_stuck_chains=True to run it again from a fresh start"
+    )
+    warnings.warn(
+        f"{len(stuck)} chain(s) did not move after warmup, so their draws do not explore the "
+        f"posterior: {'; '.join(lines)}. Warmup failed for them; {advice}, or leave them out",
+        stacklevel=3,
+    )
 
 
 class _Run:

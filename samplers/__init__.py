@@ -4,6 +4,7 @@ from inferax.samplers.adaptation import WindowAdaptationState as WindowAdaptatio
 from inferax.samplers.adaptation import window_adaptation as window_adaptation
 from inferax.samplers.base import AbstractKernel as AbstractKernel
 from inferax.samplers.base import WarmupAlgorithm as WarmupAlgorithm
+from inferax.samplers.blackjax_kernel import from_blackjax as from_blackjax
 from inferax.samplers.federated import AbstractFederatedKernel as AbstractFederatedKernel
 from inferax.samplers.federated import FederatedSGLDState as FederatedSGLDState
 from inferax.samplers.federated import GaussianSurrogates as GaussianSurrogates
@@ -76,6 +77,7 @@ __all__ = [
     "dsgld",
     "federated_sgld_algorithm",
     "fit_surrogates",
+    "from_blackjax",
     "fsgld",
     "AbstractHMCKernel",
     "AbstractKernel",

@@ -66,6 +66,7 @@ class AbstractHMCKernel(AbstractKernel):
     def warmup_algorithm(self, target: Target) -> WarmupAlgorithm:
         return window_adaptation(
             lambda **tuned: self.build(target, **tuned),
+            target.logdensity,
             is_mass_matrix_diagonal=self.is_mass_matrix_diagonal,
             target_acceptance_rate=self.target_acceptance_rate,
             initial_step_size=self.initial_step_size,
