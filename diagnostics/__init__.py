@@ -5,6 +5,7 @@ from inferax.diagnostics.checks import DEFAULT_THRESHOLDS as DEFAULT_THRESHOLDS
 from inferax.diagnostics.checks import Finding as Finding
 from inferax.diagnostics.checks import check as check
 from inferax.diagnostics.checks import khat as khat
+from inferax.diagnostics.checks import loo as loo
 from inferax.diagnostics.html_report import report as report
 from inferax.diagnostics.summary_table import summary as summary
 
@@ -13,6 +14,7 @@ __all__ = [
     "Finding",
     "check",
     "khat",
+    "loo",
     "report",
     "summary",
 ]

@@ -16,6 +16,8 @@ import numpy as np
 import xarray as xr
 from arviz_base.labels import BaseLabeller
 
+from inferax.posterior import STUCK_ACCEPTANCE, stuck_chains
+
 Severity = Literal["error", "warning"]
 
 DEFAULT_THRESHOLDS: dict[str, Any] = {
@@ -30,7 +32,10 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
 }
 """The default of every keyword argument of ``check``."""
 
-_ORDER = ("diverging", "khat", "r_hat", "ess_bulk", "ess_tail", "tree_depth", "e_bfmi")
+_ORDER = (
+    "stuck_chain", "diverging", "khat", "r_hat", "ess_bulk", "ess_tail", "tree_depth",
+    "e_bfmi", "loo",
+)  # fmt: skip
 
 _ADVICE = {
     "r_hat": "the chains disagree: run longer warmup and more draws, or reparameterise "
@@ -49,6 +54,12 @@ _ADVICE = {
     "richer family or MCMC",
     "khat_warn": "heavy-tailed importance weights: PSIS-corrected estimates may be noisy; "
     "consider a richer family",
+    "stuck_chain": "warmup failed for these chains, so their draws do not explore the "
+    "posterior: rerun with inferax.sample(..., restart_stuck_chains=True), give inits nearer "
+    "the posterior, or leave the chains out",
+    "loo": "PSIS-LOO is unreliable for observations with a high Pareto k: those are highly "
+    "influential; use K-fold cross-validation or moment matching for them, or a more robust "
+    "model",
 }
 
 
@@ -59,8 +70,9 @@ class Finding:
     Attributes:
       severity: ``"error"`` (do not use these draws as they are) or ``"warning"`` (use with
         care).
-      check: which check failed: ``"r_hat"``, ``"ess_bulk"``, ``"ess_tail"``,
-        ``"diverging"``, ``"tree_depth"``, ``"e_bfmi"`` or ``"khat"``.
+      check: which check failed: ``"stuck_chain"``, ``"r_hat"``, ``"ess_bulk"``,
+        ``"ess_tail"``, ``"diverging"``, ``"tree_depth"``, ``"e_bfmi"``, ``"khat"`` or
+        ``"loo"``.
       variable: the worst element, such as ``"theta[3]"``; ``None`` for a check on the whole
         run (divergences, tree depth, E-BFMI, k-hat).
       value: the statistic at the worst element, chain or run (NaN where it could not be
@@ -110,6 +122,9 @@ def check(
     ``reached_max_treedepth`` and ``energy``. For a variational approximation, the PSIS
     k-hat of the log importance weights (``sample_stats.log_weight``, or ``lp - log_q``) is
     checked, or the ``khat`` attribute of the posterior group where no weights are stored.
+    Chains that did not move after warmup (mean acceptance below 1%, or every transition
+    divergent) are named. Where the tree has a ``log_likelihood`` group, PSIS-LOO's Pareto k
+    of each observation is compared with ArviZ's sample-size-dependent threshold.
 
     Args:
       dt: a DataTree from ``Posterior.to_datatree()`` or ``Approximation.to_datatree()``,
@@ -223,8 +238,10 @@ def _check(
             )  # fmt: skip
 
     stats = dt["sample_stats"].dataset if "sample_stats" in dt.children else xr.Dataset()
+    findings += _stuck_chain_findings(stats)
     findings += _sampler_findings(stats, max_divergences, max_treedepth_fraction, bfmi_min)
     findings += _khat_findings(dt, stats, khat_warn, khat_bad)
+    findings += _loo_findings(dt)
     findings.sort(key=lambda f: (f.severity != "error", _ORDER.index(f.check)))
     return findings
 
@@ -257,6 +274,69 @@ def _element_label(da: xr.DataArray, index: tuple[int, ...]) -> str:
     isel = dict(zip(dims, index, strict=True))
     sel = {d: da[d].values[i] if d in da.coords else i for d, i in isel.items()}
     return BaseLabeller().make_label_flat(str(da.name), sel, isel)
+
+
+def _stuck_chain_findings(stats: xr.Dataset) -> list[Finding]:
+    if "chain" not in stats.dims:
+        return []
+    stuck = stuck_chains({name: np.asarray(stats[name]) for name in stats.data_vars})
+    if not stuck:
+        return []
+    total = stats.sizes["chain"]
+    return [
+        Finding(
+            severity="error",
+            check="stuck_chain",
+            variable=None,
+            value=float(len(stuck)),
+            threshold=0.0,
+            message=f"chain(s) {', '.join(map(str, stuck))} did not move after warmup "
+            f"({len(stuck)} of {total} chains: mean acceptance below {STUCK_ACCEPTANCE:g} "
+            "or every transition divergent)",
+            advice=_ADVICE["stuck_chain"],
+            count=len(stuck),
+            total=total,
+        )
+    ]
+
+
+def loo(dt: xr.DataTree) -> dict[str, Any]:
+    """PSIS-LOO by ``arviz_stats.loo`` for each variable of the ``log_likelihood`` group;
+    empty when there is none. ArviZ's warnings about high Pareto k are left to ``check``."""
+    if "log_likelihood" not in dt.children:
+        return {}
+    results = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for name in dt["log_likelihood"].dataset.data_vars:
+            results[name] = arviz_stats.loo(dt, pointwise=True, var_name=name)
+    return results
+
+
+def _loo_findings(dt: xr.DataTree) -> list[Finding]:
+    findings = []
+    for name, result in loo(dt).items():
+        pareto_k = np.asarray(result.pareto_k, dtype=float).ravel()
+        bad = ~(pareto_k <= result.good_k)
+        if not bad.any():
+            continue
+        findings.append(
+            Finding(
+                severity="warning",
+                check="loo",
+                variable=name,
+                value=float(np.nanmax(pareto_k)),
+                threshold=float(result.good_k),
+                message=f"PSIS-LOO of {name}: {int(bad.sum())} of {pareto_k.size} "
+                f"observations have Pareto k above {result.good_k:.2f} (max "
+                f"{np.nanmax(pareto_k):.2f}), so elpd_loo {result.elpd:.1f} (SE "
+                f"{result.se:.1f}) is unreliable",
+                advice=_ADVICE["loo"],
+                count=int(bad.sum()),
+                total=int(pareto_k.size),
+            )
+        )
+    return findings
 
 
 def _sampler_findings(
@@ -377,6 +457,8 @@ def checks_applied(dt: xr.DataTree) -> list[str]:
     stats = dt["sample_stats"].dataset if "sample_stats" in dt.children else xr.Dataset()
     posterior = dt["posterior"].dataset
     names = []
+    if "acceptance_rate" in stats or "diverging" in stats:
+        names.append("stuck_chain")
     if "diverging" in stats:
         names.append("diverging")
     if khat(dt) is not None:
@@ -388,4 +470,6 @@ def checks_applied(dt: xr.DataTree) -> list[str]:
         names.append("tree_depth")
     if "energy" in stats:
         names.append("e_bfmi")
+    if "log_likelihood" in dt.children:
+        names.append("loo")
     return names

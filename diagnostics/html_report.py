@@ -28,6 +28,7 @@ from inferax.diagnostics.checks import (
     check,
     checks_applied,
     khat,
+    loo,
 )
 from inferax.diagnostics.summary_table import flat_elements, num_elements, summary
 
@@ -50,6 +51,8 @@ _CHECK_NAMES = {
     "ess_tail": "tail ESS",
     "tree_depth": "tree depth",
     "e_bfmi": "E-BFMI",
+    "stuck_chain": "stuck chains",
+    "loo": "PSIS-LOO Pareto k",
 }
 
 
@@ -144,6 +147,7 @@ class _Run:
         self.max_paired = max_paired
         self.plotted = dict(flat_elements(self.posterior, limit=max_plotted))
         self.khat = khat(tree)
+        self.loo = loo(tree)
 
     def plot_tree(self, limit: int | None = None) -> xr.DataTree:
         """The first quantities, one variable each, with the sample stats for divergences."""
@@ -168,6 +172,8 @@ class _Run:
             )
         if self.khat is not None or "optimization" in self.tree.children:
             out.append(_variational_part(self))
+        if self.loo:
+            out.append(_loo_part(self))
         tree = self.plot_tree()
         has_chains = self.posterior.sizes.get("chain", 1) > 1
         plots: list[tuple[str, Callable]] = [
@@ -191,6 +197,11 @@ class _Run:
         plots.append(
             ("Autocorrelation", lambda: arviz_plots.plot_autocorr(tree, backend="matplotlib"))
         )
+        if "posterior_predictive" in self.tree.children and "observed_data" in self.tree.children:
+            plots.append((
+                "Posterior predictive check",
+                lambda: arviz_plots.plot_ppc_dist(self.tree, backend="matplotlib"),
+            ))  # fmt: skip
         for caption, draw in plots:
             out.append(_figure(caption, f"{self.name}: {caption}", draw))
         out.append("</section>")
@@ -320,6 +331,20 @@ def _metadata_table(part: _Run) -> str:
     rows += sorted(attrs.items())
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f"<h3>Run</h3><table class='meta'>{body}</table>"
+
+
+def _loo_part(part: _Run) -> str:
+    out = ["<h3>Leave-one-out cross-validation (PSIS-LOO)</h3>"]
+    for name, result in part.loo.items():
+        pareto_k = np.asarray(result.pareto_k, dtype=float).ravel()
+        bad = int(np.sum(~(pareto_k <= result.good_k)))
+        css = "warn" if bad else "ok"
+        out.append(
+            f"<p class='finding {css}'>{_e(name)}: elpd_loo = {result.elpd:.2f} (SE "
+            f"{result.se:.2f}), p_loo = {result.p:.2f}; Pareto k above {result.good_k:.2f} "
+            f"for {bad} of {pareto_k.size} observations (max {np.nanmax(pareto_k):.2f})</p>"
+        )
+    return "\n".join(out)
 
 
 def _variational_part(part: _Run) -> str:

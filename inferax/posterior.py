@@ -219,7 +219,9 @@ def load(path: str | os.PathLike) -> Posterior:
     for group in tree.children.values():
         sample_dims = {"chain", "draw"}
         for name, var in group.dataset.data_vars.items():
-            dims.setdefault(name, [dim for dim in var.dims if dim not in sample_dims])
+            named = [dim for dim in var.dims if dim not in sample_dims]
+            if named:
+                dims.setdefault(name, named)
         for name, coord in group.dataset.coords.items():
             if name not in sample_dims:
                 coords.setdefault(name, np.asarray(coord))
