@@ -238,7 +238,7 @@ def _check(
             )  # fmt: skip
 
     stats = dt["sample_stats"].dataset if "sample_stats" in dt.children else xr.Dataset()
-    findings += _stuck_chain_findings(stats)
+    findings += _stuck_chain_findings(stats, dt["posterior"].dataset)
     findings += _sampler_findings(stats, max_divergences, max_treedepth_fraction, bfmi_min)
     findings += _khat_findings(dt, stats, khat_warn, khat_bad)
     findings += _loo_findings(dt)
@@ -276,10 +276,13 @@ def _element_label(da: xr.DataArray, index: tuple[int, ...]) -> str:
     return BaseLabeller().make_label_flat(str(da.name), sel, isel)
 
 
-def _stuck_chain_findings(stats: xr.Dataset) -> list[Finding]:
+def _stuck_chain_findings(stats: xr.Dataset, posterior: xr.Dataset) -> list[Finding]:
     if "chain" not in stats.dims:
         return []
-    stuck = stuck_chains({name: np.asarray(stats[name]) for name in stats.data_vars})
+    stuck = stuck_chains(
+        {name: np.asarray(stats[name]) for name in stats.data_vars},
+        {name: np.asarray(posterior[name]) for name in posterior.data_vars},
+    )
     if not stuck:
         return []
     total = stats.sizes["chain"]
@@ -291,8 +294,8 @@ def _stuck_chain_findings(stats: xr.Dataset) -> list[Finding]:
             value=float(len(stuck)),
             threshold=0.0,
             message=f"chain(s) {', '.join(map(str, stuck))} did not move after warmup "
-            f"({len(stuck)} of {total} chains: mean acceptance below {STUCK_ACCEPTANCE:g} "
-            "or every transition divergent)",
+            f"({len(stuck)} of {total} chains: every draw the same, mean acceptance below "
+            f"{STUCK_ACCEPTANCE:g}, or every transition divergent)",
             advice=_ADVICE["stuck_chain"],
             count=len(stuck),
             total=total,

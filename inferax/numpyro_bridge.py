@@ -206,10 +206,8 @@ def _refuse_unenumerated_discrete(model: Callable, args: tuple, kwargs: dict) ->
     checked on the model's structure alone, before NumPyro tries to differentiate it."""
 
     def discrete_sites():
-        # init_to_uniform stands in for the continuous latent values, improper priors
-        # (which have no sampler) included.
         model_with_values = handlers.substitute(
-            handlers.seed(model, 0), substitute_fn=init_to_uniform
+            handlers.seed(model, 0), substitute_fn=_placeholder_value
         )
         trace = handlers.trace(model_with_values).get_trace(*args, **kwargs)
         return {
@@ -238,6 +236,18 @@ def _refuse_unenumerated_discrete(model: Callable, args: tuple, kwargs: dict) ->
                 f"'{name}', ...), or numpyro.contrib.funsor.config_enumerate on the model "
                 f"(this needs funsor: {ENUM_EXTRA}); or marginalise it out, or observe it"
             )
+
+
+def _placeholder_value(site):
+    """A value for a latent site that serves to read the model's structure without sampling:
+    uniform in unconstrained space for a continuous site (improper priors, which have no
+    sampler, included), the first category for a discrete one."""
+    if site["type"] != "sample" or site["is_observed"]:
+        return None
+    if site["fn"].support.is_discrete:
+        shape = site["kwargs"].get("sample_shape", ()) + site["fn"].shape()
+        return jnp.zeros(shape, dtype=jnp.int32)
+    return init_to_uniform(site)
 
 
 def _enumerated_sites(trace) -> tuple[str, ...]:

@@ -20,26 +20,36 @@ STUCK_ACCEPTANCE = 0.01
 """A chain whose mean acceptance rate after warmup is below this is stuck."""
 
 
-def stuck_chains(stats: dict[str, Any]) -> list[int]:
-    """The chains that did not move after warmup: mean acceptance rate below
-    ``STUCK_ACCEPTANCE``, or every transition divergent. Warmup that ends with a step size
-    of zero, or in a region where every proposal fails, leaves such a chain.
+def stuck_chains(stats: dict[str, Any], draws: dict[str, Any] | None = None) -> list[int]:
+    """The chains that did not move after warmup: every draw equal to the first, mean
+    acceptance rate below ``STUCK_ACCEPTANCE``, or every transition divergent. Warmup that
+    ends with a step size of zero, or in a region where every proposal fails, leaves such a
+    chain.
 
     Args:
       stats: sampler statistics by ArviZ name, shape ``(chain, draw)``
         (``acceptance_rate`` and ``diverging`` are read where present).
+      draws: the draws by site, shape ``(chain, draw, ...)``, if at hand.
 
     Returns:
       The indices of the stuck chains, in order.
     """
-    stuck = None
+    flags = []
     if "acceptance_rate" in stats:
         acceptance = np.nan_to_num(np.asarray(stats["acceptance_rate"], dtype=float), nan=0.0)
-        stuck = acceptance.mean(axis=1) < STUCK_ACCEPTANCE
+        flags.append(acceptance.mean(axis=1) < STUCK_ACCEPTANCE)
     if "diverging" in stats:
-        all_divergent = np.asarray(stats["diverging"], dtype=bool).all(axis=1)
-        stuck = all_divergent if stuck is None else stuck | all_divergent
-    return [] if stuck is None else np.flatnonzero(stuck).tolist()
+        flags.append(np.asarray(stats["diverging"], dtype=bool).all(axis=1))
+    moving = [
+        (values != values[:, :1]).reshape(values.shape[0], -1).any(axis=1)
+        for values in map(np.asarray, (draws or {}).values())
+        if np.issubdtype(values.dtype, np.floating) and values.ndim >= 2 and values.shape[1] > 1
+    ]
+    if moving:
+        flags.append(~np.logical_or.reduce(moving))
+    if not flags:
+        return []
+    return np.flatnonzero(np.logical_or.reduce(flags)).tolist()
 
 
 _TIMING_ATTRS = {"compile": "compile_time", "warmup": "warmup_time", "sampling": "sampling_time"}
@@ -165,7 +175,7 @@ class Posterior:
 
     def stuck_chains(self) -> list[int]:
         """The chains that did not move after warmup (see ``inferax.posterior.stuck_chains``)."""
-        return stuck_chains(self.stats)
+        return stuck_chains(self.stats, self.draws)
 
     def summary(self, **kwargs):
         """ArviZ's summary table: mean, sd, HDI, mcse, ess_bulk, ess_tail, r_hat.

@@ -1,0 +1,93 @@
+"""The tree ArviZ users reach for next: PSIS-LOO and model comparison on the
+``log_likelihood`` group, and posterior predictive plots."""
+
+import arviz_base
+import arviz_plots
+import arviz_stats
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import MCMC, NUTS
+
+import inferax
+from inferax import diagnostics, samplers
+
+X = jnp.linspace(-1.0, 1.0, 30)
+Y = 0.5 + 1.5 * X + 0.5 * jax.random.normal(jax.random.key(3), (30,))
+
+
+def line(x, y=None):
+    intercept = numpyro.sample("intercept", dist.Normal(0.0, 5.0))
+    slope = numpyro.sample("slope", dist.Normal(0.0, 5.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
+    with numpyro.plate("obs", x.shape[0]):
+        numpyro.sample("y", dist.Normal(intercept + slope * x, sigma), obs=y)
+
+
+def constant(x, y=None):
+    intercept = numpyro.sample("intercept", dist.Normal(0.0, 5.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
+    with numpyro.plate("obs", x.shape[0]):
+        numpyro.sample("y", dist.Normal(intercept, sigma), obs=y)
+
+
+@pytest.fixture(scope="module")
+def posteriors():
+    trees = {}
+    for name, model in (("line", line), ("constant", constant)):
+        target = inferax.from_numpyro(model, X, y=Y)
+        post = inferax.sample(
+            target, samplers.nuts(), jax.random.key(0), num_chains=4, num_warmup=500,
+            num_samples=500,
+        )  # fmt: skip
+        trees[name] = inferax.predictive(target, post, jax.random.key(1)).to_datatree()
+    return trees
+
+
+def test_loo_agrees_with_arviz_on_numpyros_own_draws(posteriors):
+    ours = arviz_stats.loo(posteriors["line"])
+    mcmc = MCMC(
+        NUTS(line), num_warmup=500, num_samples=500, num_chains=4, chain_method="vectorized",
+        progress_bar=False,
+    )  # fmt: skip
+    mcmc.run(jax.random.key(2), X, y=Y)
+    theirs = arviz_stats.loo(arviz_base.from_numpyro(mcmc, log_likelihood=True))
+    assert abs(ours.elpd - theirs.elpd) < theirs.se, (ours.elpd, theirs.elpd, theirs.se)
+    assert ours.n_data_points == 30
+
+
+def test_compare_ranks_the_model_that_fits_first(posteriors):
+    table = arviz_stats.compare(posteriors)
+    assert list(table.index) == ["line", "constant"]
+    assert abs(table.loc["constant", "elpd_diff"]) > 2 * table.loc["constant", "dse"]
+
+
+def test_plot_ppc_reads_the_tree(posteriors):
+    tree = posteriors["line"]
+    assert tree["posterior_predictive"]["y"].dims == ("chain", "draw", "obs")
+    arviz_plots.plot_ppc_dist(tree, backend="matplotlib")
+
+
+def test_check_and_report_use_the_loo(posteriors, tmp_path):
+    tree = posteriors["line"]
+    assert "loo" in diagnostics.checks.checks_applied(tree)
+    assert not [f for f in diagnostics.check(tree) if f.check == "loo"]
+    path = tmp_path / "report.html"
+    diagnostics.report(tree, path)
+    page = path.read_text()
+    assert "elpd_loo = " in page
+    assert "Posterior predictive check" in page
+
+
+def test_the_log_likelihood_is_skipped_on_request():
+    target = inferax.from_numpyro(constant, X, y=Y)
+    post = inferax.sample(
+        target, samplers.nuts(), jax.random.key(0), num_chains=1, num_warmup=50,
+        num_samples=20, log_likelihood=False,
+    )  # fmt: skip
+    assert post.log_likelihood == {}
+    assert inferax.pointwise_log_likelihood(target, post).log_likelihood["y"].shape == (1, 20, 30)
+    with pytest.raises(TypeError, match="log_likelihood must be True, False or None"):
+        inferax.sample(target, samplers.nuts(), jax.random.key(0), log_likelihood="yes")

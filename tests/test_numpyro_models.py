@@ -1,0 +1,249 @@
+"""Models users bring, written as NumPyro's own examples write them: improper priors,
+enumerated discrete sites, reparametrisation, scan with condition, and a hierarchical model.
+inferax's NUTS agrees with NumPyro's NUTS on each, within Monte Carlo standard errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from mcse_helpers import mean_and_mcse, sd_and_mcse
+from numpyro.contrib.control_flow import scan
+from numpyro.distributions import constraints
+from numpyro.infer import MCMC, NUTS
+from numpyro.infer.reparam import LocScaleReparam
+
+import inferax
+from inferax import samplers
+
+NUM_CHAINS, NUM_WARMUP, NUM_SAMPLES = 4, 500, 1000
+
+
+def flat_regression(x, y=None):
+    """Stan's unstated priors, as NumPyro writes them: flat on the line, flat on sigma > 0."""
+    beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (2,)))
+    sigma = numpyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
+    with numpyro.plate("obs", x.shape[0]):
+        numpyro.sample("y", dist.Normal(beta[0] + beta[1] * x, sigma), obs=y)
+
+
+def mixture(data):
+    """NumPyro's discrete-enumeration mixture: the assignments are summed out."""
+    weights = numpyro.sample("weights", dist.Dirichlet(jnp.ones(2)))
+    locs = numpyro.sample("locs", dist.Normal(jnp.array([-2.0, 2.0]), 1.0).to_event(1))
+    with numpyro.plate("data", data.shape[0]):
+        assignment = numpyro.sample(
+            "assignment", dist.Categorical(weights), infer={"enumerate": "parallel"}
+        )
+        numpyro.sample("obs", dist.Normal(locs[assignment], 1.0), obs=data)
+
+
+# Efron and Morris (1975): hits in the first 45 at-bats of the 1970 season, 18 players.
+BASEBALL_HITS = jnp.array([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7])
+BASEBALL_AT_BATS = jnp.full(18, 45)
+
+
+def baseball(at_bats, hits=None):
+    """NumPyro's baseball example, partially pooled on the logit scale."""
+    loc = numpyro.sample("loc", dist.Normal(-1.0, 1.0))
+    scale = numpyro.sample("scale", dist.HalfCauchy(1.0))
+    with numpyro.plate("num_players", at_bats.shape[0]):
+        alpha = numpyro.sample("alpha", dist.Normal(loc, scale))
+        numpyro.sample("obs", dist.Binomial(at_bats, logits=alpha), obs=hits)
+
+
+def funnel(dim=5):
+    """Neal's funnel, as NumPyro's funnel example writes it."""
+    y = numpyro.sample("y", dist.Normal(0.0, 3.0))
+    numpyro.sample("x", dist.Normal(jnp.zeros(dim - 1), jnp.exp(y / 2)).to_event(1))
+
+
+reparam_funnel = numpyro.handlers.reparam(funnel, config={"x": LocScaleReparam(0)})
+
+
+def ar2(y):
+    """NumPyro's ar2 example with scan, the observations given by condition."""
+    alpha_1 = numpyro.sample("alpha_1", dist.Normal(0.0, 1.0))
+    alpha_2 = numpyro.sample("alpha_2", dist.Normal(0.0, 1.0))
+    const = numpyro.sample("const", dist.Normal(0.0, 1.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+
+    def transition(carry, _):
+        y_prev, y_prev_prev = carry
+        mean = const + alpha_1 * y_prev + alpha_2 * y_prev_prev
+        y_t = numpyro.sample("y", dist.Normal(mean, sigma))
+        return (y_t, y_prev), None
+
+    with numpyro.handlers.condition(data={"y": y[2:]}):
+        scan(transition, (y[1], y[0]), jnp.arange(y.shape[0] - 2))
+
+
+def _regression_data():
+    x = jnp.linspace(-1.0, 1.0, 20)
+    return x, 0.5 + 1.5 * x + 0.4 * jax.random.normal(jax.random.key(3), (20,))
+
+
+def _ar2_data():
+    rng = np.random.default_rng(0)
+    y = np.zeros(60)
+    for t in range(2, 60):
+        y[t] = 0.3 + 0.5 * y[t - 1] - 0.3 * y[t - 2] + 0.5 * rng.normal()
+    return jnp.asarray(y, dtype=jnp.float32)
+
+
+MODELS = {
+    "flat_regression": (flat_regression, _regression_data, {}),
+    "mixture": (mixture, lambda: (jnp.array([-2.1, -1.7, -2.4, 1.8, 2.2, 2.5, 1.9, 2.3]),), {}),
+    "baseball": (baseball, lambda: (BASEBALL_AT_BATS, BASEBALL_HITS), {}),
+    "reparam_funnel": (reparam_funnel, lambda: (), {}),
+    "ar2": (ar2, lambda: (_ar2_data(),), {}),
+}
+
+
+def _numpyro_draws(model, args, kwargs):
+    mcmc = MCMC(
+        NUTS(model), num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES, num_chains=NUM_CHAINS,
+        chain_method="vectorized", progress_bar=False,
+    )  # fmt: skip
+    mcmc.run(jax.random.key(1), *args, **kwargs)
+    return {name: np.asarray(v) for name, v in mcmc.get_samples(group_by_chain=True).items()}
+
+
+def enumeration_broadcasts():
+    """NumPyro's enumeration (through funsor) broadcasts by rank promotion, which the test
+    suite otherwise raises on."""
+    return jax.numpy_rank_promotion("allow")
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def both_runs(request):
+    model, make_args, kwargs = MODELS[request.param]
+    args = make_args()
+    with enumeration_broadcasts():
+        target = inferax.from_numpyro(model, *args, **kwargs)
+        post = inferax.sample(
+            target, samplers.nuts(), jax.random.key(0),
+            num_chains=NUM_CHAINS, num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES,
+        )  # fmt: skip
+        reference = _numpyro_draws(model, args, kwargs)
+    return request.param, target, post, reference
+
+
+def test_inferax_nuts_agrees_with_numpyro_nuts(both_runs):
+    name, _, post, reference = both_runs
+    assert post.fault_counts()["diverging"] <= 0.01 * NUM_CHAINS * NUM_SAMPLES, name
+    for site, values in reference.items():
+        if site not in post.draws:  # sites of the reparametrisation NumPyro keeps
+            continue
+        ours_mean, ours_mcse = mean_and_mcse(post.draws[site])
+        their_mean, their_mcse = mean_and_mcse(values)
+        bound = 4.0 * np.hypot(ours_mcse, their_mcse)
+        assert np.all(np.abs(ours_mean - their_mean) <= bound), (
+            f"{name}.{site}: mean {ours_mean} against NumPyro's {their_mean}, bound {bound}"
+        )
+        ours_sd, ours_sd_mcse = sd_and_mcse(post.draws[site])
+        their_sd, their_sd_mcse = sd_and_mcse(values)
+        bound = 4.0 * np.hypot(ours_sd_mcse, their_sd_mcse)
+        assert np.all(np.abs(ours_sd - their_sd) <= bound), (
+            f"{name}.{site}: sd {ours_sd} against NumPyro's {their_sd}, bound {bound}"
+        )
+
+
+def test_the_tree_has_what_arviz_reads_next(both_runs):
+    name, target, post, _ = both_runs
+    tree = post.to_datatree()
+    if target.model.observed and not target.model.enumerated:
+        assert "log_likelihood" in tree.children, name
+        for site in target.model.observed:
+            assert tree["log_likelihood"][site].shape[2:] == target.observed_data[site].shape
+
+
+def test_flat_priors_and_plates_become_dims():
+    x, y = _regression_data()
+    target = inferax.from_numpyro(flat_regression, x, y=y)
+    assert target.model.improper == ("beta", "sigma")
+    assert target.model.dims == {"y": ["obs"]}
+    assert set(target.model.constant_data) == {"x"}
+    with pytest.raises(ValueError, match=r"latent sites \['beta', 'sigma'\] have improper"):
+        post = inferax.sample(
+            target, samplers.nuts(), jax.random.key(0), num_chains=1, num_warmup=20,
+            num_samples=10,
+        )  # fmt: skip
+        inferax.prior_predictive(target, post, jax.random.key(1))
+
+
+def test_a_start_is_found_where_the_origin_has_no_density():
+    def walled(y):
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        numpyro.factor("wall", jnp.log(jnp.abs(x)))  # -inf at the origin
+        numpyro.sample("y", dist.Normal(x, 1.0), obs=y)
+
+    target = inferax.from_numpyro(walled, jnp.array([1.0]))
+    assert np.isfinite(target.logdensity(target.init))
+    assert float(target.init["x"]) != 0.0
+    assert target.model.observed == ("y",)  # the factor is not an observation
+
+
+def test_an_unenumerated_discrete_site_is_refused_with_the_way_out():
+    def unmarked(data):
+        weights = numpyro.sample("weights", dist.Dirichlet(jnp.ones(2)))
+        with numpyro.plate("data", data.shape[0]):
+            numpyro.sample("assignment", dist.Categorical(weights))
+
+    with pytest.raises(ValueError, match=r"'assignment' is discrete .*'enumerate': 'parallel'"):
+        inferax.from_numpyro(unmarked, jnp.zeros(3))
+
+    def unbounded(data):
+        numpyro.sample("count", dist.Poisson(3.0))
+
+    with pytest.raises(ValueError, match="'count' is discrete .* cannot be enumerated"):
+        inferax.from_numpyro(unbounded, jnp.zeros(3))
+
+
+def test_a_latent_site_per_data_point_is_named_when_minibatching():
+    with pytest.raises(ValueError, match="latent site 'alpha' has one value per data point"):
+        inferax.from_numpyro(baseball, BASEBALL_AT_BATS, BASEBALL_HITS, data=("at_bats", "hits"))
+
+
+def test_an_enumerated_model_is_not_split():
+    with enumeration_broadcasts(), pytest.raises(ValueError, match="enumerates the discrete"):
+        inferax.from_numpyro(mixture, jnp.zeros(4), data=("data",))
+
+
+def test_infer_discrete_recovers_the_assignments():
+    data = jnp.array([-2.1, -1.7, -2.4, 1.8, 2.2, 2.5, 1.9, 2.3])
+    with enumeration_broadcasts():
+        target = inferax.from_numpyro(mixture, data)
+        post = inferax.sample(
+            target, samplers.nuts(), jax.random.key(0), num_chains=2, num_warmup=200,
+            num_samples=200,
+        )  # fmt: skip
+        post = inferax.infer_discrete(target, post, jax.random.key(1))
+    assignment = post.draws["assignment"]
+    assert assignment.shape == (2, 200, 8)
+    # Points near -2 belong to the first component, points near 2 to the second.
+    share = assignment.mean(axis=(0, 1))
+    assert np.all(share[:3] < 0.05) and np.all(share[3:] > 0.95), share
+
+
+def test_predictive_and_prior_groups_have_the_plates_dims():
+    target = inferax.from_numpyro(baseball, BASEBALL_AT_BATS, BASEBALL_HITS)
+    post = inferax.sample(
+        target, samplers.nuts(), jax.random.key(0), num_chains=2, num_warmup=200,
+        num_samples=100,
+    )  # fmt: skip
+    post = inferax.predictive(target, post, jax.random.key(1))
+    post = inferax.prior_predictive(target, post, jax.random.key(2), num_samples=50)
+    tree = post.to_datatree(coords={"num_players": np.arange(100, 118)})
+    assert tree["posterior"]["alpha"].dims == ("chain", "draw", "num_players")
+    assert tree["posterior_predictive"]["obs"].dims == ("chain", "draw", "num_players")
+    assert tree["prior"]["alpha"].shape == (1, 50, 18)
+    assert tree["prior_predictive"]["obs"].shape == (1, 50, 18)
+    assert tree["observed_data"]["obs"].dims == ("num_players",)
+    assert int(tree["posterior"]["num_players"][0]) == 100
+    replicated = tree["posterior_predictive"]["obs"].values
+    assert np.all((replicated >= 0) & (replicated <= 45))
+    # Each player's replicated hits centre on the posterior's success probability.
+    expected = 45 * jax.nn.sigmoid(post.draws["alpha"]).mean(axis=(0, 1))
+    np.testing.assert_allclose(replicated.mean(axis=(0, 1)), expected, atol=1.0)
