@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from inferax.samplers.adaptation import window_schedule
 
 import inferax
 from inferax import diagnostics, samplers
-from inferax.samplers.adaptation import window_schedule
 
 
 def _pinned(x):

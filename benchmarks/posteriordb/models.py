@@ -99,8 +99,11 @@ def low_dim_gauss_mix(y=None):
     sigma = numpyro.sample("sigma", dist.HalfNormal(2.0).expand([2]))
     theta = numpyro.sample("theta", dist.Beta(5.0, 5.0))
     numpyro.factor("mu_prior", dist.Normal(0.0, 2.0).log_prob(mu).sum())
-    weights = dist.Categorical(probs=jnp.stack([theta, 1.0 - theta]))
-    numpyro.sample("y", dist.MixtureSameFamily(weights, dist.Normal(mu, sigma)), obs=y)
+    # Stan's log_mix(theta, component 1, component 2), one mixture per data point.
+    n = y.shape[0]
+    weights = dist.Categorical(probs=jnp.broadcast_to(jnp.stack([theta, 1.0 - theta]), (n, 2)))
+    components = dist.Normal(jnp.broadcast_to(mu, (n, 2)), jnp.broadcast_to(sigma, (n, 2)))
+    numpyro.sample("y", dist.MixtureSameFamily(weights, components), obs=y)
 
 
 def hmm_example(K, y):
