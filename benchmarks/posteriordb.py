@@ -14,7 +14,8 @@ The reference (`posteriordb/reference.json`) is the mean and sd of posteriordb's
 draws (Stan, 10 chains x 1000 thinned draws); for the posteriors posteriordb has no draws for
 (GLMs and a correlation matrix), a long NumPyro NUTS run made by `--make-reference`.
 
-    ./dev bench posteriordb                         # every posterior, both tools
+    ./dev bench posteriordb                         # every posterior but the slow ones
+    ./dev bench posteriordb --only diamonds-diamonds  # a slow one (trees of ~1000 steps)
     ./dev bench posteriordb --quick --only arK-arK  # fewer draws, while developing
     ./dev bench posteriordb --make-reference        # redo the NumPyro references
 """
@@ -210,7 +211,7 @@ def main() -> None:
         help="a posteriordb checkout's posterior_database folder, for --make-reference",
     )  # fmt: skip
     options = parser.parse_args()
-    names = list(models.POSTERIORS)
+    names = [name for name, posterior in models.POSTERIORS.items() if not posterior.slow]
     if options.only:
         names = options.only.split(",")
         unknown = [n for n in names if n not in models.POSTERIORS]

@@ -327,12 +327,14 @@ class Posterior:
 
     `reference` says where `reference.json`'s mean and sd for it come from: `"posteriordb"`
     (Stan's reference draws) or `"numpyro"` (a long NumPyro NUTS run, `--make-reference`).
+    A `slow` posterior runs only when named: NUTS needs trees of ~1000 steps on it.
     """
 
     model: Callable
     load: Callable[[], tuple[tuple, dict]]
     params: tuple[str, ...]
     reference: str = "posteriordb"
+    slow: bool = False
 
 
 def _f(values) -> jnp.ndarray:
@@ -508,7 +510,7 @@ POSTERIORS: dict[str, Posterior] = {
     "sblrc-blr": Posterior(blr, _sblrc, _indexed("beta", 5) + ("sigma",)),
     "nes1972-nes": Posterior(nes, _nes1972, _indexed("beta", 9) + ("sigma",)),
     "diamonds-diamonds": Posterior(
-        diamonds, _diamonds, _indexed("b", 24) + ("Intercept", "sigma")
+        diamonds, _diamonds, _indexed("b", 24) + ("Intercept", "sigma"), slow=True
     ),
     "wells_data-wells_dist": Posterior(wells_dist, _wells, _indexed("beta", 2), "numpyro"),
     "GLM_Poisson_Data-GLM_Poisson_model": Posterior(
