@@ -17,6 +17,7 @@ draws (Stan, 10 chains x 1000 thinned draws); for the posteriors posteriordb has
     ./dev bench posteriordb                         # every posterior but the slow ones
     ./dev bench posteriordb --only diamonds-diamonds  # a slow one (trees of ~1000 steps)
     ./dev bench posteriordb --quick --only arK-arK  # fewer draws, while developing
+    ./dev bench posteriordb --only arma-arma11 --seeds 4 [--restart]  # stuck chains by key
     ./dev bench posteriordb --make-reference        # redo the NumPyro references
 """
 
@@ -28,6 +29,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 
 import jax
 
@@ -40,6 +42,7 @@ from numpyro.infer.util import initialize_model  # noqa: E402
 
 import inferax  # noqa: E402
 from inferax import samplers  # noqa: E402
+from inferax.posterior import stuck_chains  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "posteriordb")
 sys.path.insert(0, HERE)
@@ -49,6 +52,7 @@ REFERENCE_PATH = os.path.join(HERE, "reference.json")
 NUM_CHAINS = 4
 MAX_Z, MAX_SD_ERROR = 4.0, 0.15
 REFERENCE_CHAINS, REFERENCE_WARMUP, REFERENCE_DRAWS = 16, 2000, 5000
+DEFAULT_SEEDS = (None,)
 
 
 def load_reference() -> dict:
@@ -56,14 +60,19 @@ def load_reference() -> dict:
         return json.load(f)
 
 
-def run_inferax(posterior: models.Posterior, rng_key, num_warmup: int, num_samples: int):
+def run_inferax(
+    posterior: models.Posterior, rng_key, num_warmup: int, num_samples: int, restart: bool
+):
     args, kwargs = posterior.load()
     target = inferax.from_numpyro(posterior.model, *args, **kwargs)
-    post = inferax.sample(
-        target, samplers.nuts(), rng_key, num_chains=NUM_CHAINS, num_warmup=num_warmup,
-        num_samples=num_samples, progress=False,
-    )  # fmt: skip
-    return post.draws, int(np.sum(post.stats["diverging"]))
+    with warnings.catch_warnings():
+        # Stuck chains are counted on the line; the warning would repeat it.
+        warnings.filterwarnings("ignore", message=".*did not move after warmup")
+        post = inferax.sample(
+            target, samplers.nuts(), rng_key, num_chains=NUM_CHAINS, num_warmup=num_warmup,
+            num_samples=num_samples, progress=False, restart_stuck_chains=restart,
+        )  # fmt: skip
+    return post.draws, int(np.sum(post.stats["diverging"])), len(post.stuck_chains())
 
 
 def run_numpyro(
@@ -74,9 +83,12 @@ def run_numpyro(
         NUTS(posterior.model), num_warmup=num_warmup, num_samples=num_samples,
         num_chains=num_chains, chain_method="vectorized", progress_bar=False,
     )  # fmt: skip
-    mcmc.run(rng_key, *args, extra_fields=("diverging",), **kwargs)
+    mcmc.run(rng_key, *args, extra_fields=("diverging", "accept_prob"), **kwargs)
     draws = {name: np.asarray(value) for name, value in mcmc.get_samples(True).items()}
-    return draws, int(np.sum(mcmc.get_extra_fields()["diverging"]))
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    stats = {"diverging": extra["diverging"], "acceptance_rate": extra["accept_prob"]}
+    stuck = stuck_chains(stats, draws)
+    return draws, int(np.sum(extra["diverging"])), len(stuck)
 
 
 def compare(draws: dict, params, reference: dict) -> dict:
@@ -108,44 +120,53 @@ def unconstrained_dims(posterior: models.Posterior) -> int:
 def describe(result) -> str:
     if isinstance(result, str):
         return result
-    seconds, divergences, c = result
+    seconds, divergences, stuck, c = result
     return (
         f"max|z|={c['z'][0]:6.2f} ({c['z'][1]:>12s}) sd_err={100 * c['sd'][0]:5.1f}% "
-        f"({c['sd'][1]:>12s}) div={divergences:4d} s={seconds:6.1f} "
+        f"({c['sd'][1]:>12s}) div={divergences:4d} stuck={stuck} s={seconds:6.1f} "
         f"{'PASS' if c['passed'] else 'FAIL'}"
     )
 
 
-def benchmark(names, num_warmup: int, num_samples: int) -> None:
+def benchmark(names, num_warmup: int, num_samples: int, seeds, restart: bool) -> None:
     reference = load_reference()
     print(
         f"# {NUM_CHAINS} chains, {num_warmup} warmup + {num_samples} draws, float64; pass: "
         f"max|z| < {MAX_Z:g} and sd_err < {100 * MAX_SD_ERROR:g}% on every element; "
-        f"jax {jax.__version__}",
+        f"stuck = chains that did not move after warmup; inferax "
+        f"restart_stuck_chains={restart}; jax {jax.__version__}",
         flush=True,
     )
-    runners = {"inferax": run_inferax, "numpyro": run_numpyro}
+    runners = {
+        "inferax": lambda *a: run_inferax(*a, restart=restart),
+        "numpyro": run_numpyro,
+    }
     for name in names:
         posterior = models.POSTERIORS[name]
         expected = reference[name]["params"]
-        results = {}
-        for i, (tool, runner) in enumerate(runners.items()):
-            start = time.perf_counter()
-            try:
-                draws, divergences = runner(posterior, jax.random.key(i), num_warmup, num_samples)
-            except Exception as error:  # noqa: BLE001 - a refused model is a result
-                message = str(error).splitlines()[0] if str(error) else ""
-                results[tool] = f"ERROR {type(error).__name__}: {message[:80]}"
-                if os.environ.get("POSTERIORDB_TRACEBACK"):
-                    traceback.print_exc()
-                continue
-            seconds = time.perf_counter() - start
-            results[tool] = (seconds, divergences, compare(draws, posterior.params, expected))
-        print(
-            f"{name:40s} dims={unconstrained_dims(posterior):3d} | inferax "
-            f"{describe(results['inferax'])} | numpyro {describe(results['numpyro'])}",
-            flush=True,
-        )
+        for seed in seeds:
+            results = {}
+            for i, (tool, runner) in enumerate(runners.items()):
+                # The default run gives each tool its own key; a seed sweep gives both the same.
+                key = jax.random.key(i if seeds == DEFAULT_SEEDS else seed)
+                start = time.perf_counter()
+                try:
+                    draws, divergences, stuck = runner(posterior, key, num_warmup, num_samples)
+                except Exception as error:  # noqa: BLE001 - a refused model is a result
+                    message = str(error).splitlines()[0] if str(error) else ""
+                    results[tool] = f"ERROR {type(error).__name__}: {message[:80]}"
+                    if os.environ.get("POSTERIORDB_TRACEBACK"):
+                        traceback.print_exc()
+                    continue
+                seconds = time.perf_counter() - start
+                checked = compare(draws, posterior.params, expected)
+                results[tool] = (seconds, divergences, stuck, checked)
+            label = name if seeds == DEFAULT_SEEDS else f"{name} seed={seed}"
+            print(
+                f"{label:40s} dims={unconstrained_dims(posterior):3d} | inferax "
+                f"{describe(results['inferax'])} | numpyro {describe(results['numpyro'])}",
+                flush=True,
+            )
 
 
 def make_reference(names, posteriordb_dir: str | None) -> None:
@@ -157,7 +178,7 @@ def make_reference(names, posteriordb_dir: str | None) -> None:
     for name in names:
         posterior = models.POSTERIORS[name]
         if posterior.reference == "numpyro":
-            draws, divergences = run_numpyro(
+            draws, divergences, _ = run_numpyro(
                 posterior, jax.random.key(2024), REFERENCE_WARMUP, REFERENCE_DRAWS,
                 REFERENCE_CHAINS,
             )  # fmt: skip
@@ -203,6 +224,14 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated posterior names")
     parser.add_argument("--quick", action="store_true", help="500 warmup + 500 draws")
     parser.add_argument(
+        "--seeds", type=int, metavar="K",
+        help="run keys 0..K-1, the same key for both tools, one line per key",
+    )  # fmt: skip
+    parser.add_argument(
+        "--restart", action="store_true",
+        help="inferax with restart_stuck_chains=True (the remedy its warning names)",
+    )  # fmt: skip
+    parser.add_argument(
         "--make-reference", action="store_true",
         help="recompute the NumPyro references (and posteriordb's, with --posteriordb)",
     )  # fmt: skip
@@ -217,12 +246,15 @@ def main() -> None:
         unknown = [n for n in names if n not in models.POSTERIORS]
         if unknown:
             parser.error(f"unknown posterior(s) {unknown}; known: {list(models.POSTERIORS)}")
+    if options.seeds is not None and options.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {options.seeds}")
+    seeds = DEFAULT_SEEDS if options.seeds is None else tuple(range(options.seeds))
     if options.make_reference:
         make_reference(names, options.posteriordb)
     elif options.quick:
-        benchmark(names, 500, 500)
+        benchmark(names, 500, 500, seeds, options.restart)
     else:
-        benchmark(names, 1000, 1000)
+        benchmark(names, 1000, 1000, seeds, options.restart)
 
 
 if __name__ == "__main__":

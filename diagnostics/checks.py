@@ -33,7 +33,7 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
 """The default of every keyword argument of ``check``."""
 
 _ORDER = (
-    "stuck_chain", "diverging", "khat", "r_hat", "ess_bulk", "ess_tail", "tree_depth",
+    "diverging", "stuck_chain", "khat", "r_hat", "ess_bulk", "ess_tail", "tree_depth",
     "e_bfmi", "loo",
 )  # fmt: skip
 
@@ -304,21 +304,43 @@ def _stuck_chain_findings(stats: xr.Dataset, posterior: xr.Dataset) -> list[Find
 
 
 def loo(dt: xr.DataTree) -> dict[str, Any]:
-    """PSIS-LOO by ``arviz_stats.loo`` for each variable of the ``log_likelihood`` group;
-    empty when there is none. ArviZ's warnings about high Pareto k are left to ``check``."""
+    """PSIS-LOO by ``arviz_stats.loo`` for each variable of the ``log_likelihood`` group
+    where ArviZ can compute it; empty when there is no such group. ArviZ's warnings about
+    high Pareto k are left to ``check``."""
+    return _loo_results(dt)[0]
+
+
+def _loo_results(dt: xr.DataTree) -> tuple[dict[str, Any], dict[str, str]]:
+    """The PSIS-LOO results by variable, and the reasons ArviZ gave where it failed (such
+    as stuck chains, whose log likelihoods never vary)."""
     if "log_likelihood" not in dt.children:
-        return {}
-    results = {}
+        return {}, {}
+    results, failures = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         for name in dt["log_likelihood"].dataset.data_vars:
-            results[name] = arviz_stats.loo(dt, pointwise=True, var_name=name)
-    return results
+            try:
+                results[name] = arviz_stats.loo(dt, pointwise=True, var_name=name)
+            except ValueError as error:
+                failures[name] = str(error)
+    return results, failures
 
 
 def _loo_findings(dt: xr.DataTree) -> list[Finding]:
-    findings = []
-    for name, result in loo(dt).items():
+    results, failures = _loo_results(dt)
+    findings = [
+        Finding(
+            severity="warning",
+            check="loo",
+            variable=name,
+            value=float("nan"),
+            threshold=float("nan"),
+            message=f"PSIS-LOO of {name} could not be computed ({reason})",
+            advice=_ADVICE["loo"],
+        )
+        for name, reason in failures.items()
+    ]
+    for name, result in results.items():
         pareto_k = np.asarray(result.pareto_k, dtype=float).ravel()
         bad = ~(pareto_k <= result.good_k)
         if not bad.any():

@@ -289,7 +289,8 @@ def _warn_stuck_chains(posterior: Posterior, *, restarted: bool) -> None:
     )
     warnings.warn(
         f"{len(stuck)} chain(s) did not move after warmup, so their draws do not explore the "
-        f"posterior: {'; '.join(lines)}. Warmup failed for them; {advice}, or leave them out",
+        f"posterior: {'; '.join(lines)}. Where warmup failed, {advice}; where every step "
+        "fails, use a smaller step size; or leave the chain(s) out",
         stacklevel=3,
     )
 
