@@ -15,9 +15,11 @@ BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 MODULES_WITH_EXAMPLES = [
     "inferax.target",
     "inferax.numpyro_bridge",
+    "inferax.predictive",
     "inferax.sampling",
     "inferax.samplers.hmc",
     "inferax.samplers.langevin",
+    "inferax.samplers.blackjax_kernel",
     "inferax.variational.gaussian",
     "inferax.variational.objectives",
     "inferax.flows.planar",
