@@ -154,13 +154,16 @@ def window_adaptation(
         inverse_mass_matrix = warmup_state.inverse_mass_matrix
 
         def end_window(carry):
-            step_size_state, mass_matrix_state, _, _ = carry
+            # Dual averaging restarts from its last iterate, as in Stan and NumPyro, not from
+            # its running average: a chain still sliding out of a region of huge curvature
+            # has step sizes that grow by orders of magnitude within a window, and the
+            # average lags far behind them.
+            step_size_state, mass_matrix_state, step_size, _ = carry
             mass_matrix_state = mm_final(mass_matrix_state)
-            step_size_state = da_init(da_final(step_size_state))
             return (
-                step_size_state,
+                da_init(step_size),
                 mass_matrix_state,
-                jnp.exp(step_size_state.log_step_size),
+                step_size,
                 mass_matrix_state.inverse_mass_matrix,
             )
 
