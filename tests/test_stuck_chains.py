@@ -53,3 +53,24 @@ def test_restart_is_not_checkpointed(tmp_path):
             TARGET, samplers.nuts(), jax.random.key(0), restart_stuck_chains=True,
             checkpoint=tmp_path / "run",
         )  # fmt: skip
+
+
+def _exploding(x):
+    # Like an MA(1) model's errors: the sum over t of (x^t)^2 grows like x^(2T) past |x| = 1,
+    # so a chain started at 1.3 sees a log density near -1e45, with gradients to match. It
+    # slides out over several adaptation windows, its step size growing by orders of
+    # magnitude within each; dual averaging restarted from its running average at a window's
+    # end (rather than its last iterate) froze such chains.
+    powers = x[0] ** jnp.arange(1, 201, dtype=x.dtype)
+    return -0.5 * jnp.sum(powers**2) - 0.5 * jnp.sum(x**2)
+
+
+def test_chains_slide_out_of_exploding_curvature_during_warmup():
+    with jax.enable_x64(True):
+        target = inferax.Target.from_logdensity(_exploding, jnp.zeros(1))
+        post = inferax.sample(
+            target, samplers.nuts(), jax.random.key(0), num_chains=4, num_warmup=1000,
+            num_samples=100, init=jnp.array([[1.3], [-1.3], [1.45], [-1.45]]),
+        )  # fmt: skip
+    assert post.stuck_chains() == []
+    assert np.all(np.abs(post.draws["x"]) < 1.0)
