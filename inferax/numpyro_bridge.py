@@ -73,7 +73,9 @@ def from_numpyro(
 
     The example position ``target.init`` is the origin of unconstrained space when the log
     density and its gradient are finite there; otherwise it is found as NumPyro finds one,
-    uniformly within 2 of the origin, over up to 100 tries.
+    uniformly within a radius of the origin over up to 100 tries, the radius growing from
+    0.01 to 2 until one is found. Chains start within 2 of it, as NumPyro's do of the
+    origin.
 
     When ``data`` names model arguments, those arguments become ``target.data``: their
     leading axis indexes data points. ``log_likelihood(params, batch)`` is then the log
@@ -173,12 +175,19 @@ def from_numpyro(
     )
 
 
+INIT_SEARCH_RADII = (0.0, 0.01, 0.1, 0.5, 2.0)
+"""Where ``from_numpyro`` looks for its example position: the origin of unconstrained space,
+then uniformly within each radius in turn (100 tries each, NumPyro's ``init_to_uniform``).
+Chains start within 2 of the example position, so one near the origin gives them the
+starts NumPyro gives its chains."""
+
+
 def _initialize(model: Callable, args: tuple, kwargs: dict):
-    """NumPyro's own initialisation: the origin of unconstrained space where the density is
-    usable there (the key is then irrelevant), else NumPyro's default search."""
+    """NumPyro's own initialisation, at the origin of unconstrained space where the density
+    is usable there (the key is then irrelevant), else as near it as one is found."""
     _refuse_unenumerated_discrete(model, args, kwargs)
     last_error = None
-    for radius in (0.0, 2.0):
+    for radius in INIT_SEARCH_RADII:
         try:
             return initialize_model(
                 jax.random.key(0),
@@ -196,8 +205,8 @@ def _initialize(model: Callable, args: tuple, kwargs: dict):
             ) from error
     raise ValueError(
         "from_numpyro: no position with a finite log density and gradient was found, at the "
-        f"origin of unconstrained space or in 100 tries within 2 of it ({last_error}); "
-        "check the model and its data"
+        f"origin of unconstrained space or in 100 tries within each of {INIT_SEARCH_RADII[1:]} "
+        f"of it ({last_error}); check the model and its data"
     ) from last_error
 
 

@@ -84,8 +84,9 @@ def sample(
       progress: show a progress bar. ``None``: only on an interactive terminal, and never
         when the ``CI`` environment variable is set.
       init: starting positions with a leading axis of ``num_chains``. By default each chain
-        starts uniformly within 2 of ``target.init`` in every unconstrained coordinate (at
-        ``target.init`` itself where that jittered point has a non-finite log density).
+        starts uniformly within 2 of ``target.init`` in every unconstrained coordinate,
+        drawn again (up to 100 times) where the log density or its gradient is not finite
+        there, and at ``target.init`` itself if no such draw is found.
       chunk_size: steps per compiled chunk.
       checkpoint: a directory to save the run in, after every ``checkpoint_every`` chunks:
         the whole sampler state and the draws so far. ``inferax.resume`` continues it.
@@ -540,25 +541,58 @@ def _logdensity_and_grad(target: Target):
     return target.logdensity_and_grad(target.init)
 
 
+MAX_START_TRIES = 100
+"""Draws per chain for a start where the log density and its gradient are finite, as
+NumPyro's initialisation tries; a chain that finds none starts at ``target.init``."""
+
+
 @functools.partial(jax.jit, static_argnames=("num_chains",))
 def _jittered_positions(target: Target, rng_key: PRNGKey, num_chains: int):
+    """Each chain's start: uniform within ``INIT_RADIUS`` of ``target.init`` in every
+    coordinate, drawn again (up to ``MAX_START_TRIES`` times) where the log density or its
+    gradient is not finite."""
     leaves, treedef = jax.tree.flatten(target.init)
-    keys = jax.random.split(rng_key, len(leaves))
-    jittered = treedef.unflatten(
-        [
-            leaf[None]
-            + jax.random.uniform(
-                key, (num_chains, *leaf.shape), leaf.dtype, -INIT_RADIUS, INIT_RADIUS
-            )
-            for leaf, key in zip(leaves, keys, strict=True)
-        ]
+
+    def draw(key):
+        keys = jax.random.split(key, len(leaves))
+        return treedef.unflatten(
+            [
+                leaf[None]
+                + jax.random.uniform(
+                    k, (num_chains, *leaf.shape), leaf.dtype, -INIT_RADIUS, INIT_RADIUS
+                )
+                for leaf, k in zip(leaves, keys, strict=True)
+            ]
+        )
+
+    def usable(positions):
+        values, grads = jax.vmap(target.logdensity_and_grad)(positions)
+        finite = jnp.isfinite(values)
+        for leaf in jax.tree.leaves(grads):
+            finite &= jnp.isfinite(leaf).reshape(num_chains, -1).all(axis=1)
+        return finite
+
+    def choose(keep, kept, other):
+        return jax.tree.map(
+            lambda a, b: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), kept, other
+        )
+
+    def redraw(carry):
+        tries, positions, ok = carry
+        candidates = draw(jax.random.fold_in(rng_key, tries))
+        positions = choose(ok, positions, candidates)
+        return tries + 1, positions, ok | usable(candidates)
+
+    first = draw(rng_key)
+    _, positions, ok = jax.lax.while_loop(
+        lambda carry: (carry[0] < MAX_START_TRIES) & ~jnp.all(carry[2]),
+        redraw,
+        (jnp.int32(1), first, usable(first)),
     )
-    finite = jnp.isfinite(jax.vmap(target.logdensity)(jittered))
-    return jax.tree.map(
-        lambda moved, leaf: jnp.where(finite.reshape((-1,) + (1,) * leaf.ndim), moved, leaf[None]),
-        jittered,
-        target.init,
+    at_init = jax.tree.map(
+        lambda leaf: jnp.broadcast_to(leaf, (num_chains, *leaf.shape)), target.init
     )
+    return choose(ok, positions, at_init)
 
 
 def _chain_keys(run_key: PRNGKey, step_index, num_chains: int):
