@@ -6,6 +6,7 @@ import arviz_plots
 import arviz_stats
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
@@ -91,3 +92,21 @@ def test_the_log_likelihood_is_skipped_on_request():
     assert inferax.pointwise_log_likelihood(target, post).log_likelihood["y"].shape == (1, 20, 30)
     with pytest.raises(TypeError, match="log_likelihood must be True, False or None"):
         inferax.sample(target, samplers.nuts(), jax.random.key(0), log_likelihood="yes")
+
+
+def test_every_group_survives_save_and_load(tmp_path):
+    target = inferax.from_numpyro(constant, X, y=Y)
+    post = inferax.sample(
+        target, samplers.nuts(), jax.random.key(0), num_chains=2, num_warmup=100,
+        num_samples=50,
+    )  # fmt: skip
+    post = inferax.predictive(target, post, jax.random.key(1))
+    post = inferax.prior_predictive(target, post, jax.random.key(2), num_samples=30)
+    post.save(tmp_path / "post.nc")
+    loaded = inferax.load(tmp_path / "post.nc").to_datatree()
+    original = post.to_datatree()
+    assert set(loaded.children) == set(original.children)
+    for group in original.children:
+        for name, values in original[group].dataset.data_vars.items():
+            assert loaded[group][name].dims == values.dims, (group, name)
+            np.testing.assert_array_equal(loaded[group][name].values, values.values)

@@ -244,3 +244,24 @@ def test_predictive_and_prior_groups_have_the_plates_dims():
     # Each player's replicated hits centre on the posterior's success probability.
     expected = 45 * jax.nn.sigmoid(post.draws["alpha"]).mean(axis=(0, 1))
     np.testing.assert_allclose(replicated.mean(axis=(0, 1)), expected, atol=1.0)
+
+
+def test_masks_scales_and_factors_enter_the_density_as_numpyro_has_them():
+    def model(x, y, keep):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0))
+        numpyro.factor("penalty", -0.5 * w**4)
+        with numpyro.plate("obs", x.shape[0]), numpyro.handlers.scale(scale=2.0):
+            with numpyro.handlers.mask(mask=keep):
+                numpyro.sample("y", dist.Normal(w * x, 1.0), obs=y)
+
+    x, y = _regression_data()
+    keep = jnp.arange(20) % 3 != 0
+    target = inferax.from_numpyro(model, x, y=y, keep=keep)
+    w = jnp.array(0.7)
+    expected = (
+        dist.Normal(0.0, 1.0).log_prob(w)
+        - 0.5 * w**4
+        + 2.0 * jnp.sum(jnp.where(keep, dist.Normal(w * x, 1.0).log_prob(y), 0.0))
+    )
+    np.testing.assert_allclose(target.logdensity({"w": w}), expected, rtol=1e-5)
+    assert set(target.model.constant_data) == {"x", "keep"}
