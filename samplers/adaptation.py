@@ -206,3 +206,23 @@ def window_adaptation(
         return warmup_state.chain, tuned
 
     return WarmupAlgorithm(init, step, final)
+
+
+def window_adaptation_of(kernel, target) -> WarmupAlgorithm:
+    """``window_adaptation`` for a kernel config that has ``target_acceptance_rate``,
+    ``is_mass_matrix_diagonal`` and ``initial_step_size``, and whose
+    ``build(target, step_size=..., inverse_mass_matrix=...)`` takes what it tunes."""
+    return window_adaptation(
+        lambda **tuned: kernel.build(target, **tuned),
+        target.logdensity,
+        is_mass_matrix_diagonal=kernel.is_mass_matrix_diagonal,
+        target_acceptance_rate=kernel.target_acceptance_rate,
+        initial_step_size=kernel.initial_step_size,
+    )
+
+
+def unit_inverse_mass_matrix(position, is_diagonal: bool) -> jax.Array:
+    """The identity inverse mass matrix for ``position``'s flattened size: a vector of ones
+    when diagonal, else the identity matrix. Where warmup starts."""
+    num_dims = ravel_pytree(position)[0].shape[0]
+    return jnp.ones(num_dims) if is_diagonal else jnp.eye(num_dims)

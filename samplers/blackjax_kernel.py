@@ -9,12 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from blackjax.base import SamplingAlgorithm
 
-from inferax.samplers.adaptation import window_adaptation, window_schedule
+from inferax.samplers.adaptation import (
+    unit_inverse_mass_matrix,
+    window_adaptation_of,
+    window_schedule,
+)
 from inferax.samplers.base import AbstractKernel, WarmupAlgorithm, check_step_size
 from inferax.target import Target
 
@@ -124,19 +127,13 @@ class from_blackjax(AbstractKernel):  # noqa: N801  (lower case, like the other 
 
     def warmup_algorithm(self, target: Target) -> WarmupAlgorithm:
         if self.adaptation == "window":
-            return window_adaptation(
-                lambda **tuned: self.build(target, **tuned),
-                target.logdensity,
-                is_mass_matrix_diagonal=self.is_mass_matrix_diagonal,
-                target_acceptance_rate=self.target_acceptance_rate,
-                initial_step_size=self.initial_step_size,
-            )
+            return window_adaptation_of(self, target)
         return super().warmup_algorithm(target)
 
     def _untuned(self, target: Target) -> dict[str, jax.Array]:
-        num_dims = jax.flatten_util.ravel_pytree(target.init)[0].shape[0]
-        diagonal = self.is_mass_matrix_diagonal
         return {
             "step_size": jnp.asarray(self.initial_step_size),
-            "inverse_mass_matrix": jnp.ones(num_dims) if diagonal else jnp.eye(num_dims),
+            "inverse_mass_matrix": unit_inverse_mass_matrix(
+                target.init, self.is_mass_matrix_diagonal
+            ),
         }

@@ -12,7 +12,11 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from blackjax.base import SamplingAlgorithm
-from inferax.samplers.adaptation import window_adaptation, window_schedule
+from inferax.samplers.adaptation import (
+    unit_inverse_mass_matrix,
+    window_adaptation_of,
+    window_schedule,
+)
 from inferax.samplers.base import AbstractKernel, WarmupAlgorithm, check_step_size
 
 from inferax.target import Target
@@ -45,9 +49,9 @@ class AbstractHMCKernel(AbstractKernel):
         if step_size is None:
             step_size = self.initial_step_size
         if inverse_mass_matrix is None:
-            num_dims = jax.flatten_util.ravel_pytree(target.init)[0].shape[0]
-            diagonal = self.is_mass_matrix_diagonal
-            inverse_mass_matrix = jnp.ones(num_dims) if diagonal else jnp.eye(num_dims)
+            inverse_mass_matrix = unit_inverse_mass_matrix(
+                target.init, self.is_mass_matrix_diagonal
+            )
         return self.blackjax_algorithm(target, step_size, inverse_mass_matrix)
 
     def warmup_schedule(self, num_steps: int) -> np.ndarray:
@@ -64,13 +68,7 @@ class AbstractHMCKernel(AbstractKernel):
         }
 
     def warmup_algorithm(self, target: Target) -> WarmupAlgorithm:
-        return window_adaptation(
-            lambda **tuned: self.build(target, **tuned),
-            target.logdensity,
-            is_mass_matrix_diagonal=self.is_mass_matrix_diagonal,
-            target_acceptance_rate=self.target_acceptance_rate,
-            initial_step_size=self.initial_step_size,
-        )
+        return window_adaptation_of(self, target)
 
 
 @dataclasses.dataclass(frozen=True)
