@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 from arviz_base.labels import BaseLabeller
 
-from inferax.posterior import STUCK_ACCEPTANCE, stuck_chains
+from inferax.posterior import STUCK_ACCEPTANCE, STUCK_STEP_SIZE_RATIO, stuck_chains
 
 Severity = Literal["error", "warning"]
 
@@ -295,7 +295,8 @@ def _stuck_chain_findings(stats: xr.Dataset, posterior: xr.Dataset) -> list[Find
             threshold=0.0,
             message=f"chain(s) {', '.join(map(str, stuck))} did not move after warmup "
             f"({len(stuck)} of {total} chains: every draw the same, mean acceptance below "
-            f"{STUCK_ACCEPTANCE:g}, or every transition divergent)",
+            f"{STUCK_ACCEPTANCE:g}, every transition divergent, or a step size below "
+            f"{STUCK_STEP_SIZE_RATIO:g} of the median)",
             advice=_ADVICE["stuck_chain"],
             count=len(stuck),
             total=total,

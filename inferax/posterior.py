@@ -19,16 +19,20 @@ from inferax.checkpoint import write_atomically
 STUCK_ACCEPTANCE = 0.01
 """A chain whose mean acceptance rate after warmup is below this is stuck."""
 
+STUCK_STEP_SIZE_RATIO = 1e-4
+"""A chain whose tuned step size is below this fraction of the median over chains is stuck:
+warmup left it creeping through a region of huge curvature that the others left."""
+
 
 def stuck_chains(stats: dict[str, Any], draws: dict[str, Any] | None = None) -> list[int]:
     """The chains that did not move after warmup: every draw equal to the first, mean
-    acceptance rate below ``STUCK_ACCEPTANCE``, or every transition divergent. Warmup that
-    ends with a step size of zero, or in a region where every proposal fails, leaves such a
-    chain.
+    acceptance rate below ``STUCK_ACCEPTANCE``, every transition divergent, or a step size
+    below ``STUCK_STEP_SIZE_RATIO`` times the median over chains. Warmup that ends with a
+    step size of zero, or in a region where every proposal fails, leaves such a chain.
 
     Args:
       stats: sampler statistics by ArviZ name, shape ``(chain, draw)``
-        (``acceptance_rate`` and ``diverging`` are read where present).
+        (``acceptance_rate``, ``diverging`` and ``step_size`` are read where present).
       draws: the draws by site, shape ``(chain, draw, ...)``, if at hand.
 
     Returns:
@@ -40,6 +44,10 @@ def stuck_chains(stats: dict[str, Any], draws: dict[str, Any] | None = None) -> 
         flags.append(acceptance.mean(axis=1) < STUCK_ACCEPTANCE)
     if "diverging" in stats:
         flags.append(np.asarray(stats["diverging"], dtype=bool).all(axis=1))
+    if "step_size" in stats:
+        step_size = np.asarray(stats["step_size"], dtype=float).mean(axis=1)
+        if step_size.size >= 2:
+            flags.append(step_size < STUCK_STEP_SIZE_RATIO * np.median(step_size))
     moving = [
         (values != values[:, :1]).reshape(values.shape[0], -1).any(axis=1)
         for values in map(np.asarray, (draws or {}).values())

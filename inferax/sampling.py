@@ -97,7 +97,8 @@ def sample(
         ``inferax.predictive.LOG_LIKELIHOOD_MEMORY_LIMIT`` bytes (a warning gives the size
         otherwise) and the model enumerates no discrete site.
       restart_stuck_chains: a chain that did not move after warmup (every draw the same,
-        mean acceptance below 1%, or every transition divergent) is named in a warning;
+        mean acceptance below 1%, every transition divergent, or a step size below 1e-4 of
+        the median over chains) is named in a warning;
         with this set, each such chain is run once more, warmup included, from a fresh
         start within 2 of ``target.init`` drawn with another key, and its draws replace the
         stuck ones. Not with ``checkpoint``.

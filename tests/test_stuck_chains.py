@@ -9,6 +9,7 @@ from inferax.samplers.adaptation import window_schedule
 
 import inferax
 from inferax import diagnostics, samplers
+from inferax.posterior import stuck_chains
 
 
 def _pinned(x):
@@ -28,6 +29,29 @@ def test_the_schedule_searches_a_step_size_at_the_start_and_after_each_window():
     ends = np.flatnonzero(schedule[:-1, 1])  # a window that ends warmup starts nothing
     assert searched[0] == 0 and ends.size >= 2
     np.testing.assert_array_equal(searched[1:], ends + 1)
+
+
+def test_each_sign_of_a_stuck_chain_is_read():
+    rng = np.random.default_rng(0)
+    moving = {"x": rng.normal(size=(4, 50))}
+    healthy = {
+        "acceptance_rate": np.full((4, 50), 0.8),
+        "diverging": np.zeros((4, 50), bool),
+        "step_size": np.full((4, 50), 0.5),
+    }
+    assert stuck_chains(healthy, moving) == []
+    frozen = {"x": moving["x"].copy()}
+    frozen["x"][2] = 1.0
+    assert stuck_chains(healthy, frozen) == [2]
+    rejecting = {**healthy, "acceptance_rate": healthy["acceptance_rate"].copy()}
+    rejecting["acceptance_rate"][1] = 0.001
+    assert stuck_chains(rejecting, moving) == [1]
+    diverging = {**healthy, "diverging": healthy["diverging"].copy()}
+    diverging["diverging"][3] = True
+    assert stuck_chains(diverging, moving) == [3]
+    creeping = {**healthy, "step_size": healthy["step_size"].copy()}
+    creeping["step_size"][0] = 5e-7
+    assert stuck_chains(creeping, moving) == [0]
 
 
 def test_a_stuck_chain_is_named_and_restarted():
