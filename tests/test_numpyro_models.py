@@ -2,6 +2,8 @@
 enumerated discrete sites, reparametrisation, scan with condition, and a hierarchical model.
 inferax's NUTS agrees with NumPyro's NUTS on each, within Monte Carlo standard errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,9 +118,10 @@ def enumeration_broadcasts():
     return jax.numpy_rank_promotion("allow")
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def both_runs(request):
-    model, make_args, kwargs = MODELS[request.param]
+@functools.cache
+def runs_of(name):
+    """inferax's and NumPyro's NUTS on one model, run once per test process."""
+    model, make_args, kwargs = MODELS[name]
     args = make_args()
     with enumeration_broadcasts():
         target = inferax.from_numpyro(model, *args, **kwargs)
@@ -127,7 +130,12 @@ def both_runs(request):
             num_chains=NUM_CHAINS, num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES,
         )  # fmt: skip
         reference = _numpyro_draws(model, args, kwargs)
-    return request.param, target, post, reference
+    return name, target, post, reference
+
+
+@pytest.fixture(params=sorted(MODELS))
+def both_runs(request):
+    return runs_of(request.param)
 
 
 def test_inferax_nuts_agrees_with_numpyro_nuts(both_runs):
@@ -209,27 +217,18 @@ def test_an_enumerated_model_is_not_split():
 
 
 def test_infer_discrete_recovers_the_assignments():
-    data = jnp.array([-2.1, -1.7, -2.4, 1.8, 2.2, 2.5, 1.9, 2.3])
+    _, target, post, _ = runs_of("mixture")
     with enumeration_broadcasts():
-        target = inferax.from_numpyro(mixture, data)
-        post = inferax.sample(
-            target, samplers.nuts(), jax.random.key(0), num_chains=2, num_warmup=200,
-            num_samples=200,
-        )  # fmt: skip
         post = inferax.infer_discrete(target, post, jax.random.key(1))
     assignment = post.draws["assignment"]
-    assert assignment.shape == (2, 200, 8)
+    assert assignment.shape == (NUM_CHAINS, NUM_SAMPLES, 8)
     # Points near -2 belong to the first component, points near 2 to the second.
     share = assignment.mean(axis=(0, 1))
     assert np.all(share[:3] < 0.05) and np.all(share[3:] > 0.95), share
 
 
 def test_predictive_and_prior_groups_have_the_plates_dims():
-    target = inferax.from_numpyro(baseball, BASEBALL_AT_BATS, BASEBALL_HITS)
-    post = inferax.sample(
-        target, samplers.nuts(), jax.random.key(0), num_chains=2, num_warmup=200,
-        num_samples=100,
-    )  # fmt: skip
+    _, target, post, _ = runs_of("baseball")
     post = inferax.predictive(target, post, jax.random.key(1))
     post = inferax.prior_predictive(target, post, jax.random.key(2), num_samples=50)
     tree = post.to_datatree(coords={"num_players": np.arange(100, 118)})

@@ -28,7 +28,6 @@ with open(os.path.join(HERE, "reference.json")) as f:
 POSTERIORS = [
     "eight_schools-eight_schools_noncentered",  # hierarchical, a deterministic site
     "kidiq-kidscore_momiq",  # flat prior on the coefficients
-    "low_dim_gauss_mix-low_dim_gauss_mix",  # ordered, bounded, a mixture
     "garch-garch11",  # flat priors on a half-line, an interval and a scaled interval
 ]
 
