@@ -35,16 +35,22 @@ def constant(x, y=None):
 
 
 @pytest.fixture(scope="module")
-def posteriors():
-    trees = {}
+def runs():
+    """Each model's target and posterior with its posterior predictive group."""
+    results = {}
     for name, model in (("line", line), ("constant", constant)):
         target = inferax.from_numpyro(model, X, y=Y)
         post = inferax.sample(
             target, samplers.nuts(), jax.random.key(0), num_chains=4, num_warmup=500,
             num_samples=500,
         )  # fmt: skip
-        trees[name] = inferax.predictive(target, post, jax.random.key(1)).to_datatree()
-    return trees
+        results[name] = (target, inferax.predictive(target, post, jax.random.key(1)))
+    return results
+
+
+@pytest.fixture(scope="module")
+def posteriors(runs):
+    return {name: post.to_datatree() for name, (_, post) in runs.items()}
 
 
 def test_loo_agrees_with_arviz_on_numpyros_own_draws(posteriors):
@@ -82,25 +88,20 @@ def test_check_and_report_use_the_loo(posteriors, tmp_path):
     assert "Posterior predictive check" in page
 
 
-def test_the_log_likelihood_is_skipped_on_request():
-    target = inferax.from_numpyro(constant, X, y=Y)
+def test_the_log_likelihood_is_skipped_on_request(runs):
+    target, _ = runs["constant"]
     post = inferax.sample(
-        target, samplers.nuts(), jax.random.key(0), num_chains=1, num_warmup=50,
-        num_samples=20, log_likelihood=False,
+        target, samplers.nuts(), jax.random.key(2), num_chains=4, num_warmup=500,
+        num_samples=500, log_likelihood=False,
     )  # fmt: skip
     assert post.log_likelihood == {}
-    assert inferax.pointwise_log_likelihood(target, post).log_likelihood["y"].shape == (1, 20, 30)
+    assert inferax.pointwise_log_likelihood(target, post).log_likelihood["y"].shape == (4, 500, 30)
     with pytest.raises(TypeError, match="log_likelihood must be True, False or None"):
         inferax.sample(target, samplers.nuts(), jax.random.key(0), log_likelihood="yes")
 
 
-def test_every_group_survives_save_and_load(tmp_path):
-    target = inferax.from_numpyro(constant, X, y=Y)
-    post = inferax.sample(
-        target, samplers.nuts(), jax.random.key(0), num_chains=2, num_warmup=100,
-        num_samples=50,
-    )  # fmt: skip
-    post = inferax.predictive(target, post, jax.random.key(1))
+def test_every_group_survives_save_and_load(runs, tmp_path):
+    target, post = runs["constant"]
     post = inferax.prior_predictive(target, post, jax.random.key(2), num_samples=30)
     post.save(tmp_path / "post.nc")
     loaded = inferax.load(tmp_path / "post.nc").to_datatree()
