@@ -230,7 +230,7 @@ def _device_draws(posterior: Posterior) -> dict[str, jax.Array]:
 
 def _bytes_per_draw(target: Target) -> int:
     return sum(
-        np.asarray(target.observed_data[name]).size * jnp.dtype(float).itemsize
+        np.asarray(target.observed_data[name]).size * jnp.dtype(jnp.result_type(float)).itemsize
         for name in target.model.observed
     )
 
