@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
+from numpyro.infer.util import log_likelihood
 from numpyro.primitives import Messenger
 
 from inferax.numpyro_bridge import ENUM_EXTRA, NumPyroModel
@@ -253,10 +254,9 @@ def _over_chains(per_draw):
 
 def _log_likelihood_program(model: NumPyroModel):
     def per_draw(draw):
-        trace = handlers.trace(handlers.substitute(model.model, data=draw)).get_trace(
-            *model.args, **model.kwargs
-        )
-        return {name: trace[name]["fn"].log_prob(trace[name]["value"]) for name in model.observed}
+        # NumPyro's own; it also returns numpyro.factor terms, which are not observations.
+        values = log_likelihood(model.model, draw, *model.args, batch_ndims=0, **model.kwargs)
+        return {name: values[name] for name in model.observed}
 
     return jax.jit(lambda draws: jax.lax.map(jax.vmap(per_draw), draws))
 
