@@ -14,12 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from inferax.typing import PRNGKey
-from inferax.variational.family import (
-    AbstractFamily,
-    pytree_dataclass,
-    standard_normal_logpdf,
-    static_field,
-)
+from inferax.pytree import pytree_dataclass, static_field
+from inferax.variational.family import AbstractFamily, standard_normal_logpdf
 
 
 class AbstractTransform(abc.ABC):

@@ -290,7 +290,7 @@ def _load_model_file(path: pathlib.Path):
 def sampler_names() -> dict[str, type]:
     """The samplers in ``inferax.samplers`` that the command line can build, by name."""
     from inferax import samplers
-    from inferax.samplers.base import AbstractKernel
+    from inferax.kernel import AbstractKernel
 
     found = {}
     for attr in getattr(samplers, "__all__", dir(samplers)):

@@ -14,6 +14,7 @@ import numpy as np
 
 from inferax.checkpoint import CheckpointStore, SavedPoint, decode_kernel, encode_kernel
 from inferax.compile_cache import compiled
+from inferax.kernel import AbstractKernel
 from inferax.fingerprint import compare_fingerprints, target_fingerprint
 from inferax.posterior import Posterior
 from inferax.predictive import log_likelihood_groups
@@ -134,7 +135,7 @@ def sample(
             "restart_stuck_chains: restarted chains are not checkpointed; pass one or the other"
         )
     kernel.check_target(target)
-    target = _prepared_target(kernel, target)
+    target = kernel.prepare_target(target)
     check_logdensity_shape(target)
     if init is None:
         _check_logdensity_at_init(target)
@@ -224,7 +225,7 @@ def resume(
     if bool(jax.config.jax_enable_x64) != manifest["x64"]:
         differences.append(f"jax_enable_x64: the run has {manifest['x64']}")
     _check_run_inputs(target, kernel, saved_settings)
-    target = _prepared_target(kernel, target)
+    target = kernel.prepare_target(target)
     differences += compare_fingerprints(manifest["fingerprint"], target_fingerprint(target))
     if differences:
         raise ValueError("resume: refused, this is not the same run: " + "; ".join(differences))
@@ -455,8 +456,6 @@ class _Run:
 
 
 def _check_run_inputs(target, kernel, settings: RunSettings) -> None:
-    from inferax.samplers.base import AbstractKernel
-
     if not isinstance(target, Target):
         raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
     if not isinstance(kernel, AbstractKernel):
@@ -464,15 +463,6 @@ def _check_run_inputs(target, kernel, settings: RunSettings) -> None:
             f"kernel must be a sampler from inferax.samplers, got {type(kernel).__name__}"
         )
     settings.check()
-
-
-def _prepared_target(kernel, target: Target) -> Target:
-    """The target as the kernel samples it. A kernel that fits something to the target once,
-    before anything compiles (``fsgld`` fits its surrogates), has ``prepare_target(target)``,
-    which returns the target with what it fitted attached; other kernels take the target as
-    it is."""
-    prepare = getattr(kernel, "prepare_target", None)
-    return target if prepare is None else prepare(target)
 
 
 def _encode_key(rng_key) -> dict:

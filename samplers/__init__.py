@@ -2,8 +2,8 @@
 
 from inferax.samplers.adaptation import WindowAdaptationState as WindowAdaptationState
 from inferax.samplers.adaptation import window_adaptation as window_adaptation
-from inferax.samplers.base import AbstractKernel as AbstractKernel
-from inferax.samplers.base import WarmupAlgorithm as WarmupAlgorithm
+from inferax.kernel import AbstractKernel as AbstractKernel
+from inferax.kernel import WarmupAlgorithm as WarmupAlgorithm
 from inferax.samplers.blackjax_kernel import from_blackjax as from_blackjax
 from inferax.samplers.federated import AbstractFederatedKernel as AbstractFederatedKernel
 from inferax.samplers.federated import FederatedSGLDState as FederatedSGLDState
@@ -34,7 +34,7 @@ from inferax.samplers.mirror_maps import Hypentropy as Hypentropy
 from inferax.samplers.mirror_maps import LogBarrierBox as LogBarrierBox
 from inferax.samplers.mirror_maps import SimplexEntropy as SimplexEntropy
 from inferax.samplers.nonsmooth import L1 as L1
-from inferax.samplers.nonsmooth import AbstractNonsmooth as AbstractNonsmooth
+from inferax.nonsmooth import AbstractNonsmooth as AbstractNonsmooth
 from inferax.samplers.nonsmooth import Box as Box
 from inferax.samplers.nonsmooth import Linear as Linear
 from inferax.samplers.nonsmooth import NonNegative as NonNegative
@@ -54,9 +54,9 @@ from inferax.samplers.sgmcmc import SGLDCVWarmupState as SGLDCVWarmupState
 from inferax.samplers.sgmcmc import SGLDState as SGLDState
 from inferax.samplers.sgmcmc import SGMCMCInfo as SGMCMCInfo
 from inferax.samplers.sgmcmc import StructuredSGLDState as StructuredSGLDState
-from inferax.samplers.sgmcmc import draw_minibatch as draw_minibatch
+from inferax.minibatch import draw_minibatch as draw_minibatch
 from inferax.samplers.sgmcmc import find_mode as find_mode
-from inferax.samplers.sgmcmc import minibatch_indices as minibatch_indices
+from inferax.minibatch import minibatch_indices as minibatch_indices
 from inferax.samplers.sgmcmc import psgld as psgld
 from inferax.samplers.sgmcmc import psgld_algorithm as psgld_algorithm
 from inferax.samplers.sgmcmc import sghmc as sghmc

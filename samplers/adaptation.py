@@ -24,7 +24,7 @@ from blackjax.adaptation.step_size import (
 )
 from blackjax.adaptation.window_adaptation import build_schedule
 from blackjax.base import SamplingAlgorithm
-from inferax.samplers.base import WarmupAlgorithm
+from inferax.kernel import WarmupAlgorithm
 from jax.flatten_util import ravel_pytree
 
 REASONABLE_ACCEPTANCE = 0.8

@@ -18,7 +18,7 @@ from inferax.samplers.adaptation import (
     window_adaptation_of,
     window_schedule,
 )
-from inferax.samplers.base import AbstractKernel, WarmupAlgorithm, check_step_size
+from inferax.kernel import AbstractKernel, WarmupAlgorithm, check_step_size
 from inferax.target import Target
 
 INFO_FIELDS_TO_STATS = {

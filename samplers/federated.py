@@ -40,15 +40,9 @@ import numpy as np
 import optax
 from blackjax.base import SamplingAlgorithm
 from blackjax.mcmc.diffusions import DiffusionState, overdamped_langevin
-from inferax.samplers.base import AbstractKernel
-from inferax.samplers.sgmcmc import (
-    AbstractSGMCMCKernel,
-    SGMCMCInfo,
-    _all_finite,
-    _keep_finite,
-    _tree_norm,
-    step_size_fn,
-)
+from inferax.kernel import AbstractKernel
+from inferax.samplers.guarded import guarded, tree_norm
+from inferax.samplers.stochastic_gradient import AbstractSGMCMCKernel, SGMCMCInfo, step_size_fn
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -280,10 +274,13 @@ def federated_sgld_algorithm(
         indices = jax.random.randint(batch_key, (batch_size,), 0, sizes[client])
         diffusion = DiffusionState(state.position, state.logdensity, state.logdensity_grad)
         moved = integrator(noise_key, diffusion, h, (client, indices))
-        finite = jnp.isfinite(moved.logdensity) & _all_finite(moved.logdensity_grad)
-        new_state = FederatedSGLDState(*moved, state.step, client, local_step)
-        new_state = _keep_finite(new_state, state, finite)._replace(step=state.step + 1)
-        return new_state, SGMCMCInfo(h, _tree_norm(moved.logdensity_grad), ~finite)
+        new_state, diverging = guarded(
+            FederatedSGLDState(*moved, state.step, client, local_step),
+            state,
+            (moved.logdensity, moved.logdensity_grad),
+        )
+        new_state = new_state._replace(step=state.step + 1)
+        return new_state, SGMCMCInfo(h, tree_norm(moved.logdensity_grad), diverging)
 
     return SamplingAlgorithm(init, step)
 

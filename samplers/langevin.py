@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 from blackjax.mcmc.diffusions import DiffusionState, overdamped_langevin
-from inferax.samplers.base import AbstractKernel, check_step_size
+from inferax.kernel import AbstractKernel, check_step_size
 
 from inferax.target import Target
 from inferax.typing import ArrayTree, PRNGKey

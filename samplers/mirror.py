@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
-from inferax.samplers.base import AbstractKernel, check_step_size
+from inferax.kernel import AbstractKernel, check_step_size
 from inferax.samplers.mirror_maps import AbstractMirrorMap
-from inferax.samplers.nonsmooth import AbstractNonsmooth
+from inferax.nonsmooth import AbstractNonsmooth
 from inferax.samplers.proximal import (
     _check_smoothing,
     check_array_position,

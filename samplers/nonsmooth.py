@@ -21,14 +21,13 @@ References:
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from inferax.nonsmooth import AbstractNonsmooth
 from inferax.samplers.mirror_maps import (
-    AbstractMirrorMap,
     AbstractSeparableMirrorMap,
     Burg,
     Entropy,
@@ -54,42 +53,12 @@ def _check_side(side: str) -> None:
 
 
 def _unsupported(term, mirror, side):
-    raise NotImplementedError(
-        f"{type(term).__name__}: no closed-form {side} Bregman proximity operator for the "
-        f"mirror {type(mirror).__name__}"
-    )
+    AbstractNonsmooth.bregman_prox(term, None, None, mirror, side)
 
 
 def soft_threshold(x: jax.Array, threshold) -> jax.Array:
     """``sign(x) max(|x| - threshold, 0)``: the proximity operator of ``threshold |x|``."""
     return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0.0)
-
-
-class AbstractNonsmooth(abc.ABC):
-    """A convex, possibly nonsmooth term ``g`` of the negative log density."""
-
-    @abc.abstractmethod
-    def value(self, x: jax.Array) -> jax.Array:
-        """``g(x)``, a scalar; ``+inf`` outside the set of an indicator."""
-
-    @abc.abstractmethod
-    def prox(self, x: jax.Array, lam) -> jax.Array:
-        """The Euclidean proximity operator ``argmin_p g(p) + |p - x|^2 / (2 lam)``."""
-
-    def bregman_prox(
-        self, x: jax.Array, lam, mirror: AbstractMirrorMap, side: str = "left"
-    ) -> jax.Array:
-        """The left or right Bregman proximity operator of ``lam g`` for ``mirror``."""
-        _check_side(side)
-        _unsupported(self, mirror, side)
-
-    def __add__(self, other):
-        if isinstance(other, Linear) and not isinstance(self, Linear | PlusLinear):
-            return PlusLinear(self, other.c)
-        return NotImplemented
-
-    def __radd__(self, other):
-        return self.__add__(other)
 
 
 @_pytree
@@ -148,6 +117,13 @@ class Linear(AbstractNonsmooth):
     """
 
     c: Any
+
+    def __add__(self, other):
+        if isinstance(other, AbstractNonsmooth) and not isinstance(other, Linear | PlusLinear):
+            return PlusLinear(other, self.c)
+        return NotImplemented
+
+    __radd__ = __add__
 
     def value(self, x):
         return jnp.sum(self.c * x)

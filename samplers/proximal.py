@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.base import SamplingAlgorithm
 from blackjax.mcmc.diffusions import DiffusionState, overdamped_langevin
-from inferax.samplers.base import AbstractKernel, check_step_size
+from inferax.kernel import AbstractKernel, check_step_size
 from inferax.samplers.langevin import ula_algorithm
-from inferax.samplers.nonsmooth import AbstractNonsmooth
+from inferax.nonsmooth import AbstractNonsmooth
 
 from inferax.target import Target
 from inferax.typing import PRNGKey

@@ -17,7 +17,7 @@ gradient is undone and reported as ``diverging``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -29,239 +29,23 @@ from blackjax.base import SamplingAlgorithm
 from blackjax.mcmc.diffusions import DiffusionState, overdamped_langevin
 from blackjax.util import generate_gaussian_noise
 
-from inferax.samplers.base import AbstractKernel, BurnInState, WarmupAlgorithm
+from inferax.kernel import BurnInState, WarmupAlgorithm
+from inferax.samplers.guarded import all_finite, tree_norm
+from inferax.samplers.stochastic_gradient import (
+    AbstractSGMCMCKernel,
+    SGLDState,
+    SGMCMCInfo,
+    check_positive,
+    langevin_algorithm,
+    step_size_fn,
+)
+from inferax.minibatch import draw_minibatch, first_points
 from inferax.target import Target, site_name
 from inferax.typing import ArrayLikeTree, ArrayTree, PRNGKey
-
-# --------------------------------------------------------------------------------------
-# Shared pieces: minibatches, step sizes, finiteness.
-# --------------------------------------------------------------------------------------
-
-
-FEISTEL_ROUNDS = 6
-"""Rounds of the keyed permutation that draws minibatch indices."""
-
-
-def _mix(x: jax.Array, key: jax.Array) -> jax.Array:
-    """A 32-bit integer hash of ``x`` keyed by ``key`` (the MurmurHash3 finaliser)."""
-    x = (x ^ key) * jnp.uint32(0x9E3779B1)
-    x = (x ^ (x >> 15)) * jnp.uint32(0x85EBCA6B)
-    x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def minibatch_indices(rng_key: PRNGKey, num_data: int, batch_size: int) -> jax.Array:
-    """``batch_size`` distinct indices in ``[0, num_data)``, drawn without replacement.
-
-    The indices are the images of ``0, ..., batch_size - 1`` under a random bijection of
-    ``[0, num_data)`` keyed by ``rng_key``: a six-round Feistel network on the
-    ``ceil(log2 num_data)``-bit integers whose halves are updated in turn with a keyed
-    integer hash, restricted to ``[0, num_data)`` by cycle walking (an image outside is
-    permuted again until it falls inside). Images of distinct inputs under a bijection are
-    distinct, and for a random key each data point is in the batch with probability
-    ``batch_size / num_data``. The cost is ``O(batch_size)`` integer operations and one
-    draw of six random words, against ``O(num_data log num_data)`` for a permutation and
-    ``O(batch_size log batch_size)`` for a sort-based rejection of repeats.
-
-    Args:
-      rng_key: the key.
-      num_data: the number of data points.
-      batch_size: how many to draw, at most ``num_data``.
-
-    Returns:
-      An int32 array of shape ``(batch_size,)``, in no particular order.
-
-    References:
-      Luby, Rackoff, "How to Construct Pseudorandom Permutations from Pseudorandom
-      Functions", SIAM Journal on Computing 1988.
-      Black, Rogaway, "Ciphers with Arbitrary Finite Domains", CT-RSA 2002.
-    """
-    bits = max(2, int(np.ceil(np.log2(max(num_data, 2)))))
-    left_bits = bits // 2
-    right_bits = bits - left_bits
-    left_mask = jnp.uint32((1 << left_bits) - 1)
-    right_mask = jnp.uint32((1 << right_bits) - 1)
-    round_keys = jax.random.bits(rng_key, (FEISTEL_ROUNDS,), jnp.uint32)
-
-    def permute(x):
-        left, right = x >> right_bits, x & right_mask
-        for r in range(FEISTEL_ROUNDS):
-            if r % 2 == 0:
-                left = left ^ (_mix(right, round_keys[r]) & left_mask)
-            else:
-                right = right ^ (_mix(left, round_keys[r]) & right_mask)
-        return (left << right_bits) | right
-
-    limit = jnp.uint32(num_data)
-    images = permute(jnp.arange(batch_size, dtype=jnp.uint32))
-    images = jax.lax.while_loop(
-        lambda y: jnp.any(y >= limit),
-        lambda y: jnp.where(y >= limit, permute(y), y),
-        images,
-    )
-    return images.astype(jnp.int32)
-
-
-def draw_minibatch(rng_key: PRNGKey, data: ArrayTree, batch_size: int) -> ArrayTree:
-    """A minibatch of ``batch_size`` distinct data points: every leaf of ``data`` indexed by
-    the same ``minibatch_indices`` along its leading axis."""
-    num_data = jax.tree_util.tree_leaves(data)[0].shape[0]
-    indices = minibatch_indices(rng_key, num_data, batch_size)
-    return jax.tree.map(
-        lambda leaf: jnp.asarray(leaf).at[indices].get(mode="promise_in_bounds"), data
-    )
-
-
-def step_size_fn(step_size, schedule=None) -> Callable[[jax.Array], jax.Array]:
-    """The step size ``h_n`` at step ``n``: ``step_size`` when it is a number, ``step_size(n)``
-    when it is an optax schedule, times ``schedule(n)`` when a schedule is given."""
-
-    def at(step):
-        value = step_size(step) if callable(step_size) else step_size
-        if schedule is not None:
-            value = value * schedule(step)
-        return jnp.asarray(value, dtype=jnp.result_type(float))
-
-    return at
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-
-
-def _tree_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
 def _keep_finite(new_state, old_state, finite):
     return jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
-
-
-def _first_points(data: ArrayTree, batch_size: int) -> ArrayTree:
-    return jax.tree.map(lambda leaf: leaf[:batch_size], data)
-
-
-class SGMCMCInfo(NamedTuple):
-    """What every stochastic-gradient step reports.
-
-    ``step_size``: the step ``h`` used. ``grad_norm``: the Euclidean norm of the minibatch
-    gradient estimate evaluated in this step (at its end point; not finite on a diverging
-    step). ``diverging``: the end point had a non-finite log density or gradient, and the
-    chain stayed where it was.
-    """
-
-    step_size: jax.Array
-    grad_norm: jax.Array
-    diverging: jax.Array
-
-
-# --------------------------------------------------------------------------------------
-# Configs: what every stochastic-gradient kernel checks.
-# --------------------------------------------------------------------------------------
-
-
-def _check_positive(name: str, what: str, value) -> None:
-    if not isinstance(value, int | float | np.integer | np.floating) or isinstance(value, bool):
-        raise TypeError(f"{name}: {what} must be a number, got {type(value).__name__}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: {what} must be finite and > 0, got {value}")
-
-
-def _check_step_size(name: str, step_size, schedule) -> None:
-    if not callable(step_size):
-        _check_positive(name, "step_size", step_size)
-    if schedule is not None and not callable(schedule):
-        raise TypeError(
-            f"{name}: schedule must be an optax schedule (a function of the step count), "
-            f"got {type(schedule).__name__}"
-        )
-
-
-def _check_batch_size(name: str, batch_size) -> None:
-    if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool):
-        raise TypeError(f"{name}: batch_size must be an integer, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
-
-
-class AbstractSGMCMCKernel(AbstractKernel):
-    """A stochastic-gradient kernel: a step size (a number or an optax schedule), an optional
-    schedule that multiplies it, and a minibatch size. It refuses a target with no data
-    split, and a batch larger than the data, before anything compiles."""
-
-    step_size: Any
-    batch_size: int
-    schedule: Any
-
-    def _check_config(self) -> None:
-        _check_step_size(self.name, self.step_size, self.schedule)
-        _check_batch_size(self.name, self.batch_size)
-
-    def check_target(self, target: Target) -> None:
-        super().check_target(target)
-        if target.log_likelihood is None or target.data is None:
-            raise ValueError(
-                f"{self.name}: the target has no data split (log_likelihood and data), so "
-                "there is nothing to subsample; build it with Target(log_prior=..., "
-                "log_likelihood=..., data=...) or inferax.from_numpyro(..., data=(names...)), "
-                "or use a full-gradient sampler such as inferax.samplers.nuts"
-            )
-        num_data = target.num_data
-        if int(self.batch_size) > num_data:
-            raise ValueError(
-                f"{self.name}: batch_size {self.batch_size} is larger than the {num_data} "
-                "data points"
-            )
-
-    def sample_stats(self, state: Any, info: SGMCMCInfo, tuned: dict) -> dict[str, jax.Array]:
-        return {
-            "lp": state.logdensity,
-            "diverging": info.diverging,
-            "step_size": info.step_size.astype(state.logdensity.dtype),
-            "grad_norm": info.grad_norm,
-        }
-
-
-# --------------------------------------------------------------------------------------
-# SGLD.
-# --------------------------------------------------------------------------------------
-
-
-class SGLDState(NamedTuple):
-    """An SGLD chain: its position, the minibatch log density and gradient there, and the
-    step count that drives the step-size schedule."""
-
-    position: ArrayTree
-    logdensity: jax.Array
-    logdensity_grad: ArrayTree
-    step: jax.Array
-
-
-def _langevin_algorithm(
-    logdensity_and_grad_fn, step_size_at, draw, init_batch
-) -> SamplingAlgorithm:
-    """Langevin steps ``x + h grad + sqrt(2h) noise`` with blackjax's integrator, where
-    ``logdensity_and_grad_fn(x, *batch)`` estimates the log density and its gradient and
-    ``draw(rng_key)`` gives the step's ``batch`` tuple."""
-    integrator = overdamped_langevin(logdensity_and_grad_fn)
-
-    def init(position: ArrayLikeTree, rng_key=None) -> SGLDState:
-        del rng_key
-        logdensity, grad = logdensity_and_grad_fn(position, *init_batch)
-        return SGLDState(position, logdensity, grad, jnp.zeros((), jnp.int32))
-
-    def step(rng_key: PRNGKey, state: SGLDState) -> tuple[SGLDState, SGMCMCInfo]:
-        batch_key, noise_key = jax.random.split(rng_key)
-        h = step_size_at(state.step)
-        diffusion = DiffusionState(state.position, state.logdensity, state.logdensity_grad)
-        moved = integrator(noise_key, diffusion, h, draw(batch_key))
-        finite = jnp.isfinite(moved.logdensity) & _all_finite(moved.logdensity_grad)
-        new_state = _keep_finite(SGLDState(*moved, state.step), state, finite)
-        new_state = new_state._replace(step=state.step + 1)
-        return new_state, SGMCMCInfo(h, _tree_norm(moved.logdensity_grad), ~finite)
-
-    return SamplingAlgorithm(init, step)
 
 
 def sgld_algorithm(
@@ -282,11 +66,11 @@ def sgld_algorithm(
       ``SamplingAlgorithm(init, step)`` with ``SGLDState`` and ``SGMCMCInfo``. ``init``
       evaluates the gradient on the first ``batch_size`` data points.
     """
-    return _langevin_algorithm(
+    return langevin_algorithm(
         target.minibatch_logdensity_and_grad,
         step_size_fn(step_size, schedule),
         lambda rng_key: (draw_minibatch(rng_key, target.data, batch_size),),
-        (_first_points(target.data, batch_size),),
+        (first_points(target.data, batch_size),),
     )
 
 
@@ -462,7 +246,7 @@ def sghmc_algorithm(
 
     def init(position: ArrayLikeTree, rng_key=None) -> SGHMCState:
         del rng_key
-        logdensity, grad = logdensity_and_grad(position, _first_points(target.data, batch_size))
+        logdensity, grad = logdensity_and_grad(position, first_points(target.data, batch_size))
         momentum = jax.tree.map(jnp.zeros_like, position)
         return SGHMCState(position, momentum, logdensity, grad, jnp.zeros((), jnp.int32))
 
@@ -473,11 +257,11 @@ def sghmc_algorithm(
         moved = one_step(noise_key, state, jnp.sqrt(2.0 * h), friction, (batch,))
         finite = (
             jnp.isfinite(moved.logdensity)
-            & _all_finite(moved.logdensity_grad)
-            & _all_finite(moved.momentum)
+            & all_finite(moved.logdensity_grad)
+            & all_finite(moved.momentum)
         )
         new_state = _keep_finite(moved, state, finite)._replace(step=state.step + 1)
-        return new_state, SGMCMCInfo(h, _tree_norm(moved.logdensity_grad), ~finite)
+        return new_state, SGMCMCInfo(h, tree_norm(moved.logdensity_grad), ~finite)
 
     return SamplingAlgorithm(init, step)
 
@@ -534,7 +318,7 @@ class sghmc(AbstractSGMCMCKernel):  # noqa: N801  (lower case, like blackjax's k
 
     def __post_init__(self):
         self._check_config()
-        _check_positive(self.name, "friction", self.friction)
+        check_positive(self.name, "friction", self.friction)
         if self.integrator not in INTEGRATORS:
             raise ValueError(
                 f"sghmc: integrator must be one of {sorted(INTEGRATORS)}, got {self.integrator!r}"
@@ -638,7 +422,7 @@ def psgld_algorithm(
 
     def init(position: ArrayLikeTree, rng_key=None) -> PSGLDState:
         del rng_key
-        batch = _first_points(target.data, batch_size)
+        batch = first_points(target.data, batch_size)
         probe = jax.tree.map(jnp.ones_like, position)
         logdensity, grad, _ = evaluate(position, batch, probe)
         # V starts at the first squared gradient, not at zero: a zero start makes the first
@@ -667,9 +451,9 @@ def psgld_algorithm(
         else:
             gamma = state.correction
         moved = PSGLDState(position, logdensity, grad, square_avg, gamma, state.step)
-        finite = jnp.isfinite(logdensity) & _all_finite(grad) & _all_finite(gamma)
+        finite = jnp.isfinite(logdensity) & all_finite(grad) & all_finite(gamma)
         new_state = _keep_finite(moved, state, finite)._replace(step=state.step + 1)
-        return new_state, SGMCMCInfo(h, _tree_norm(grad), ~finite)
+        return new_state, SGMCMCInfo(h, tree_norm(grad), ~finite)
 
     return SamplingAlgorithm(init, step)
 
@@ -738,7 +522,7 @@ class psgld(AbstractSGMCMCKernel):  # noqa: N801  (lower case, like blackjax's k
         self._check_config()
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"psgld: decay must lie in [0, 1), got {self.decay}")
-        _check_positive(self.name, "eps", self.eps)
+        check_positive(self.name, "eps", self.eps)
 
     def build(self, target: Target) -> SamplingAlgorithm:
         return psgld_algorithm(
@@ -842,11 +626,11 @@ def sgld_cv_algorithm(
         grad = jax.tree.map(lambda c, g, m: c + g + m, centre_grad, grad, minus_centre_grad)
         return centre_logdensity + value, grad
 
-    return _langevin_algorithm(
+    return langevin_algorithm(
         logdensity_and_grad,
         step_size_fn(step_size, schedule),
         lambda rng_key: (draw_minibatch(rng_key, target.data, batch_size),),
-        (_first_points(target.data, batch_size),),
+        (first_points(target.data, batch_size),),
     )
 
 
@@ -1134,7 +918,7 @@ def structured_sgld_algorithm(
         flat, _ = jax.flatten_util.ravel_pytree(position)
         buffer = jnp.broadcast_to(flat, (buffer_size, dim))
         count = jnp.ones((), jnp.int32)
-        batch = _first_points(target.data, batch_size)
+        batch = first_points(target.data, batch_size)
         logdensity, grad = structured_logdensity_and_grad(
             position, batch, buffer, count, jax.random.key(0)
         )
@@ -1160,9 +944,9 @@ def structured_sgld_algorithm(
         else:
             buffer, count = state.buffer, state.buffer_count
         moved = StructuredSGLDState(position, logdensity, grad, state.step, buffer, count)
-        finite = jnp.isfinite(logdensity) & _all_finite(grad)
+        finite = jnp.isfinite(logdensity) & all_finite(grad)
         new_state = _keep_finite(moved, state, finite)._replace(step=state.step + 1)
-        return new_state, SGMCMCInfo(h, _tree_norm(grad), ~finite)
+        return new_state, SGMCMCInfo(h, tree_norm(grad), ~finite)
 
     return SamplingAlgorithm(init, step)
 

@@ -1,9 +1,8 @@
-"""The interface every variational family implements, and the pytree style they share."""
+"""The interface every variational family implements."""
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Self
@@ -12,21 +11,6 @@ import jax
 import jax.numpy as jnp
 
 from inferax.typing import PRNGKey
-
-
-def static_field(**kwargs):
-    """A dataclass field held in the pytree's static structure (hashable configuration)."""
-    return dataclasses.field(metadata={"static": True}, **kwargs)
-
-
-def pytree_dataclass(cls):
-    """Makes ``cls`` a frozen dataclass registered as a pytree: fields made with
-    ``static_field`` are its static structure, the others its leaves."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    fields = dataclasses.fields(cls)
-    meta = [f.name for f in fields if f.metadata.get("static")]
-    data = [f.name for f in fields if not f.metadata.get("static")]
-    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
 
 
 def standard_normal_logpdf(eps: jax.Array) -> jax.Array:
@@ -82,4 +66,4 @@ class AbstractFamily(abc.ABC):
             )
 
 
-__all__ = ["AbstractFamily", "pytree_dataclass", "standard_normal_logpdf", "static_field"]
+__all__ = ["AbstractFamily", "standard_normal_logpdf"]

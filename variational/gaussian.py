@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from inferax.typing import PRNGKey
-from inferax.variational.family import AbstractFamily, pytree_dataclass, standard_normal_logpdf
+from inferax.pytree import pytree_dataclass
+from inferax.variational.family import AbstractFamily, standard_normal_logpdf
 
 
 @final

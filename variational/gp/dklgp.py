@@ -18,7 +18,7 @@ import scipy.sparse.linalg
 from scipy.spatial import cKDTree
 
 from inferax.validation import check_count, check_key
-from inferax.variational.family import pytree_dataclass, static_field
+from inferax.pytree import pytree_dataclass, static_field
 from inferax.variational.gp.kernels import AbstractKernel, rbf
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
 from inferax.variational.gp.linalg import cholesky_with_jitter

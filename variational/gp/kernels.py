@@ -10,7 +10,7 @@ from typing import final
 import jax
 import jax.numpy as jnp
 
-from inferax.variational.family import pytree_dataclass
+from inferax.pytree import pytree_dataclass
 
 
 def softplus_inverse(x) -> jax.Array:

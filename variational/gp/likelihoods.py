@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln, ndtr
 
-from inferax.variational.family import pytree_dataclass, static_field
+from inferax.pytree import pytree_dataclass, static_field
 from inferax.variational.gp.kernels import _positive, softplus_inverse
 
 NUM_QUADRATURE = 20

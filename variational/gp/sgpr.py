@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
-from inferax.variational.family import pytree_dataclass, static_field
+from inferax.pytree import pytree_dataclass, static_field
 from inferax.variational.gp.kernels import AbstractKernel, rbf
 from inferax.variational.gp.likelihoods import AbstractLikelihood, Gaussian, gaussian
 from inferax.variational.gp.model import AbstractSparseGP, stop_fixed

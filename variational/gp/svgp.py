@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
-from inferax.variational.family import pytree_dataclass, static_field
+from inferax.pytree import pytree_dataclass, static_field
 from inferax.variational.gp.kernels import AbstractKernel, rbf
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
 from inferax.variational.gp.linalg import cholesky_with_jitter, whitening_solve

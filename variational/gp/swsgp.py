@@ -14,7 +14,7 @@ import optax
 from jax.scipy.linalg import cho_solve
 
 from inferax.validation import check_count
-from inferax.variational.family import pytree_dataclass, static_field
+from inferax.pytree import pytree_dataclass, static_field
 from inferax.variational.gp.kernels import AbstractKernel, rbf, softplus_inverse
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
 from inferax.variational.gp.linalg import cholesky_with_jitter

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from inferax.progress import ProgressBar, progress_enabled
-from inferax.variational.family import pytree_dataclass
+from inferax.pytree import pytree_dataclass
 from inferax.variational.gp.linalg import report_jitter
 
 

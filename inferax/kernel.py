@@ -1,5 +1,9 @@
-"""What every inferax kernel is: a frozen config that builds a blackjax ``SamplingAlgorithm``
-and a warmup that ``inferax.sample`` can run in compiled chunks."""
+"""The kernel protocol: what every inferax sampler is.
+
+A kernel is a frozen config that builds a blackjax ``SamplingAlgorithm`` for a ``Target``,
+and a warmup that ``inferax.sample`` can run in compiled chunks. The samplers in
+``inferax.samplers`` implement it; ``inferax.sample`` reads nothing else.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +70,13 @@ class AbstractKernel(abc.ABC):
                 "use a proximal or mirror sampler (inferax.samplers.proximal, "
                 "inferax.samplers.mirror), which handle it through its proximity operator"
             )
+
+    def prepare_target(self, target: Target) -> Target:
+        """The target ``build`` and ``warmup_algorithm`` receive, made from the user's once
+        per call of ``inferax.sample``, before anything compiles. The identity here; a kernel
+        that needs the target in another form (federated kernels place their clients' data
+        on a device mesh) overrides it."""
+        return target
 
     def warmup_schedule(self, num_steps: int) -> np.ndarray:
         """One row per warmup step, handed to ``WarmupAlgorithm.step``."""
