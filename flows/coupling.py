@@ -10,7 +10,8 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from inferax.flows.flow import AbstractTransform, Flow, LayerScan, mlp_apply, mlp_init
+from inferax.flows.flow import AbstractTransform, Flow, LayerScan
+from inferax.flows.mlp import mlp_apply, mlp_init
 from inferax.typing import PRNGKey
 
 

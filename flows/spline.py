@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from inferax.flows.coupling import _check_hidden, alternating_mask, check_coupling_dim
-from inferax.flows.flow import AbstractTransform, Flow, LayerScan, mlp_apply, mlp_init
+from inferax.flows.flow import AbstractTransform, Flow, LayerScan
+from inferax.flows.mlp import mlp_apply, mlp_init
 from inferax.typing import PRNGKey
 
 
