@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from inferax.pytree import pytree_dataclass, static_field
 from inferax.typing import ArrayLikeTree, ArrayTree
 
 
@@ -50,7 +50,7 @@ def _num_data(data: ArrayTree) -> int | None:
     return lengths.pop()
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@pytree_dataclass(eq=False)
 class Target:
     """An unnormalised log density, split into prior and likelihood where there is data.
 
@@ -82,14 +82,14 @@ class Target:
       -1.5
     """
 
-    log_prior: Callable[[ArrayTree], jax.Array]
+    log_prior: Callable[[ArrayTree], jax.Array] = static_field()
     init: ArrayTree
-    log_likelihood: Callable[[ArrayTree, ArrayTree], jax.Array] | None = None
+    log_likelihood: Callable[[ArrayTree, ArrayTree], jax.Array] | None = static_field(default=None)
     data: ArrayTree = None
-    constrain: Callable[[ArrayTree], dict[str, jax.Array]] = named_sites
+    constrain: Callable[[ArrayTree], dict[str, jax.Array]] = static_field(default=named_sites)
     nonsmooth: Any = None
-    observed_data: dict[str, Any] = dataclasses.field(default_factory=dict)
-    model: Any = None
+    observed_data: dict[str, Any] = static_field(by_identity=True, default_factory=dict)
+    model: Any = static_field(by_identity=True, default=None)
 
     def __post_init__(self):
         if not callable(self.log_prior):
@@ -176,52 +176,3 @@ class Target:
 def _float_dtype(leaf) -> jnp.dtype:
     dtype = jnp.result_type(leaf)
     return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
-
-
-class _ByIdentity:
-    """Holds a value in a pytree's static structure, compared by identity: the observed data
-    and the model are output metadata, never inputs to a compiled program, and a dict is
-    unhashable."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
-
-    def __eq__(self, other):
-        return isinstance(other, _ByIdentity) and other.value is self.value
-
-    def __hash__(self):
-        return id(self.value)
-
-
-def _flatten_target(target: Target):
-    children = (target.init, target.data, target.nonsmooth)
-    static = (
-        target.log_prior,
-        target.log_likelihood,
-        target.constrain,
-        _ByIdentity(target.observed_data),
-        _ByIdentity(target.model),
-    )
-    return children, static
-
-
-def _unflatten_target(static, children) -> Target:
-    # Bypasses __post_init__: unflattening happens under tracing and with placeholder
-    # leaves, where the checks made at construction neither hold nor matter.
-    target = object.__new__(Target)
-    fields = dict(zip(("init", "data", "nonsmooth"), children, strict=True))
-    fields.update(
-        log_prior=static[0],
-        log_likelihood=static[1],
-        constrain=static[2],
-        observed_data=static[3].value,
-        model=static[4].value,
-    )
-    for name, value in fields.items():
-        object.__setattr__(target, name, value)
-    return target
-
-
-jax.tree_util.register_pytree_node(Target, _flatten_target, _unflatten_target)
