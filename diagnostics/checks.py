@@ -33,9 +33,16 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
 """The default of every keyword argument of ``check``."""
 
 _ORDER = (
-    "diverging", "stuck_chain", "khat", "r_hat", "ess_bulk", "ess_tail", "tree_depth",
-    "e_bfmi", "loo",
-)  # fmt: skip
+    "diverging",
+    "stuck_chain",
+    "khat",
+    "r_hat",
+    "ess_bulk",
+    "ess_tail",
+    "tree_depth",
+    "e_bfmi",
+    "loo",
+)
 
 _ADVICE = {
     "r_hat": "the chains disagree: run longer warmup and more draws, or reparameterise "
@@ -171,15 +178,31 @@ def check(
         # Constant quantities give NaN statistics with RuntimeWarnings; they are skipped.
         warnings.simplefilter("ignore", RuntimeWarning)
         return _check(
-            dt, var_names, rhat_max, ess_min_per_chain, ess_tail_prob, max_divergences,
-            max_treedepth_fraction, bfmi_min, khat_warn, khat_bad,
-        )  # fmt: skip
+            dt,
+            var_names,
+            rhat_max,
+            ess_min_per_chain,
+            ess_tail_prob,
+            max_divergences,
+            max_treedepth_fraction,
+            bfmi_min,
+            khat_warn,
+            khat_bad,
+        )
 
 
 def _check(
-    dt, var_names, rhat_max, ess_min_per_chain, ess_tail_prob, max_divergences,
-    max_treedepth_fraction, bfmi_min, khat_warn, khat_bad,
-) -> list[Finding]:  # fmt: skip
+    dt,
+    var_names,
+    rhat_max,
+    ess_min_per_chain,
+    ess_tail_prob,
+    max_divergences,
+    max_treedepth_fraction,
+    bfmi_min,
+    khat_warn,
+    khat_bad,
+) -> list[Finding]:
     posterior = dt["posterior"].dataset
     if var_names is not None:
         posterior = posterior[list(var_names)]
@@ -187,8 +210,9 @@ def _check(
     findings: list[Finding] = []
     varying = {name: _varies(posterior[name]) for name in posterior.data_vars}
 
-    def per_element(stat: xr.Dataset, name: str, bad_fn, kind: str, threshold: float,
-                    worst, describe) -> None:  # fmt: skip
+    def per_element(
+        stat: xr.Dataset, name: str, bad_fn, kind: str, threshold: float, worst, describe
+    ) -> None:
         values = np.asarray(stat[name], dtype=float)
         relevant = np.asarray(varying[name])
         bad = relevant & bad_fn(values)
@@ -199,7 +223,7 @@ def _check(
             index = np.unravel_index(np.argmax(bad), bad.shape)
         else:
             index = np.unravel_index(worst(masked), bad.shape)
-        label = _element_label(posterior[name], index)
+        label = element_label(posterior[name], index)
         value = float(values[index]) if values.ndim else float(values)
         count, total = int(bad.sum()), int(relevant.sum())
         where = f" ({count} of {total} elements of {name})" if total > 1 else ""
@@ -221,21 +245,31 @@ def _check(
         rhat = arviz_stats.rhat(posterior)
         for name in posterior.data_vars:
             per_element(
-                rhat, name, lambda v: ~(v <= rhat_max), "r_hat", rhat_max, np.nanargmax,
+                rhat,
+                name,
+                lambda v: ~(v <= rhat_max),
+                "r_hat",
+                rhat_max,
+                np.nanargmax,
                 lambda label, v, where: f"r_hat {v:.3f} > {rhat_max} at {label}{where}",
-            )  # fmt: skip
+            )
     ess_min = ess_min_per_chain * num_chains
     ess_bulk = arviz_stats.ess(posterior, method="bulk")
     ess_tail = arviz_stats.ess(posterior, method="tail", prob=tuple(ess_tail_prob))
     for kind, ess in (("ess_bulk", ess_bulk), ("ess_tail", ess_tail)):
         for name in posterior.data_vars:
             per_element(
-                ess, name, lambda v: ~(v >= ess_min), kind, ess_min, np.nanargmin,
+                ess,
+                name,
+                lambda v: ~(v >= ess_min),
+                kind,
+                ess_min,
+                np.nanargmin,
                 lambda label, v, where, kind=kind: (
                     f"{kind} {v:.0f} < {ess_min:g} ({ess_min_per_chain:g} x {num_chains} "
                     f"chains) at {label}{where}"
                 ),
-            )  # fmt: skip
+            )
 
     stats = dt["sample_stats"].dataset if "sample_stats" in dt.children else xr.Dataset()
     findings += _stuck_chain_findings(stats, dt["posterior"].dataset)
@@ -267,7 +301,9 @@ def _varies(da: xr.DataArray) -> xr.DataArray:
     return (da.max(sample_dims) > da.min(sample_dims)).fillna(False)
 
 
-def _element_label(da: xr.DataArray, index: tuple[int, ...]) -> str:
+def element_label(da: xr.DataArray, index: tuple[int, ...]) -> str:
+    """The name of one element of a variable, such as ``theta[school=Choate]``, from its
+    index over the dims other than ``chain`` and ``draw``."""
     dims = [d for d in da.dims if d not in ("chain", "draw")]
     if not dims:
         return str(da.name)

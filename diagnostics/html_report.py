@@ -39,9 +39,18 @@ MAX_PAIRED = 8
 """Scalar quantities in the pair plot."""
 
 _VERSIONS = (
-    "inferax", "jax", "jaxlib", "numpyro", "blackjax", "arviz-base", "arviz-stats",
-    "arviz-plots", "xarray", "matplotlib", "numpy",
-)  # fmt: skip
+    "inferax",
+    "jax",
+    "jaxlib",
+    "numpyro",
+    "blackjax",
+    "arviz-base",
+    "arviz-stats",
+    "arviz-plots",
+    "xarray",
+    "matplotlib",
+    "numpy",
+)
 
 _CHECK_NAMES = {
     "diverging": "divergences",
@@ -183,13 +192,17 @@ class _Run:
             plots.append(("Rank", lambda: arviz_plots.plot_rank(tree, backend="matplotlib")))
         if shown >= 2 and self.max_paired >= 2:
             paired = self.plot_tree(self.max_paired)
-            plots.append((
-                "Pairs (divergences in red)" if "diverging" in self.stats else "Pairs",
-                lambda: arviz_plots.plot_pair(
-                    paired, backend="matplotlib", marginal=True,
-                    visuals={"divergence": {"color": "red", "alpha": 0.8}},
-                ),
-            ))  # fmt: skip
+            plots.append(
+                (
+                    "Pairs (divergences in red)" if "diverging" in self.stats else "Pairs",
+                    lambda: arviz_plots.plot_pair(
+                        paired,
+                        backend="matplotlib",
+                        marginal=True,
+                        visuals={"divergence": {"color": "red", "alpha": 0.8}},
+                    ),
+                )
+            )
         if "energy" in self.stats:
             plots.append(
                 ("Energy and E-BFMI", lambda: arviz_plots.plot_energy(tree, backend="matplotlib"))
@@ -198,10 +211,12 @@ class _Run:
             ("Autocorrelation", lambda: arviz_plots.plot_autocorr(tree, backend="matplotlib"))
         )
         if "posterior_predictive" in self.tree.children and "observed_data" in self.tree.children:
-            plots.append((
-                "Posterior predictive check",
-                lambda: arviz_plots.plot_ppc_dist(self.tree, backend="matplotlib"),
-            ))  # fmt: skip
+            plots.append(
+                (
+                    "Posterior predictive check",
+                    lambda: arviz_plots.plot_ppc_dist(self.tree, backend="matplotlib"),
+                )
+            )
         for caption, draw in plots:
             out.append(_figure(caption, f"{self.name}: {caption}", draw))
         out.append("</section>")
@@ -319,8 +334,11 @@ def _metadata_table(part: _Run) -> str:
         ("scalar quantities", part.num_quantities),
         ("seed", attrs.pop("seed", "not recorded")),
     ]
-    for key, name in (("compile_time", "compile"), ("warmup_time", "warmup"),
-                      ("sampling_time", "sampling")):  # fmt: skip
+    for key, name in (
+        ("compile_time", "compile"),
+        ("warmup_time", "warmup"),
+        ("sampling_time", "sampling"),
+    ):
         if key in attrs:
             rows.append((f"{name} time", f"{float(attrs.pop(key)):.2f} s"))
     for stat in ("acceptance_rate", "step_size", "n_steps", "tree_depth"):
@@ -461,7 +479,6 @@ def _figure(caption: str, alt: str, draw: Callable) -> str:
     """A figure drawn by ``draw`` (returning a PlotCollection or a matplotlib figure), as an
     inline PNG; a failed plot becomes a visible note, not a failed report."""
     import matplotlib.pyplot as plt
-
     from arviz_base import rc_context
 
     try:

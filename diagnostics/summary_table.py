@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from inferax.diagnostics.checks import DEFAULT_THRESHOLDS, _element_label, as_datatree
+from inferax.diagnostics.checks import DEFAULT_THRESHOLDS, as_datatree, element_label
 
 
 def summary(dt, *, ess_tail_prob: tuple[float, float] | None = None) -> pd.DataFrame:
@@ -63,7 +63,7 @@ def flat_elements(ds: xr.Dataset, limit: int | None = None) -> Iterator[tuple[st
             if limit is not None and count >= limit:
                 return
             element = da.isel(dict(zip(dims, index, strict=True)), drop=True)
-            yield _element_label(da.rename(name), index), element
+            yield element_label(da.rename(name), index), element
             count += 1
 
 

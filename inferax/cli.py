@@ -68,22 +68,28 @@ def main(argv: list[str] | None = None) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS,
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
         help="show the full traceback on errors",
-    )  # fmt: skip
+    )
     parser = _Parser(prog="inferax", description="Bayesian inference in JAX.", parents=[common])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", parents=[common],
+        "run",
+        parents=[common],
         help="sample a NumPyro model file; write posterior.nc, summary.csv and report.html",
         description="Sample MODEL.py, which defines a NumPyro `model` and `data` (a dict of "
         "the model's arguments; optionally `data_args`, the names of the arguments that hold "
         "data points, for stochastic-gradient samplers).",
-    )  # fmt: skip
+    )
     run.add_argument("model_file", metavar="MODEL.py")
-    run.add_argument("--sampler", default="nuts", help="a sampler in inferax.samplers "
-                     "(nuts, hmc, mala, ula, ...; default: %(default)s)")  # fmt: skip
+    run.add_argument(
+        "--sampler",
+        default="nuts",
+        help="a sampler in inferax.samplers (nuts, hmc, mala, ula, ...; default: %(default)s)",
+    )
     _sampling_options(run, default_out=None)
     run.add_argument(
         "--step-size",
@@ -91,21 +97,28 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the sampler's step_size (mala, ula and the SG samplers need one)",
     )
-    run.add_argument("--kernel-arg", action="append", default=[], metavar="NAME=VALUE",
-                     help="another sampler setting, such as num_integration_steps=32; "
-                     "repeat for more")  # fmt: skip
     run.add_argument(
-        "--resume", action="store_true",
+        "--kernel-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another sampler setting, such as num_integration_steps=32; repeat for more",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
         help="continue the run saved in OUT/checkpoint (after a crash or a kill); the model, "
         "data, sampler and settings must be the run's. Without it, a run starts afresh and "
         "replaces OUT/checkpoint.",
-    )  # fmt: skip
+    )
     _plot_options(run)
     run.set_defaults(handler=_run)
 
     fit = commands.add_parser(
-        "fit", parents=[common], help="fit a NumPyro model file with variational inference",
-    )  # fmt: skip
+        "fit",
+        parents=[common],
+        help="fit a NumPyro model file with variational inference",
+    )
     fit.add_argument("model_file", metavar="MODEL.py")
     fit.add_argument(
         "--family",
@@ -122,9 +135,10 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(handler=_fit)
 
     report = commands.add_parser(
-        "report", parents=[common],
+        "report",
+        parents=[common],
         help="write an HTML report on saved posteriors, side by side when several",
-    )  # fmt: skip
+    )
     report.add_argument("files", nargs="+", metavar="posterior.nc")
     report.add_argument(
         "-o", "--output", default="report.html", help="the HTML file (default: %(default)s)"
@@ -134,10 +148,11 @@ def _build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
 
     demo = commands.add_parser(
-        "demo", parents=[common],
+        "demo",
+        parents=[common],
         help="sample the bundled eight-schools and logistic-regression models with NUTS and "
         "another sampler; write a report",
-    )  # fmt: skip
+    )
     demo.add_argument(
         "--sampler", default="hmc", help="the sampler to compare with NUTS (default: %(default)s)"
     )
@@ -154,14 +169,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _plot_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--max-plotted", type=int, default=None, metavar="N",
+        "--max-plotted",
+        type=int,
+        default=None,
+        metavar="N",
         help="scalar quantities in the report's trace, rank and autocorrelation plots "
         "(default: 10; the table lists all)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--max-paired", type=int, default=None, metavar="N",
+        "--max-paired",
+        type=int,
+        default=None,
+        metavar="N",
         help="scalar quantities in the report's pair plot (default: 8)",
-    )  # fmt: skip
+    )
 
 
 def _sampling_options(parser: argparse.ArgumentParser, default_out: str | None) -> None:
@@ -170,14 +191,18 @@ def _sampling_options(parser: argparse.ArgumentParser, default_out: str | None) 
     parser.add_argument("--samples", "--num-samples", dest="samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--out", default=default_out,
-        help="output folder (default: %(default)s)" if default_out else
-        "output folder (default: MODEL-inferax, in the working directory)",
-    )  # fmt: skip
+        "--out",
+        default=default_out,
+        help="output folder (default: %(default)s)"
+        if default_out
+        else "output folder (default: MODEL-inferax, in the working directory)",
+    )
     parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="show a progress bar (default: on an interactive terminal)",
-    )  # fmt: skip
+    )
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -210,18 +235,26 @@ def _run(args: argparse.Namespace) -> int:
         print(f"inferax run: resuming {path.name} from {checkpoint}", flush=True)
         try:
             post = inferax.resume(
-                checkpoint, target, kernel, rng_key=jax.random.key(args.seed),
-                progress=args.progress, **settings,
-            )  # fmt: skip
+                checkpoint,
+                target,
+                kernel,
+                rng_key=jax.random.key(args.seed),
+                progress=args.progress,
+                **settings,
+            )
         except ValueError as error:
             raise CLIError(str(error)) from error
     else:
         shutil.rmtree(checkpoint, ignore_errors=True)
         print(f"inferax run: {path.name} with {kernel!r}", flush=True)
         post = inferax.sample(
-            target, kernel, jax.random.key(args.seed), progress=args.progress,
-            checkpoint=checkpoint, **settings,
-        )  # fmt: skip
+            target,
+            kernel,
+            jax.random.key(args.seed),
+            progress=args.progress,
+            checkpoint=checkpoint,
+            **settings,
+        )
     tree = post.to_datatree()
     _record(tree, seed=args.seed, model_file=str(path), command=_command_line())
     _write_outputs(tree, out, args, title=f"inferax run: {path.name}")
@@ -321,10 +354,12 @@ def _make_kernel(name: str, step_size: float | None, settings: dict[str, Any]):
             f"{name} has no setting {', '.join(unknown)}; its settings: {', '.join(fields)}"
         )
     missing = [
-        n for n, f in fields.items()
-        if n not in settings and f.default is dataclasses.MISSING
+        n
+        for n, f in fields.items()
+        if n not in settings
+        and f.default is dataclasses.MISSING
         and f.default_factory is dataclasses.MISSING
-    ]  # fmt: skip
+    ]
     if missing:
         flags = " ".join(
             "--step-size X" if n == "step_size" else f"--kernel-arg {n}=X" for n in missing
@@ -419,9 +454,12 @@ def _fit(args: argparse.Namespace) -> int:
     target = inferax.from_numpyro(model, data=data_args, **data)
     fit_key, draw_key = jax.random.split(jax.random.key(args.seed))
     approx = variational.fit(
-        target, maker(**settings), fit_key,
-        optimizer=optax.adam(args.learning_rate), num_steps=args.steps,
-    )  # fmt: skip
+        target,
+        maker(**settings),
+        fit_key,
+        optimizer=optax.adam(args.learning_rate),
+        num_steps=args.steps,
+    )
     tree = approx.to_datatree(draw_key, args.draws)
     _record(tree, seed=args.seed, model_file=str(path), command=_command_line())
     out = pathlib.Path(args.out or f"{path.stem}-inferax")
@@ -508,9 +546,14 @@ def _demo(args: argparse.Namespace) -> int:
             name = f"{model_name}/{kernel.name}"
             print(f"sampling {name} ...", flush=True)
             post = inferax.sample(
-                target, kernel, jax.random.key(args.seed), num_chains=args.chains,
-                num_warmup=args.warmup, num_samples=args.samples, progress=args.progress,
-            )  # fmt: skip
+                target,
+                kernel,
+                jax.random.key(args.seed),
+                num_chains=args.chains,
+                num_warmup=args.warmup,
+                num_samples=args.samples,
+                progress=args.progress,
+            )
             tree = post.to_datatree()
             _record(tree, seed=args.seed, model=model_name, command=_command_line())
             folder = out / f"{model_name}-{kernel.name}"
@@ -526,15 +569,20 @@ def _demo(args: argparse.Namespace) -> int:
         stats = tree["sample_stats"].dataset
         divergent = int(stats["diverging"].sum()) if "diverging" in stats else 0
         verdict = "ok" if not findings else f"{len(findings)} finding(s)"
-        print(f"  {name}: {sizes['chain']} chains x {sizes['draw']} draws, "
-              f"{divergent} divergent: {verdict}")  # fmt: skip
+        print(
+            f"  {name}: {sizes['chain']} chains x {sizes['draw']} draws, "
+            f"{divergent} divergent: {verdict}"
+        )
         if findings:
             _print_findings(findings, indent="    ")
     # Fewer quantities per plot than the default keep the demo's four runs quick.
     report = diagnostics.report(
-        trees, out / "report.html", title="inferax demo: eight schools and logistic regression",
-        max_plotted=DEMO_PLOTTED, max_paired=DEMO_PAIRED,
-    )  # fmt: skip
+        trees,
+        out / "report.html",
+        title="inferax demo: eight schools and logistic regression",
+        max_plotted=DEMO_PLOTTED,
+        max_paired=DEMO_PAIRED,
+    )
     seconds = time.perf_counter() - started
     print(f"\nwrote posteriors and summaries under {out}/ in {seconds:.0f} s")
     print(f"report: {report.resolve()}")
