@@ -428,22 +428,13 @@ def _record(tree, **attrs) -> None:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    try:
-        from inferax import variational
-    except ImportError:
-        variational = None
-    if variational is None or not hasattr(variational, "fit"):
-        raise CLIError(
-            "the variational inference engine is not available yet in this version of "
-            "inferax; use `inferax run` to sample with MCMC"
-        )
     path = pathlib.Path(args.model_file)
     model, data, data_args = _load_model_file(path)
     import jax
     import optax
 
     import inferax
-    from inferax import flows
+    from inferax import flows, variational
 
     settings = _parse_settings(args.family_arg)
     name = VI_FAMILIES.get(args.family, args.family)
