@@ -36,10 +36,14 @@ def run_inferax(model, args, kwargs):
     for seed in (0, 1):
         start = time.perf_counter()
         post = inferax.sample(
-            target, samplers.nuts(), jax.random.key(seed),
-            num_chains=NUM_CHAINS, num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES,
+            target,
+            samplers.nuts(),
+            jax.random.key(seed),
+            num_chains=NUM_CHAINS,
+            num_warmup=NUM_WARMUP,
+            num_samples=NUM_SAMPLES,
             progress=False,
-        )  # fmt: skip
+        )
         seconds.append(time.perf_counter() - start)
         sampling_seconds = post.timing["sampling"]
         ess = min_ess(post.draws)
@@ -69,9 +73,13 @@ COMPILE_TIMER = CompileTimer()
 
 def run_numpyro(model, args, kwargs):
     mcmc = MCMC(
-        NUTS(model), num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES, num_chains=NUM_CHAINS,
-        chain_method="vectorized", progress_bar=False,
-    )  # fmt: skip
+        NUTS(model),
+        num_warmup=NUM_WARMUP,
+        num_samples=NUM_SAMPLES,
+        num_chains=NUM_CHAINS,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     seconds = []
     for seed in (0, 1):
         start = time.perf_counter()
@@ -97,10 +105,12 @@ def main() -> None:
     X, y, _ = examples.synthetic_logistic_data(jax.random.key(0), 5000, 20)
     problems = {
         "eight_schools_noncentered": (
-            examples.eight_schools_noncentered, (data["J"], data["sigma"]), {"y": data["y"]},
+            examples.eight_schools_noncentered,
+            (data["J"], data["sigma"]),
+            {"y": data["y"]},
         ),
         "logistic_regression_n5000_d20": (examples.logistic_regression, (X,), {"y": y}),
-    }  # fmt: skip
+    }
     print(
         f"# {NUM_CHAINS} chains, {NUM_WARMUP} warmup + {NUM_SAMPLES} draws; jax {jax.__version__}"
     )

@@ -69,9 +69,15 @@ def run_inferax(
         # Stuck chains are counted on the line; the warning would repeat it.
         warnings.filterwarnings("ignore", message=".*did not move after warmup")
         post = inferax.sample(
-            target, samplers.nuts(), rng_key, num_chains=NUM_CHAINS, num_warmup=num_warmup,
-            num_samples=num_samples, progress=False, restart_stuck_chains=restart,
-        )  # fmt: skip
+            target,
+            samplers.nuts(),
+            rng_key,
+            num_chains=NUM_CHAINS,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            progress=False,
+            restart_stuck_chains=restart,
+        )
     return post.draws, int(np.sum(post.stats["diverging"])), len(post.stuck_chains())
 
 
@@ -80,9 +86,13 @@ def run_numpyro(
 ):
     args, kwargs = posterior.load()
     mcmc = MCMC(
-        NUTS(posterior.model), num_warmup=num_warmup, num_samples=num_samples,
-        num_chains=num_chains, chain_method="vectorized", progress_bar=False,
-    )  # fmt: skip
+        NUTS(posterior.model),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     mcmc.run(rng_key, *args, extra_fields=("diverging", "accept_prob"), **kwargs)
     draws = {name: np.asarray(value) for name, value in mcmc.get_samples(True).items()}
     extra = mcmc.get_extra_fields(group_by_chain=True)
@@ -179,9 +189,12 @@ def make_reference(names, posteriordb_dir: str | None) -> None:
         posterior = models.POSTERIORS[name]
         if posterior.reference == "numpyro":
             draws, divergences, _ = run_numpyro(
-                posterior, jax.random.key(2024), REFERENCE_WARMUP, REFERENCE_DRAWS,
+                posterior,
+                jax.random.key(2024),
+                REFERENCE_WARMUP,
+                REFERENCE_DRAWS,
                 REFERENCE_CHAINS,
-            )  # fmt: skip
+            )
             values = {p: models.element(draws, p) for p in posterior.params}
             ess = min(float(arviz_stats.ess(v, method="bulk")) for v in values.values())
             rhat = max(float(arviz_stats.rhat(v)) for v in values.values())
@@ -224,21 +237,26 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated posterior names")
     parser.add_argument("--quick", action="store_true", help="500 warmup + 500 draws")
     parser.add_argument(
-        "--seeds", type=int, metavar="K",
+        "--seeds",
+        type=int,
+        metavar="K",
         help="run keys 0..K-1, the same key for both tools, one line per key",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--restart", action="store_true",
+        "--restart",
+        action="store_true",
         help="inferax with restart_stuck_chains=True (the remedy its warning names)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--make-reference", action="store_true",
+        "--make-reference",
+        action="store_true",
         help="recompute the NumPyro references (and posteriordb's, with --posteriordb)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--posteriordb", metavar="DIR",
+        "--posteriordb",
+        metavar="DIR",
         help="a posteriordb checkout's posterior_database folder, for --make-reference",
-    )  # fmt: skip
+    )
     options = parser.parse_args()
     names = [name for name, posterior in models.POSTERIORS.items() if not posterior.slow]
     if options.only:

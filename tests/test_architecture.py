@@ -82,7 +82,7 @@ def test_imports_follow_the_design_arrows():
     for module, path in MODULES.items():
         where = f"{path.relative_to(ROOT)}"
         is_core = not any(_is_layer(module, layer) for layer in LAYERS)
-        for line, imported, name in _imports(module, path):
+        for line, imported, _ in _imports(module, path):
             if not _is_layer(imported, "inferax"):
                 continue
             if is_core and module not in CORE_FACE:
@@ -99,8 +99,9 @@ def test_no_module_imports_another_modules_private_names():
     broken = []
     for module, path in MODULES.items():
         for line, imported, name in _imports(module, path):
-            private_module = any(part.startswith("_") and part != "__future__"
-                                 for part in imported.split("."))
+            private_module = any(
+                part.startswith("_") and part != "__future__" for part in imported.split(".")
+            )
             private_name = name is not None and name.startswith("_") and name != "__version__"
             if _is_layer(imported, "inferax") and (private_name or private_module):
                 what = f"{imported}.{name}" if name else imported
@@ -110,7 +111,7 @@ def test_no_module_imports_another_modules_private_names():
 
 def test_no_module_is_longer_than_a_sitting_without_saying_why():
     long = []
-    for module, path in MODULES.items():
+    for path in MODULES.values():
         text = path.read_text()
         lines = text.count("\n")
         docstring = ast.get_docstring(ast.parse(text)) or ""
@@ -131,8 +132,10 @@ def _declared_distributions() -> set[str]:
     requirements = list(config["dependencies"])
     for extra in config.get("optional-dependencies", {}).values():
         requirements += extra
-    return {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
-            for req in requirements}
+    return {
+        re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
+        for req in requirements
+    }
 
 
 def test_every_imported_package_is_declared():

@@ -103,8 +103,14 @@ def assert_same_draws(post, reference):
 
 
 def test_checkpointed_run_equals_plain_run_and_resumes_when_done(tmp_path, reference):
-    post = inferax.sample(TARGET, KERNEL, jax.random.key(9), checkpoint=tmp_path / "run",
-                          checkpoint_every=2, **SETTINGS)  # fmt: skip
+    post = inferax.sample(
+        TARGET,
+        KERNEL,
+        jax.random.key(9),
+        checkpoint=tmp_path / "run",
+        checkpoint_every=2,
+        **SETTINGS,
+    )
     assert_same_draws(post, reference)
     assert len(state_numbers(tmp_path / "run")) == checkpoint.STATES_KEPT
     assert_same_draws(inferax.resume(tmp_path / "run", TARGET), reference)
@@ -139,8 +145,10 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path, monkey
     newest = max((tmp_path / "run").glob("state-*.npz"))
     previous = min((tmp_path / "run").glob("state-*.npz"))
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    with pytest.warns(UserWarning, match=f"skipped unreadable checkpoint {newest.name}.*"
-                      f"resuming from {previous.name}"):  # fmt: skip
+    with pytest.warns(
+        UserWarning,
+        match=f"skipped unreadable checkpoint {newest.name}.*resuming from {previous.name}",
+    ):
         resumed = inferax.resume(tmp_path / "run", TARGET)
     assert_same_draws(resumed, reference)
 
@@ -157,8 +165,9 @@ def test_failed_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, refer
 
     monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)
     with pytest.warns(UserWarning, match="No space left on device.*keeps its last good one"):
-        post = inferax.sample(TARGET, KERNEL, jax.random.key(9), checkpoint=tmp_path / "run",
-                              **SETTINGS)  # fmt: skip
+        post = inferax.sample(
+            TARGET, KERNEL, jax.random.key(9), checkpoint=tmp_path / "run", **SETTINGS
+        )
     assert_same_draws(post, reference)
     monkeypatch.undo()
     assert_same_draws(inferax.resume(tmp_path / "run", TARGET), reference)
@@ -185,12 +194,19 @@ def test_resume_refuses_different_data(tmp_path):
         return inferax.Target(
             log_prior=lambda p: -0.5 * jnp.sum(p**2),
             log_likelihood=lambda p, batch: -0.5 * jnp.sum((batch - p[0]) ** 2),
-            data=y, init=jnp.zeros(1),
-        )  # fmt: skip
+            data=y,
+            init=jnp.zeros(1),
+        )
 
-    inferax.sample(make(jnp.arange(4.0)), samplers.ula(0.1), jax.random.key(0),
-                   num_chains=1, num_warmup=0, num_samples=5,
-                   checkpoint=tmp_path / "run")  # fmt: skip
+    inferax.sample(
+        make(jnp.arange(4.0)),
+        samplers.ula(0.1),
+        jax.random.key(0),
+        num_chains=1,
+        num_warmup=0,
+        num_samples=5,
+        checkpoint=tmp_path / "run",
+    )
     with pytest.raises(ValueError, match="data: the target's differs from the run's"):
         inferax.resume(tmp_path / "run", make(jnp.arange(4.0) + 1.0))
 

@@ -31,9 +31,13 @@ def env(tmp_path_factory):
 
 def inferax_cli(*args, env, cwd):
     return subprocess.run(
-        [str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
+        [str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
         timeout=600,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +70,19 @@ def test_run_writes_posterior_summary_and_report(demo, tmp_path, env):
     # The same model and shapes as the demo's NUTS run: its compiled programs come from the
     # shared compilation cache.
     result = inferax_cli(
-        "run", "schools.py", *SMALL, *FEW_PLOTS, "--seed", "3", "--out", "res",
-        "--kernel-arg", "max_num_doublings=10", env=env, cwd=tmp_path,
-    )  # fmt: skip
+        "run",
+        "schools.py",
+        *SMALL,
+        *FEW_PLOTS,
+        "--seed",
+        "3",
+        "--out",
+        "res",
+        "--kernel-arg",
+        "max_num_doublings=10",
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout and "nuts(max_num_doublings=10" in result.stdout
     assert "all checks passed" in result.stdout or "r_hat" in result.stdout
@@ -84,18 +98,43 @@ def test_run_writes_posterior_summary_and_report(demo, tmp_path, env):
     assert (tmp_path / "res" / "checkpoint" / "manifest.json").exists()
     first = inferax.load(tmp_path / "res" / "posterior.nc")
     again = inferax_cli(
-        "run", "schools.py", *SMALL, *FEW_PLOTS, "--seed", "3", "--out", "res", "--resume",
-        "--kernel-arg", "max_num_doublings=10", env=env, cwd=tmp_path,
-    )  # fmt: skip
+        "run",
+        "schools.py",
+        *SMALL,
+        *FEW_PLOTS,
+        "--seed",
+        "3",
+        "--out",
+        "res",
+        "--resume",
+        "--kernel-arg",
+        "max_num_doublings=10",
+        env=env,
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr
     assert "resuming schools.py" in again.stdout
     resumed = inferax.load(tmp_path / "res" / "posterior.nc")
     assert (resumed.draws["theta"] == first.draws["theta"]).all()
     refused = inferax_cli(
-        "run", "schools.py", "--chains", "2", "--warmup", "100", "--samples", "50",
-        "--seed", "3", "--out", "res", "--resume", "--kernel-arg", "max_num_doublings=10",
-        env=env, cwd=tmp_path,
-    )  # fmt: skip
+        "run",
+        "schools.py",
+        "--chains",
+        "2",
+        "--warmup",
+        "100",
+        "--samples",
+        "50",
+        "--seed",
+        "3",
+        "--out",
+        "res",
+        "--resume",
+        "--kernel-arg",
+        "max_num_doublings=10",
+        env=env,
+        cwd=tmp_path,
+    )
     assert refused.returncode == 1
     assert "num_samples: the run has 100, got 50" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
@@ -104,9 +143,20 @@ def test_run_writes_posterior_summary_and_report(demo, tmp_path, env):
 def test_fit_writes_the_variational_report(tmp_path, env):
     (tmp_path / "schools.py").write_text(EIGHT_SCHOOLS_FILE)
     result = inferax_cli(
-        "fit", "schools.py", "--family", "meanfield", "--steps", "200", "--draws", "300",
-        "--out", "vi", *FEW_PLOTS, env=env, cwd=tmp_path,
-    )  # fmt: skip
+        "fit",
+        "schools.py",
+        "--family",
+        "meanfield",
+        "--steps",
+        "200",
+        "--draws",
+        "300",
+        "--out",
+        "vi",
+        *FEW_PLOTS,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     tree = xr.open_datatree(tmp_path / "vi" / "posterior.nc", engine="h5netcdf")
     assert tree["posterior"]["theta"].shape == (1, 300, 8)
@@ -117,10 +167,17 @@ def test_fit_writes_the_variational_report(tmp_path, env):
 def test_report_compares_saved_runs(demo, tmp_path, env):
     out, _ = demo
     result = inferax_cli(
-        "report", out / "eight_schools-nuts" / "posterior.nc",
-        out / "logistic_regression-nuts" / "posterior.nc", "-o", tmp_path / "both.html",
-        "--title", "two models", *FEW_PLOTS, env=env, cwd=tmp_path,
-    )  # fmt: skip
+        "report",
+        out / "eight_schools-nuts" / "posterior.nc",
+        out / "logistic_regression-nuts" / "posterior.nc",
+        "-o",
+        tmp_path / "both.html",
+        "--title",
+        "two models",
+        *FEW_PLOTS,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "both.html").read_text()
     assert "<title>two models</title>" in page

@@ -44,9 +44,12 @@ def rng():
 def good(rng):
     return tree(
         {"mu": iid(rng, 4, 500), "theta": iid(rng, 4, 500, 3)},
-        {"diverging": np.zeros((4, 500), bool), "energy": iid(rng, 4, 500),
-         "reached_max_treedepth": np.zeros((4, 500), bool)},
-    )  # fmt: skip
+        {
+            "diverging": np.zeros((4, 500), bool),
+            "energy": iid(rng, 4, 500),
+            "reached_max_treedepth": np.zeros((4, 500), bool),
+        },
+    )
 
 
 def test_good_draws_pass_every_check(good):
@@ -91,8 +94,10 @@ def test_divergences_treedepth_and_bfmi(rng):
     assert findings["e_bfmi"].count == 2 and findings["e_bfmi"].value < 0.3
     relaxed = diagnostics.check(
         tree({"x": iid(rng, 2, 500)}, stats),
-        max_divergences=1, max_treedepth_fraction=0.05, bfmi_min=0.0,
-    )  # fmt: skip
+        max_divergences=1,
+        max_treedepth_fraction=0.05,
+        bfmi_min=0.0,
+    )
     assert relaxed == []
 
 

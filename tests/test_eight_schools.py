@@ -18,9 +18,13 @@ def test_nuts_agrees_with_numpyro():
         target, samplers.nuts(), jax.random.key(1), num_chains=4, num_warmup=1000, num_samples=1000
     )
     mcmc = MCMC(
-        NUTS(MODEL), num_warmup=1000, num_samples=1000, num_chains=4,
-        chain_method="vectorized", progress_bar=False,
-    )  # fmt: skip
+        NUTS(MODEL),
+        num_warmup=1000,
+        num_samples=1000,
+        num_chains=4,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     mcmc.run(jax.random.key(2), DATA["J"], DATA["sigma"], y=DATA["y"])
     reference = mcmc.get_samples(group_by_chain=True)
     for site in ("mu", "tau"):
@@ -38,5 +42,6 @@ def test_nuts_agrees_with_numpyro():
     np.testing.assert_allclose(
         post.draws["theta"],
         post.draws["mu"][..., None] + post.draws["tau"][..., None] * post.draws["theta_tilde"],
-        rtol=1e-5, atol=1e-5,
-    )  # fmt: skip
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -80,9 +80,14 @@ class AbsoluteValue:
 
 
 @pytest.mark.parametrize(
-    "kernel", [samplers.nuts(), samplers.hmc(num_integration_steps=5), samplers.mala(0.1),
-               samplers.ula(0.1)]
-)  # fmt: skip
+    "kernel",
+    [
+        samplers.nuts(),
+        samplers.hmc(num_integration_steps=5),
+        samplers.mala(0.1),
+        samplers.ula(0.1),
+    ],
+)
 def test_gradient_kernels_refuse_a_nonsmooth_target(kernel):
     target = dataclasses.replace(GAUSSIAN, nonsmooth=AbsoluteValue(1.0))
     with pytest.raises(ValueError, match="nonsmooth part.*proximal"):
@@ -101,9 +106,14 @@ WALL = inferax.Target.from_logdensity(hard_wall, jnp.zeros(2))
 
 def test_divergences_are_counted_not_raised():
     post = inferax.sample(
-        WALL, samplers.hmc(num_integration_steps=20, initial_step_size=0.5), jax.random.key(0),
-        num_chains=2, num_warmup=0, num_samples=200, init=jnp.zeros((2, 2)),
-    )  # fmt: skip
+        WALL,
+        samplers.hmc(num_integration_steps=20, initial_step_size=0.5),
+        jax.random.key(0),
+        num_chains=2,
+        num_warmup=0,
+        num_samples=200,
+        init=jnp.zeros((2, 2)),
+    )
     assert post.stats["diverging"].sum() > 0
     assert np.all(np.isfinite(post.draws["x"]))
     assert np.all(np.abs(post.draws["x"]) < 1.0)
@@ -111,9 +121,14 @@ def test_divergences_are_counted_not_raised():
 
 def test_ula_undoes_and_counts_a_step_into_a_non_finite_region():
     post = inferax.sample(
-        WALL, samplers.ula(step_size=0.5), jax.random.key(0),
-        num_chains=2, num_warmup=0, num_samples=200, init=jnp.zeros((2, 2)),
-    )  # fmt: skip
+        WALL,
+        samplers.ula(step_size=0.5),
+        jax.random.key(0),
+        num_chains=2,
+        num_warmup=0,
+        num_samples=200,
+        init=jnp.zeros((2, 2)),
+    )
     assert post.stats["diverging"].sum() > 0
     assert np.all(np.abs(post.draws["x"]) < 1.0)
 
@@ -123,9 +138,11 @@ def test_target_validation():
         inferax.Target(log_prior=lambda p: 0.0, init=jnp.zeros(1), data=jnp.zeros((3, 1)))
     with pytest.raises(ValueError, match="share one leading axis"):
         inferax.Target(
-            log_prior=lambda p: 0.0, init=jnp.zeros(1),
-            log_likelihood=lambda p, b: 0.0, data={"x": jnp.zeros(3), "y": jnp.zeros(4)},
-        )  # fmt: skip
+            log_prior=lambda p: 0.0,
+            init=jnp.zeros(1),
+            log_likelihood=lambda p, b: 0.0,
+            data={"x": jnp.zeros(3), "y": jnp.zeros(4)},
+        )
     with pytest.raises(TypeError, match="positions must be floating point"):
         inferax.Target(log_prior=lambda p: 0.0, init=jnp.zeros(1, dtype=jnp.int32))
     with pytest.raises(TypeError, match="log_prior must be callable"):

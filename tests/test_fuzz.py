@@ -11,23 +11,30 @@ from hypothesis import strategies as st
 import inferax
 from inferax import samplers
 
-TARGET = inferax.Target.from_logdensity(lambda p: -0.5 * jnp.sum(p["a"] ** 2) - 0.5 * p["b"] ** 2,
-                                        {"a": jnp.zeros(2), "b": jnp.zeros(())})  # fmt: skip
+TARGET = inferax.Target.from_logdensity(
+    lambda p: -0.5 * jnp.sum(p["a"] ** 2) - 0.5 * p["b"] ** 2,
+    {"a": jnp.zeros(2), "b": jnp.zeros(())},
+)
 KERNEL = samplers.ula(step_size=0.1)
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 junk = st.one_of(
-    st.none(), st.booleans(), st.text(max_size=3), st.floats(allow_nan=True),
-    st.lists(st.integers(), max_size=2), st.integers(-10, 0),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.text(max_size=3),
+    st.floats(allow_nan=True),
+    st.lists(st.integers(), max_size=2),
+    st.integers(-10, 0),
+)
 
 
 @FUZZ
 @given(
-    setting=st.sampled_from(["num_chains", "num_warmup", "num_samples", "thinning",
-                             "chunk_size", "checkpoint_every"]),
+    setting=st.sampled_from(
+        ["num_chains", "num_warmup", "num_samples", "thinning", "chunk_size", "checkpoint_every"]
+    ),
     value=junk,
-)  # fmt: skip
+)
 def test_bad_counts_name_the_argument(setting, value):
     if setting == "num_warmup" and value == 0:
         return  # zero warmup is allowed
@@ -44,9 +51,14 @@ def test_bad_counts_name_the_argument(setting, value):
 )
 def test_valid_counts_give_draws_of_the_right_shape(num_chains, num_warmup, num_samples, thinning):
     post = inferax.sample(
-        TARGET, KERNEL, jax.random.key(0), num_chains=num_chains, num_warmup=num_warmup,
-        num_samples=num_samples, thinning=thinning,
-    )  # fmt: skip
+        TARGET,
+        KERNEL,
+        jax.random.key(0),
+        num_chains=num_chains,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        thinning=thinning,
+    )
     assert post.draws["a"].shape == (num_chains, num_samples, 2)
     assert post.draws["b"].shape == (num_chains, num_samples)
     assert np.all(np.isfinite(post.draws["a"]))
@@ -55,11 +67,15 @@ def test_valid_counts_give_draws_of_the_right_shape(num_chains, num_warmup, num_
 @FUZZ
 @given(
     key=st.one_of(
-        st.integers(0, 2**31), st.floats(), st.none(), st.text(max_size=2),
-        st.just(np.zeros(3, dtype=np.uint32)), st.just(np.zeros(2, dtype=np.int64)),
+        st.integers(0, 2**31),
+        st.floats(),
+        st.none(),
+        st.text(max_size=2),
+        st.just(np.zeros(3, dtype=np.uint32)),
+        st.just(np.zeros(2, dtype=np.int64)),
         st.just(jax.random.split(jax.random.key(0), 2)),
     )
-)  # fmt: skip
+)
 def test_anything_but_a_key_is_refused(key):
     """An int seed is refused with a TypeError, never silently turned into a key."""
     with pytest.raises((TypeError, ValueError), match="rng_key"):
@@ -67,20 +83,26 @@ def test_anything_but_a_key_is_refused(key):
 
 
 def test_a_legacy_uint32_key_is_accepted():
-    legacy = inferax.sample(TARGET, KERNEL, jax.random.PRNGKey(3), num_chains=1,
-                            num_warmup=0, num_samples=3)  # fmt: skip
-    typed = inferax.sample(TARGET, KERNEL, jax.random.key(3), num_chains=1,
-                           num_warmup=0, num_samples=3)  # fmt: skip
+    legacy = inferax.sample(
+        TARGET, KERNEL, jax.random.PRNGKey(3), num_chains=1, num_warmup=0, num_samples=3
+    )
+    typed = inferax.sample(
+        TARGET, KERNEL, jax.random.key(3), num_chains=1, num_warmup=0, num_samples=3
+    )
     np.testing.assert_array_equal(legacy.draws["a"], typed.draws["a"])
 
 
 @FUZZ
 @given(
     step_size=st.one_of(
-        st.floats(max_value=0.0), st.just(float("nan")), st.just(float("inf")),
-        st.text(max_size=2), st.none(), st.booleans(),
+        st.floats(max_value=0.0),
+        st.just(float("nan")),
+        st.just(float("inf")),
+        st.text(max_size=2),
+        st.none(),
+        st.booleans(),
     )
-)  # fmt: skip
+)
 def test_bad_step_sizes_name_the_argument(step_size):
     for kernel in (samplers.ula, samplers.mala):
         with pytest.raises((TypeError, ValueError), match="step_size"):
@@ -123,15 +145,21 @@ def test_data_is_checked(lengths, nan_at):
 
     if len(set(lengths)) > 1:
         with pytest.raises(ValueError, match="data: every leaf must share one leading axis"):
-            inferax.Target(log_prior=lambda p: 0.0, log_likelihood=log_likelihood,
-                           data=data, init=jnp.zeros(2))  # fmt: skip
+            inferax.Target(
+                log_prior=lambda p: 0.0,
+                log_likelihood=log_likelihood,
+                data=data,
+                init=jnp.zeros(2),
+            )
         return
     if nan_at is not None and nan_at < lengths[0]:
         data["leaf0"][nan_at, 0] = np.nan
     target = inferax.Target(
-        log_prior=lambda p: -0.5 * jnp.sum(p**2), log_likelihood=log_likelihood,
-        data=data, init=jnp.zeros(2),
-    )  # fmt: skip
+        log_prior=lambda p: -0.5 * jnp.sum(p**2),
+        log_likelihood=log_likelihood,
+        data=data,
+        init=jnp.zeros(2),
+    )
     assert target.num_data == lengths[0]
     if nan_at is not None and nan_at < lengths[0]:
         with pytest.raises(ValueError, match="not usable at the initial position"):

@@ -41,9 +41,13 @@ def runs():
     for name, model in (("line", line), ("constant", constant)):
         target = inferax.from_numpyro(model, X, y=Y)
         post = inferax.sample(
-            target, samplers.nuts(), jax.random.key(0), num_chains=4, num_warmup=500,
+            target,
+            samplers.nuts(),
+            jax.random.key(0),
+            num_chains=4,
+            num_warmup=500,
             num_samples=500,
-        )  # fmt: skip
+        )
         results[name] = (target, inferax.predictive(target, post, jax.random.key(1)))
     return results
 
@@ -56,9 +60,13 @@ def posteriors(runs):
 def test_loo_agrees_with_arviz_on_numpyros_own_draws(posteriors):
     ours = arviz_stats.loo(posteriors["line"])
     mcmc = MCMC(
-        NUTS(line), num_warmup=500, num_samples=500, num_chains=4, chain_method="vectorized",
+        NUTS(line),
+        num_warmup=500,
+        num_samples=500,
+        num_chains=4,
+        chain_method="vectorized",
         progress_bar=False,
-    )  # fmt: skip
+    )
     mcmc.run(jax.random.key(2), X, y=Y)
     theirs = arviz_stats.loo(arviz_base.from_numpyro(mcmc, log_likelihood=True))
     assert abs(ours.elpd - theirs.elpd) < theirs.se, (ours.elpd, theirs.elpd, theirs.se)
@@ -91,9 +99,14 @@ def test_check_and_report_use_the_loo(posteriors, tmp_path):
 def test_the_log_likelihood_is_skipped_on_request(runs):
     target, _ = runs["constant"]
     post = inferax.sample(
-        target, samplers.nuts(), jax.random.key(2), num_chains=4, num_warmup=500,
-        num_samples=500, log_likelihood=False,
-    )  # fmt: skip
+        target,
+        samplers.nuts(),
+        jax.random.key(2),
+        num_chains=4,
+        num_warmup=500,
+        num_samples=500,
+        log_likelihood=False,
+    )
     assert post.log_likelihood == {}
     assert inferax.pointwise_log_likelihood(target, post).log_likelihood["y"].shape == (4, 500, 30)
     with pytest.raises(TypeError, match="log_likelihood must be True, False or None"):

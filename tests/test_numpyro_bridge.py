@@ -66,8 +66,12 @@ def test_numpyro_target_samples_with_a_data_split():
     X, y, _ = examples.synthetic_logistic_data(jax.random.key(0), 30, 2)
     target = inferax.from_numpyro(examples.logistic_regression, X, y=y, data=("X", "y"))
     post = inferax.sample(
-        target, inferax.samplers.mala(step_size=0.02), jax.random.key(0),
-        num_chains=2, num_warmup=50, num_samples=20,
-    )  # fmt: skip
+        target,
+        inferax.samplers.mala(step_size=0.02),
+        jax.random.key(0),
+        num_chains=2,
+        num_warmup=50,
+        num_samples=20,
+    )
     assert post.draws["w"].shape == (2, 20, 2)
     assert post.observed_data["y"].shape == (30,)

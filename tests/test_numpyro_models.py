@@ -105,9 +105,13 @@ MODELS = {
 
 def _numpyro_draws(model, args, kwargs):
     mcmc = MCMC(
-        NUTS(model), num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES, num_chains=NUM_CHAINS,
-        chain_method="vectorized", progress_bar=False,
-    )  # fmt: skip
+        NUTS(model),
+        num_warmup=NUM_WARMUP,
+        num_samples=NUM_SAMPLES,
+        num_chains=NUM_CHAINS,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
     mcmc.run(jax.random.key(1), *args, **kwargs)
     return {name: np.asarray(v) for name, v in mcmc.get_samples(group_by_chain=True).items()}
 
@@ -126,9 +130,13 @@ def runs_of(name):
     with enumeration_broadcasts():
         target = inferax.from_numpyro(model, *args, **kwargs)
         post = inferax.sample(
-            target, samplers.nuts(), jax.random.key(0),
-            num_chains=NUM_CHAINS, num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES,
-        )  # fmt: skip
+            target,
+            samplers.nuts(),
+            jax.random.key(0),
+            num_chains=NUM_CHAINS,
+            num_warmup=NUM_WARMUP,
+            num_samples=NUM_SAMPLES,
+        )
         reference = _numpyro_draws(model, args, kwargs)
     return name, target, post, reference
 

@@ -21,10 +21,21 @@ def test_plain_install_ships_every_subpackage(tmp_path):
             assert dotted in packages, f"{dotted} is not listed in [tool.setuptools] packages"
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(ROOT)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     code = (
         "import importlib, inferax; "
         + "; ".join(f"importlib.import_module('{name}')" for name in packages)

@@ -29,8 +29,16 @@ def test_datatree_layout(posterior):
     assert mu.dims == ("chain", "draw")
     assert tree["posterior"]["theta"].dims[:2] == ("chain", "draw")
     assert tree["posterior"].sizes["chain"] == 2 and tree["posterior"].sizes["draw"] == 100
-    assert {"diverging", "energy", "lp", "acceptance_rate", "step_size", "tree_depth",
-            "n_steps", "reached_max_treedepth"} <= set(tree["sample_stats"].data_vars)  # fmt: skip
+    assert {
+        "diverging",
+        "energy",
+        "lp",
+        "acceptance_rate",
+        "step_size",
+        "tree_depth",
+        "n_steps",
+        "reached_max_treedepth",
+    } <= set(tree["sample_stats"].data_vars)
     assert "chain" not in tree["observed_data"]["y"].dims
     attrs = tree["posterior"].attrs
     assert attrs["inference_library"] == "inferax"

@@ -40,9 +40,14 @@ def test_nuts_matches_the_reference(name):
         args, kwargs = posterior.load()
         target = inferax.from_numpyro(posterior.model, *args, **kwargs)
         post = inferax.sample(
-            target, samplers.nuts(), jax.random.key(0), num_chains=4, num_warmup=1000,
-            num_samples=1000, progress=False,
-        )  # fmt: skip
+            target,
+            samplers.nuts(),
+            jax.random.key(0),
+            num_chains=4,
+            num_warmup=1000,
+            num_samples=1000,
+            progress=False,
+        )
     failures = []
     for element in posterior.params:
         values = models.element(post.draws, element)

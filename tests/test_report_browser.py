@@ -26,10 +26,17 @@ import inferax
 from inferax import diagnostics, examples, samplers
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--remote-debugging-pipe",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--remote-debugging-pipe",
+]
 
 
 def centred_eight_schools(J, sigma, y=None):
@@ -45,9 +52,14 @@ def bad_run():
     data = examples.EIGHT_SCHOOLS
     target = inferax.from_numpyro(centred_eight_schools, data["J"], data["sigma"], y=data["y"])
     return inferax.sample(
-        target, samplers.hmc(num_integration_steps=8), jax.random.key(0),
-        num_chains=2, num_warmup=20, num_samples=200, progress=False,
-    )  # fmt: skip
+        target,
+        samplers.hmc(num_integration_steps=8),
+        jax.random.key(0),
+        num_chains=2,
+        num_warmup=20,
+        num_samples=200,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +86,13 @@ def test_the_report_is_self_contained_with_findings_first(bad_report):
     assert "<title>bad &lt;run&gt;</title>" in page
     assert page.index("id='findings'") < page.index("<h3>Summary</h3>")
     assert page.index("<h3>Summary</h3>") < page.index("<figcaption>Trace")
-    for caption in ("Trace", "Rank", "Pairs (divergences in red)", "Energy and E-BFMI",
-                    "Autocorrelation"):  # fmt: skip
+    for caption in (
+        "Trace",
+        "Rank",
+        "Pairs (divergences in red)",
+        "Energy and E-BFMI",
+        "Autocorrelation",
+    ):
         assert f"<figcaption>{caption}</figcaption>" in page
     assert "theta[7]" in page and "hmc(num_integration_steps=8" in page
 
@@ -97,19 +114,34 @@ class Chromium:
             f'{from_browser_w}>&-; exec "$@"'
         )
         self.process = subprocess.Popen(
-            ["bash", "-c", wire, "bash", executable, *CHROMIUM_FLAGS,
-             f"--user-data-dir={profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "bash",
+                "-c",
+                wire,
+                "bash",
+                executable,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             pass_fds=(to_browser_r, from_browser_w),
-        )  # fmt: skip
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buffer = b""
         self._next_id = 0
         self.events: list[dict] = []
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 30.0) -> dict:  # fmt: skip
+    def send(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict:
         self._next_id += 1
         message = {"id": self._next_id, "method": method, "params": params or {}}
         if session:

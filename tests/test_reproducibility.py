@@ -41,8 +41,11 @@ def run_elsewhere(tmp_path, kernel_name: str, x64: bool) -> np.ndarray:
     env = dict(os.environ, JAX_ENABLE_X64="1" if x64 else "0")
     result = subprocess.run(
         [sys.executable, str(script), str(tmp_path), kernel_name],
-        env=env, capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return np.load(tmp_path / "draws.npy")
 
@@ -53,8 +56,14 @@ def test_same_key_same_draws_in_another_process(tmp_path):
         lambda p: -0.5 * jnp.sum((p - jnp.arange(3.0)) ** 2 / jnp.array([1.0, 0.5, 2.0])),
         jnp.zeros(3),
     )
-    here = inferax.sample(target, samplers.mala(step_size=0.3), jax.random.key(4),
-                          num_chains=2, num_warmup=100, num_samples=400)  # fmt: skip
+    here = inferax.sample(
+        target,
+        samplers.mala(step_size=0.3),
+        jax.random.key(4),
+        num_chains=2,
+        num_warmup=100,
+        num_samples=400,
+    )
     assert elsewhere.dtype == np.float32
     np.testing.assert_array_equal(elsewhere, here.draws["x"])
 

@@ -53,9 +53,15 @@ def test_shapes_stats_and_timing():
     assert post.draws["a"].shape == (3, 50, 2)
     assert post.draws["b"].shape == (3, 50)
     assert set(post.stats) == {
-        "lp", "acceptance_rate", "diverging", "energy", "n_steps", "tree_depth",
-        "reached_max_treedepth", "step_size",
-    }  # fmt: skip
+        "lp",
+        "acceptance_rate",
+        "diverging",
+        "energy",
+        "n_steps",
+        "tree_depth",
+        "reached_max_treedepth",
+        "step_size",
+    }
     for values in post.stats.values():
         assert values.shape == (3, 50)
     assert post.stats["diverging"].dtype == bool
@@ -68,22 +74,36 @@ def test_shapes_stats_and_timing():
 
 def test_thinning_keeps_every_kth_step():
     thinned = inferax.sample(
-        TARGET, samplers.ula(step_size=0.1), jax.random.key(3),
-        num_chains=2, num_warmup=10, num_samples=20, thinning=3,
-    )  # fmt: skip
+        TARGET,
+        samplers.ula(step_size=0.1),
+        jax.random.key(3),
+        num_chains=2,
+        num_warmup=10,
+        num_samples=20,
+        thinning=3,
+    )
     full = inferax.sample(
-        TARGET, samplers.ula(step_size=0.1), jax.random.key(3),
-        num_chains=2, num_warmup=10, num_samples=60,
-    )  # fmt: skip
+        TARGET,
+        samplers.ula(step_size=0.1),
+        jax.random.key(3),
+        num_chains=2,
+        num_warmup=10,
+        num_samples=60,
+    )
     np.testing.assert_array_equal(thinned.draws["a"], full.draws["a"][:, 2::3])
 
 
 def test_explicit_init_is_used_exactly():
     init = {"a": jnp.full((2, 2), 3.0), "b": jnp.array([5.0, -5.0])}
     post = inferax.sample(
-        TARGET, samplers.ula(step_size=1e-8), jax.random.key(0),
-        num_chains=2, num_warmup=0, num_samples=1, init=init,
-    )  # fmt: skip
+        TARGET,
+        samplers.ula(step_size=1e-8),
+        jax.random.key(0),
+        num_chains=2,
+        num_warmup=0,
+        num_samples=1,
+        init=init,
+    )
     np.testing.assert_allclose(post.draws["a"][:, 0], init["a"], atol=1e-3)
     np.testing.assert_allclose(post.draws["b"][:, 0], init["b"], atol=1e-3)
 
@@ -91,16 +111,23 @@ def test_explicit_init_is_used_exactly():
 def test_init_with_wrong_shape_is_refused():
     with pytest.raises(ValueError, match="init: a leaf has shape"):
         inferax.sample(
-            TARGET, KERNEL, jax.random.key(0), num_chains=2,
+            TARGET,
+            KERNEL,
+            jax.random.key(0),
+            num_chains=2,
             init={"a": jnp.zeros((3, 2)), "b": jnp.zeros(3)},
-        )  # fmt: skip
+        )
 
 
 def test_chains_start_apart():
     post = inferax.sample(
-        TARGET, samplers.ula(step_size=1e-8), jax.random.key(0),
-        num_chains=4, num_warmup=0, num_samples=1,
-    )  # fmt: skip
+        TARGET,
+        samplers.ula(step_size=1e-8),
+        jax.random.key(0),
+        num_chains=4,
+        num_warmup=0,
+        num_samples=1,
+    )
     starts = post.draws["a"][:, 0]
     assert np.all(np.abs(starts) <= 2.0 + 1e-3)
     assert len(np.unique(starts[:, 0])) == 4

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from inferax.samplers.adaptation import window_schedule
 
 import inferax
 from inferax import diagnostics, samplers
 from inferax.posterior import stuck_chains
+from inferax.samplers.adaptation import window_schedule
 
 
 def _pinned(x):
@@ -74,9 +74,12 @@ def test_a_stuck_chain_is_named_and_restarted():
 def test_restart_is_not_checkpointed(tmp_path):
     with pytest.raises(ValueError, match="restart_stuck_chains: restarted chains are not"):
         inferax.sample(
-            TARGET, samplers.nuts(), jax.random.key(0), restart_stuck_chains=True,
+            TARGET,
+            samplers.nuts(),
+            jax.random.key(0),
+            restart_stuck_chains=True,
             checkpoint=tmp_path / "run",
-        )  # fmt: skip
+        )
 
 
 def _exploding(x):
@@ -93,8 +96,13 @@ def test_chains_slide_out_of_exploding_curvature_during_warmup():
     with jax.enable_x64(True):
         target = inferax.Target.from_logdensity(_exploding, jnp.zeros(1))
         post = inferax.sample(
-            target, samplers.nuts(), jax.random.key(0), num_chains=4, num_warmup=1000,
-            num_samples=100, init=jnp.array([[1.3], [-1.3], [1.45], [-1.45]]),
-        )  # fmt: skip
+            target,
+            samplers.nuts(),
+            jax.random.key(0),
+            num_chains=4,
+            num_warmup=1000,
+            num_samples=100,
+            init=jnp.array([[1.3], [-1.3], [1.45], [-1.45]]),
+        )
     assert post.stuck_chains() == []
     assert np.all(np.abs(post.draws["x"]) < 1.0)
