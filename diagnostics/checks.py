@@ -7,6 +7,7 @@ says what to do about it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -105,6 +106,20 @@ class Finding:
         return f"{self.severity}: {self.message}; {self.advice}"
 
 
+def _quietly(fn):
+    """Runs ``fn`` without the RuntimeWarnings that constant quantities give: their NaN
+    statistics are skipped."""
+
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return fn(*args, **kwargs)
+
+    return quiet
+
+
+@_quietly
 def check(
     dt,
     *,
@@ -174,35 +189,6 @@ def check(
       Inference", ICML 2018.
     """
     dt = as_datatree(dt)
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        # Constant quantities give NaN statistics with RuntimeWarnings; they are skipped.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return _check(
-            dt,
-            var_names,
-            rhat_max,
-            ess_min_per_chain,
-            ess_tail_prob,
-            max_divergences,
-            max_treedepth_fraction,
-            bfmi_min,
-            khat_warn,
-            khat_bad,
-        )
-
-
-def _check(
-    dt,
-    var_names,
-    rhat_max,
-    ess_min_per_chain,
-    ess_tail_prob,
-    max_divergences,
-    max_treedepth_fraction,
-    bfmi_min,
-    khat_warn,
-    khat_bad,
-) -> list[Finding]:
     posterior = dt["posterior"].dataset
     if var_names is not None:
         posterior = posterior[list(var_names)]
