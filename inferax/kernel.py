@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.base import SamplingAlgorithm
 
 from inferax.target import Target
+
+if TYPE_CHECKING:
+    # Importing blackjax computes arrays, which starts JAX's backend; `import inferax` must
+    # not, so that `jax.distributed.initialize` can still run after it.
+    from blackjax.base import SamplingAlgorithm
 from inferax.typing import ArrayLikeTree, ArrayTree, PRNGKey
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,20 @@ def named_sites(params: ArrayTree) -> dict[str, jax.Array]:
     return {site_name(path): leaf for path, leaf in leaves}
 
 
+class AbstractData(abc.ABC):
+    """Data laid out other than as leaves that share a leading axis of data points, such as
+    clients' shards padded to one size. It says how many data points it holds, so that
+    ``Target.num_data`` keeps its meaning whatever the layout."""
+
+    @property
+    @abc.abstractmethod
+    def num_data(self) -> int:
+        """The number of data points."""
+
+
 def _num_data(data: ArrayTree) -> int | None:
+    if isinstance(data, AbstractData):
+        return data.num_data
     leaves = jax.tree_util.tree_leaves(data)
     if not leaves:
         return None
