@@ -6,6 +6,7 @@ import socket
 import time
 
 import jax
+import jax.extend
 import numpy as np
 
 
@@ -39,6 +40,10 @@ def initialize(
     if process_id != 0:
         _wait_for_coordinator(coordinator_address, process_id, num_processes, timeout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Importing inferax imports blackjax, which computes a few constants at import time and
+    # so starts the local backend; nothing of ours holds arrays on it yet, so it is dropped
+    # here and started again by the first computation, joined to the other processes.
+    jax.extend.backend.clear_backends()
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
