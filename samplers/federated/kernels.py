@@ -280,16 +280,21 @@ def federated_sgld_algorithm(
 # --------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
 class AbstractFederatedKernel(AbstractSGMCMCKernel):
     """A federated SGLD config: step size, minibatch size, local steps per round, the
-    server's client probabilities. It samples only federated targets."""
+    server's client probabilities, an optional schedule. It samples only federated targets.
+    The concrete kernels differ only in ``conducive``."""
 
     step_size: Any
     batch_size: int
     local_steps: int
-    client_probs: tuple[float, ...] | None
-    schedule: Any
+    client_probs: Any = None
+    schedule: Any = None
     conducive: ClassVar[bool]
+
+    def __post_init__(self):
+        self._check_config()
 
     def _check_config(self) -> None:
         super()._check_config()
@@ -361,10 +366,10 @@ class dsgld(AbstractFederatedKernel):  # noqa: N801  (lower case, like blackjax'
       ...     log_likelihood=lambda mu, batch: -0.5 * jnp.sum((batch - mu) ** 2), data=y)
       >>> fed = federated.split(target, 4)
       >>> kernel = federated.dsgld(step_size=1e-4, batch_size=20, local_steps=5)
-      >>> post = inferax.sample(fed, kernel, jax.random.key(0), num_chains=2,
-      ...                       num_warmup=100, num_samples=100, progress=False)
-      >>> post.draws["x"].shape
-      (2, 100)
+      >>> algorithm = kernel.build(fed)
+      >>> state, info = algorithm.step(jax.random.key(0), algorithm.init(fed.init))
+      >>> int(state.local_step), bool(info.diverging)
+      (0, False)
 
     References:
       Ahn, Shahbaba, Welling, "Distributed Stochastic Gradient MCMC", ICML 2014.
@@ -372,17 +377,8 @@ class dsgld(AbstractFederatedKernel):  # noqa: N801  (lower case, like blackjax'
       Dynamics", UAI 2021.
     """
 
-    step_size: Any
-    batch_size: int
-    local_steps: int
-    client_probs: Any = None
-    schedule: Any = None
-
     name = "dsgld"
     conducive = False
-
-    def __post_init__(self):
-        self._check_config()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,17 +425,8 @@ class fsgld(AbstractFederatedKernel):  # noqa: N801  (lower case, like blackjax'
       Dynamics", UAI 2021.
     """
 
-    step_size: Any
-    batch_size: int
-    local_steps: int
-    client_probs: Any = None
-    schedule: Any = None
-
     name = "fsgld"
     conducive = True
-
-    def __post_init__(self):
-        self._check_config()
 
     def check_target(self, target: Target) -> None:
         """As ``AbstractFederatedKernel.check_target``, and refuses a target without
