@@ -54,9 +54,21 @@ def make_data(concentration: float, seed: int = 0):
 
 def make_target(train):
     """The federated target: the pooled target split over ``NUM_CLIENTS`` clients."""
-    import inferax
+    from inferax.samplers import federated
 
-    return inferax.federated.split(pooled_target(train), NUM_CLIENTS)
+    return federated.split(pooled_target(train), NUM_CLIENTS)
+
+
+def with_surrogates(fed, kind: str):
+    """``fed`` carrying surrogates of ``kind``: ``"gaussian"`` by local SGLD with ``S`` times
+    the sampler's step, or ``"global_laplace"``."""
+    import jax
+
+    from inferax.samplers import federated
+
+    settings = {"step_size": STEP * NUM_CLIENTS} if kind == "gaussian" else {}
+    surrogates = federated.fit_surrogates(fed, jax.random.key(3), kind, **settings)
+    return federated.with_surrogates(fed, surrogates)
 
 
 def pooled_target(train):
@@ -78,14 +90,15 @@ def pooled_target(train):
     )
 
 
-def kernels():
-    from inferax import samplers
+def kernels(fed):
+    """Each compared kernel with the target it samples (FSGLD's carries its surrogates)."""
+    from inferax.samplers import federated
 
+    fsgld = federated.fsgld(STEP, BATCH, LOCAL_STEPS)
     return {
-        "FSGLD": samplers.fsgld(STEP, BATCH, LOCAL_STEPS, surrogate="gaussian"),
-        "FSGLD global-Laplace": samplers.fsgld(STEP, BATCH, LOCAL_STEPS,
-                                               surrogate="global_laplace"),  # fmt: skip
-        "DSGLD": samplers.dsgld(STEP, BATCH, LOCAL_STEPS),
+        "FSGLD": (fsgld, with_surrogates(fed, "gaussian")),
+        "FSGLD global-Laplace": (fsgld, with_surrogates(fed, "global_laplace")),
+        "DSGLD": (federated.dsgld(STEP, BATCH, LOCAL_STEPS), fed),
     }
 
 
@@ -104,7 +117,7 @@ def test_log_likelihood(draws, test):
     return float(np.mean(logsumexp(log_p, axis=1) - np.log(w.shape[0])))
 
 
-def time_per_round(fed, kernels_by_name, key, repeats: int = 5) -> dict[str, float]:
+def time_per_round(kernels_by_name, key, repeats: int = 5) -> dict[str, float]:
     """Seconds per round of each kernel: the fastest of ``repeats`` runs of 100 rounds,
     after one that compiles; the kernels take turns, so a change in the machine's load
     falls on all of them alike."""
@@ -113,11 +126,17 @@ def time_per_round(fed, kernels_by_name, key, repeats: int = 5) -> dict[str, flo
     num_samples = 100 * LOCAL_STEPS
     best = dict.fromkeys(kernels_by_name, float("inf"))
     for repeat in range(repeats + 1):
-        for name, kernel in kernels_by_name.items():
+        for name, (kernel, fed) in kernels_by_name.items():
             post = inferax.sample(
-                fed, kernel, key, num_chains=CHAINS, num_warmup=0, num_samples=num_samples,
-                chunk_size=num_samples, progress=False,
-            )  # fmt: skip
+                fed,
+                kernel,
+                key,
+                num_chains=CHAINS,
+                num_warmup=0,
+                num_samples=num_samples,
+                chunk_size=num_samples,
+                progress=False,
+            )
             if repeat > 0:
                 best[name] = min(best[name], post.timing["sampling"])
     return {name: seconds / (num_samples / LOCAL_STEPS) for name, seconds in best.items()}
@@ -130,8 +149,8 @@ def timings(devices: int) -> None:
     NUM_CLIENTS = 12  # a multiple of 4, the same on 1 device and on 4
     fed = make_target(make_data(0.5)[0])
     # Both FSGLD variants run the same step; only their surrogates' values differ.
-    timed = {name: kernel for name, kernel in kernels().items() if name in ("FSGLD", "DSGLD")}
-    seconds = time_per_round(fed, timed, jax.random.key(1))
+    timed = {name: pair for name, pair in kernels(fed).items() if name in ("FSGLD", "DSGLD")}
+    seconds = time_per_round(timed, jax.random.key(1))
     print(
         f"federated time per round ({LOCAL_STEPS} local steps, {CHAINS} chains), {devices} "
         f"device(s): FSGLD {1e3 * seconds['FSGLD']:.1f} ms, DSGLD {1e3 * seconds['DSGLD']:.1f} "
@@ -149,9 +168,15 @@ def nuts_reference(train):
     import inferax
     from inferax import samplers
 
-    post = inferax.sample(pooled_target(train), samplers.nuts(), jax.random.key(2),
-                          num_chains=CHAINS, num_warmup=1000, num_samples=2000,
-                          progress=False)  # fmt: skip
+    post = inferax.sample(
+        pooled_target(train),
+        samplers.nuts(),
+        jax.random.key(2),
+        num_chains=CHAINS,
+        num_warmup=1000,
+        num_samples=2000,
+        progress=False,
+    )
     draws = np.asarray(post.draws["x"])
     mean, sd = draws.reshape(-1, DIM + 1).mean(0), draws.reshape(-1, DIM + 1).std(0)
     chain_means = draws.mean(axis=1)
@@ -170,18 +195,30 @@ def accuracy() -> None:
         fed = make_target(train)
         mean, sd, floor = nuts_reference(train)
         scores, biases = {}, {}
-        for name, kernel in kernels().items():
-            post = inferax.sample(fed, kernel, jax.random.key(0), num_chains=CHAINS,
-                                  num_warmup=NUM_WARMUP, num_samples=NUM_SAMPLES,
-                                  thinning=1, progress=False)  # fmt: skip
+        for name, (kernel, target) in kernels(fed).items():
+            post = inferax.sample(
+                target,
+                kernel,
+                jax.random.key(0),
+                num_chains=CHAINS,
+                num_warmup=NUM_WARMUP,
+                num_samples=NUM_SAMPLES,
+                thinning=1,
+                progress=False,
+            )
             draws = np.asarray(post.draws["x"]).reshape(-1, DIM + 1)
             scores[name] = test_log_likelihood(post.draws["x"][:, ::10], test)
             biases[name] = float(np.sqrt(np.mean(((draws.mean(0) - mean) / sd) ** 2)))
-        print(f"federated {label} test log-likelihood ({LOCAL_STEPS} local steps): "
-              f"{figures(scores, 3)}", flush=True)  # fmt: skip
-        print(f"federated {label} posterior-mean error vs NUTS, in posterior sd ({LOCAL_STEPS} "
-              f"local steps): {figures(biases, 2)}, NUTS Monte Carlo error {floor:.2f}",
-              flush=True)  # fmt: skip
+        print(
+            f"federated {label} test log-likelihood ({LOCAL_STEPS} local steps): "
+            f"{figures(scores, 3)}",
+            flush=True,
+        )
+        print(
+            f"federated {label} posterior-mean error vs NUTS, in posterior sd ({LOCAL_STEPS} "
+            f"local steps): {figures(biases, 2)}, NUTS Monte Carlo error {floor:.2f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -190,8 +227,9 @@ def main() -> None:
         return
     accuracy()
     timings(1)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               FEDERATED_DEVICES="4")  # fmt: skip
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", FEDERATED_DEVICES="4"
+    )
     subprocess.run([sys.executable, __file__, "--timings"], env=env, check=True)
 
 

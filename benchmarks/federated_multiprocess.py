@@ -13,7 +13,7 @@ HOST:PORT`` (process 0's address) and ``--processes N``, and ``--worker I`` for 
     python benchmarks/federated_multiprocess.py --worker 0 --processes 2 --coordinator 10.0.0.1:99
     python benchmarks/federated_multiprocess.py --worker 1 --processes 2 --coordinator 10.0.0.1:99
 
-Each worker calls ``inferax.federated.initialize`` first, then builds the same target
+Each worker calls ``inferax.samplers.federated.initialize`` first, then builds the same target
 (every process holds the same host data here; each device receives only its own clients'
 shards), and runs the same ``inferax.sample`` call. Process 0 prints one line per figure:
 the number of processes and devices, the wall time per communication round (40 local steps,
@@ -37,26 +37,41 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def worker(args) -> None:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import inferax
+    from inferax.samplers import federated
 
-    inferax.federated.initialize(args.coordinator, args.processes, args.worker, timeout=120)
+    federated.initialize(args.coordinator, args.processes, args.worker, timeout=120)
     import federated as bench
     import jax
+
+    import inferax
 
     total = len(jax.devices())
     bench.NUM_CLIENTS = -(-bench.NUM_CLIENTS // total) * total
     train, test = bench.make_data(0.5)
     fed = bench.make_target(train)
-    kernel = bench.kernels()["FSGLD"]
-    per_round = bench.time_per_round(fed, {"FSGLD": kernel}, jax.random.key(1))["FSGLD"]
-    post = inferax.sample(fed, kernel, jax.random.key(0), num_chains=bench.CHAINS,
-                          num_warmup=1000, num_samples=2000, progress=False)  # fmt: skip
+    kernel, fed = bench.kernels(fed)["FSGLD"]
+    per_round = bench.time_per_round({"FSGLD": (kernel, fed)}, jax.random.key(1))["FSGLD"]
+    post = inferax.sample(
+        fed,
+        kernel,
+        jax.random.key(0),
+        num_chains=bench.CHAINS,
+        num_warmup=1000,
+        num_samples=2000,
+        progress=False,
+    )
     score = bench.test_log_likelihood(post.draws["x"][:, ::10], test)
     if jax.process_index() == 0:
-        print(f"federated multiprocess: {args.processes} processes x {args.devices} devices, "
-              f"{bench.NUM_CLIENTS} clients", flush=True)  # fmt: skip
-        print(f"federated multiprocess time per round ({bench.LOCAL_STEPS} local steps, "
-              f"{bench.CHAINS} chains): FSGLD {1e3 * per_round:.1f} ms", flush=True)  # fmt: skip
+        print(
+            f"federated multiprocess: {args.processes} processes x {args.devices} devices, "
+            f"{bench.NUM_CLIENTS} clients",
+            flush=True,
+        )
+        print(
+            f"federated multiprocess time per round ({bench.LOCAL_STEPS} local steps, "
+            f"{bench.CHAINS} chains): FSGLD {1e3 * per_round:.1f} ms",
+            flush=True,
+        )
         print(f"federated multiprocess non-IID test log-likelihood: FSGLD {score:.3f}", flush=True)
 
 
@@ -64,8 +79,14 @@ def launch(args) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    common = ["--processes", str(args.processes), "--devices", str(args.devices),
-              "--coordinator", f"127.0.0.1:{port}"]  # fmt: skip
+    common = [
+        "--processes",
+        str(args.processes),
+        "--devices",
+        str(args.devices),
+        "--coordinator",
+        f"127.0.0.1:{port}",
+    ]
     started = time.perf_counter()
     procs = [
         subprocess.Popen([sys.executable, __file__, "--worker", str(i), *common])

@@ -2,7 +2,6 @@
 
 import importlib
 
-from inferax import federated as federated
 from inferax.numpyro_bridge import from_numpyro as from_numpyro
 from inferax.posterior import Posterior as Posterior
 from inferax.posterior import load as load
@@ -29,7 +28,6 @@ __all__ = [
     "Posterior",
     "Target",
     "diagnostics",
-    "federated",
     "flows",
     "from_numpyro",
     "infer_discrete",

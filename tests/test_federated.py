@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from inferax.samplers.federated import federated_sgld_algorithm, gradient_estimate_fn
 
 import inferax
 from inferax import samplers
+from inferax.samplers import federated
+from inferax.samplers.federated import federated_sgld_algorithm, gradient_estimate_fn
 
 WORKER = pathlib.Path(__file__).with_name("test_federated_worker.py")
 
@@ -37,7 +38,7 @@ def toy():
     rng = np.random.default_rng(0)
     centres = rng.uniform(-6, 6, size=(10, 2))
     y = (centres[:, None, :] + rng.normal(size=(10, 200, 2))).reshape(-1, 2).astype(np.float32)
-    fed = inferax.federated.split(gaussian_target(y), np.repeat(np.arange(10), 200))
+    fed = federated.split(gaussian_target(y), np.repeat(np.arange(10), 200))
     return y, fed
 
 
@@ -49,10 +50,10 @@ def toy():
 def test_split_keeps_the_density_and_lays_out_clients():
     y = np.arange(14.0, dtype=np.float32).reshape(7, 2)
     target = gaussian_target(y)
-    fed = inferax.federated.split(target, np.array([2, 0, 0, 1, 2, 2, 0]))
-    assert inferax.federated.is_federated(fed) and not inferax.federated.is_federated(target)
-    assert inferax.federated.num_clients(fed) == 3
-    assert inferax.federated.client_sizes(fed).tolist() == [3, 1, 3]
+    fed = federated.split(target, np.array([2, 0, 0, 1, 2, 2, 0]))
+    assert federated.is_federated(fed) and not federated.is_federated(target)
+    assert federated.num_clients(fed) == 3
+    assert federated.client_sizes(fed).tolist() == [3, 1, 3]
     shards = np.asarray(fed.data.shards)
     assert shards.shape == (3, 3, 2)
     np.testing.assert_array_equal(shards[0], y[[1, 2, 6]])
@@ -60,29 +61,29 @@ def test_split_keeps_the_density_and_lays_out_clients():
     x = jnp.array([0.3, -0.2])
     np.testing.assert_allclose(fed.logdensity(x), target.logdensity(x), rtol=1e-6)
 
-    by_label = inferax.federated.split(target, 2, by=np.array([1, 0, 1, 0, 1, 0, 0]))
-    assert inferax.federated.client_sizes(by_label).tolist() == [4, 3]
+    by_label = federated.split(target, 2, by=np.array([1, 0, 1, 0, 1, 0, 0]))
+    assert federated.client_sizes(by_label).tolist() == [4, 3]
     first = np.asarray(by_label.data.shards)[0]
     np.testing.assert_array_equal(first, y[[1, 3, 5, 6]])  # the label-0 points, in order
-    blocks = inferax.federated.split(target, 3)
-    assert inferax.federated.client_sizes(blocks).tolist() == [3, 2, 2]
+    blocks = federated.split(target, 3)
+    assert federated.client_sizes(blocks).tolist() == [3, 2, 2]
 
 
 def test_split_refuses_bad_input():
     target = gaussian_target(np.zeros((6, 2), np.float32))
     with pytest.raises(ValueError, match=r"client\(s\) \[1\] hold no data"):
-        inferax.federated.split(target, np.array([0, 0, 2, 2, 0, 2]))
+        federated.split(target, np.array([0, 0, 2, 2, 0, 2]))
     with pytest.raises(ValueError, match="one client index per data point"):
-        inferax.federated.split(target, np.array([0, 1]))
+        federated.split(target, np.array([0, 1]))
     with pytest.raises(ValueError, match=">= 0"):
-        inferax.federated.split(target, np.array([0, -1, 0, 1, 1, 1]))
+        federated.split(target, np.array([0, -1, 0, 1, 1, 1]))
     with pytest.raises(ValueError, match="leaves a client with no data"):
-        inferax.federated.split(target, 7)
+        federated.split(target, 7)
     with pytest.raises(ValueError, match="no data split"):
-        inferax.federated.split(inferax.Target.from_logdensity(lambda x: -x @ x, jnp.zeros(2)), 2)
+        federated.split(inferax.Target.from_logdensity(lambda x: -x @ x, jnp.zeros(2)), 2)
     with pytest.raises(ValueError, match="needs an axis named 'clients'"):
         mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
-        inferax.federated.split(target, 2, mesh=mesh)
+        federated.split(target, 2, mesh=mesh)
 
 
 # --------------------------------------------------------------------------------------
@@ -109,16 +110,28 @@ def test_kernels_refuse_bad_input(toy):
     with pytest.raises(
         ValueError, match="client 1 has a covariance that is not positive definite"
     ):
-        samplers.GaussianSurrogates(mean, not_pd)
+        samplers.GaussianSurrogates.from_precision(mean, not_pd)
+    with pytest.raises(
+        ValueError, match="client 1 has a covariance that is not positive definite"
+    ):
+        federated.with_surrogates(
+            fed,
+            samplers.GaussianSurrogates(
+                np.zeros((10, 2)), [np.eye(2), not_pd[1]] + [np.eye(2)] * 8
+            ),
+        )
     with pytest.raises(ValueError, match="covariance of client 1 is not positive definite"):
         samplers.GaussianSurrogates.from_covariance(mean, not_pd)
     with pytest.raises(ValueError, match="surrogates are for 2 clients"):
-        kernel = samplers.fsgld(
-            1e-4, 5, 2, surrogate=samplers.GaussianSurrogates(mean, [np.eye(2)] * 2)
+        federated.with_surrogates(
+            fed, samplers.GaussianSurrogates.from_precision(mean, [np.eye(2)] * 2)
         )
-        kernel.prepare_target(fed)
-    with pytest.raises(ValueError, match="surrogate must be one of"):
-        samplers.fsgld(1e-4, 5, 2, surrogate="exact")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        samplers.fit_surrogates(fed, jax.random.key(0), "exact")
+    with pytest.raises(ValueError, match="carries no surrogates"):
+        inferax.sample(fed, samplers.fsgld(1e-4, 5, 2), jax.random.key(0), progress=False)
+    with pytest.raises(ValueError, match="larger than the smallest client"):
+        inferax.sample(fed, samplers.dsgld(1e-4, 201, 2), jax.random.key(0), progress=False)
 
 
 def test_unreachable_coordinator_fails_fast_naming_the_address():
@@ -127,7 +140,7 @@ def test_unreachable_coordinator_fails_fast_naming_the_address():
         port = sock.getsockname()[1]
     started = time.monotonic()
     with pytest.raises(RuntimeError, match=f"coordinator at 127.0.0.1:{port} within 1 s"):
-        inferax.federated.initialize(f"127.0.0.1:{port}", 2, 1, timeout=1.0)
+        federated.initialize(f"127.0.0.1:{port}", 2, 1, timeout=1.0)
     assert time.monotonic() - started < 5
 
 
@@ -145,10 +158,13 @@ def sd_and_se(samples):
 
 
 def test_gradient_estimators_match_the_analytic_variances():
-    """3 shards of 10 tosses with 1, 5 and 9 heads, m = 5 with replacement, f = 1/3, at
-    p = 0.5: SGLD's SD is sqrt(720) = 26.8, DSGLD's sqrt(1948.8) = 44.1, FSGLD's with
-    surrogates whose gradients are exact there sqrt(412.8) = 20.3; all are unbiased (the
-    full gradient is 0)."""
+    """3 shards of 10 tosses with 1, 5 and 9 heads, m = 5 without replacement, f = 1/3, at
+    p = 0.5, where each toss's gradient is +-2. With replacement SGLD's variance is
+    N^2 sigma^2 / m = 720; without, the finite-population factor (N - m) / (N - 1) = 25/29
+    makes it 620.7 (SD 24.9). DSGLD's is the within-client part, 412.8 with replacement,
+    times (N_s - m) / (N_s - 1) = 5/9, plus the between-client part 1536: 1765.3 (SD 42.0).
+    FSGLD's, with surrogates whose gradients are exact there, is the within-client part
+    alone: 229.3 (SD 15.1). All are unbiased (the full gradient is 0)."""
     heads = np.zeros(30, np.float32)
     heads[[0, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 25, 26, 27, 28]] = 1.0
     target = inferax.Target(
@@ -157,16 +173,18 @@ def test_gradient_estimators_match_the_analytic_variances():
         log_likelihood=lambda p, x: jnp.sum(x * jnp.log(p) + (1 - x) * jnp.log1p(-p)),
         data=heads,
     )
-    shards = inferax.federated.split(target, np.repeat(np.arange(3), 10))
-    one_client = inferax.federated.split(target, np.zeros(30, np.int64))
+    shards = federated.split(target, np.repeat(np.arange(3), 10))
+    one_client = federated.split(target, np.zeros(30, np.int64))
     # Gaussian surrogates at the shard MLEs with precision 40 (= minus the Hessian at 0.5):
     # their gradients at p = 0.5 are the shards' likelihood gradients, exactly.
-    exact = samplers.GaussianSurrogates([[0.1], [0.5], [0.9]], np.full((3, 1, 1), 40.0))
-    fsgld = samplers.fsgld(step_size=1e-3, batch_size=5, local_steps=1, surrogate=exact)
+    exact = samplers.GaussianSurrogates.from_precision(
+        [[0.1], [0.5], [0.9]], np.full((3, 1, 1), 40.0)
+    )
+    fsgld = samplers.fsgld(step_size=1e-3, batch_size=5, local_steps=1)
     cases = {
-        "sgld": (one_client, samplers.dsgld(1e-3, 5, 1), np.sqrt(720.0)),
-        "dsgld": (shards, samplers.dsgld(1e-3, 5, 1), np.sqrt(1948.8)),
-        "fsgld": (fsgld.prepare_target(shards), fsgld, np.sqrt(412.8)),
+        "sgld": (one_client, samplers.dsgld(1e-3, 5, 1), np.sqrt(720.0 * 25 / 29)),
+        "dsgld": (shards, samplers.dsgld(1e-3, 5, 1), np.sqrt(412.8 * 5 / 9 + 1536.0)),
+        "fsgld": (federated.with_surrogates(shards, exact), fsgld, np.sqrt(412.8 * 5 / 9)),
     }
     num_draws = 20_000
     keys = jax.random.split(jax.random.key(0), num_draws)
@@ -195,8 +213,9 @@ def test_toy_gaussian_fsgld_stays_on_the_posterior_dsgld_spreads(toy):
     spreads over the local posteriors, about 4)."""
     y, fed = toy
     posterior_mean = y.sum(0) / (y.shape[0] + 1)
-    kernel = samplers.fsgld(step_size=5e-5, batch_size=10, local_steps=1, surrogate="analytic")
-    prepared = kernel.prepare_target(fed)
+    prepared = federated.with_surrogates(
+        fed, federated.fit_surrogates(fed, jax.random.key(0), "analytic")
+    )
     num_chains, num_burn, num_keep = 4, 100, 500
 
     def rms(target, conducive, local_steps, key):
@@ -254,11 +273,10 @@ def test_surrogate_fits_recover_the_analytic_gaussian_surrogate(toy):
         data=np.array([0.0, 1.0, 1.0, 0.0], np.float32),
     )
     with pytest.raises(ValueError, match="quadratic in the position"):
-        samplers.fit_surrogates(inferax.federated.split(heads, 2), jax.random.key(0), "analytic")
+        samplers.fit_surrogates(federated.split(heads, 2), jax.random.key(0), "analytic")
     at_zero = dataclasses.replace(heads, init=jnp.asarray(0.0))  # log 0: no finite start
     with pytest.raises(ValueError, match="not finite at the target's init"):
-        samplers.fit_surrogates(inferax.federated.split(at_zero, 2), jax.random.key(0),
-                                "global_laplace")  # fmt: skip
+        samplers.fit_surrogates(federated.split(at_zero, 2), jax.random.key(0), "global_laplace")
 
 
 # --------------------------------------------------------------------------------------
@@ -289,7 +307,7 @@ def test_same_draws_on_one_device_four_devices_and_two_processes(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for name, args in commands.items()
     }
     try:
@@ -307,7 +325,14 @@ def test_same_draws_on_one_device_four_devices_and_two_processes(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "two_by_two.npy"), one)
 
 
-@pytest.mark.parametrize("module_name", ["inferax.federated", "inferax.samplers.federated"])
+@pytest.mark.parametrize(
+    "module_name",
+    [
+        "inferax.samplers.federated.split",
+        "inferax.samplers.federated.surrogates",
+        "inferax.samplers.federated.kernels",
+    ],
+)
 def test_docstring_examples_run(module_name):
     import doctest
     import importlib

@@ -21,7 +21,7 @@ def federated_run():
     import numpy as np
 
     import inferax
-    from inferax import samplers
+    from inferax.samplers import federated
 
     rng = np.random.default_rng(3)
     centres = rng.uniform(-3, 3, size=(NUM_CLIENTS, 2))
@@ -33,12 +33,20 @@ def federated_run():
         log_likelihood=lambda mu, batch: -0.5 * jnp.sum((batch - mu[None, :]) ** 2),
         data=y.astype(np.float32),
     )
-    fed = inferax.federated.split(target, np.repeat(np.arange(NUM_CLIENTS), sizes))
-    kernel = samplers.fsgld(step_size=2e-4, batch_size=5, local_steps=3, surrogate="analytic")
+    fed = federated.split(target, np.repeat(np.arange(NUM_CLIENTS), sizes))
+    surrogates = federated.fit_surrogates(fed, jax.random.key(0), "analytic")
+    fed = federated.with_surrogates(fed, surrogates)
+    kernel = federated.fsgld(step_size=2e-4, batch_size=5, local_steps=3)
     post = inferax.sample(
-        fed, kernel, jax.random.key(7), num_chains=3, num_warmup=0, num_samples=20,
-        chunk_size=16, progress=False,
-    )  # fmt: skip
+        fed,
+        kernel,
+        jax.random.key(7),
+        num_chains=3,
+        num_warmup=0,
+        num_samples=20,
+        chunk_size=16,
+        progress=False,
+    )
     return np.asarray(post.draws["x"])
 
 
@@ -50,10 +58,10 @@ def main(argv):
 
     jax.config.update("jax_numpy_rank_promotion", "raise")
     if len(argv) > 2:
-        import inferax
+        from inferax.samplers import federated
 
         process_id, num_processes, port = map(int, argv[2:5])
-        inferax.federated.initialize(f"127.0.0.1:{port}", num_processes, process_id, timeout=60)
+        federated.initialize(f"127.0.0.1:{port}", num_processes, process_id, timeout=60)
     import numpy as np
 
     assert len(jax.devices()) == devices * (int(argv[3]) if len(argv) > 2 else 1)
