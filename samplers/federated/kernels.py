@@ -39,7 +39,6 @@ from blackjax.base import SamplingAlgorithm
 from blackjax.mcmc.diffusions import DiffusionState, overdamped_langevin
 from jax.sharding import PartitionSpec as P
 
-from inferax.kernel import AbstractKernel
 from inferax.samplers.federated.split import (
     CLIENT_AXIS,
     FederatedData,
@@ -311,9 +310,7 @@ class AbstractFederatedKernel(AbstractSGMCMCKernel):
                 f"{self.name}: the target is not federated; split its data among clients "
                 "first with inferax.samplers.federated.split(target, client_of_datum)"
             )
-        # AbstractSGMCMCKernel's check compares batch_size with target.num_data, which for
-        # a federated target counts clients; the per-client check below replaces it.
-        AbstractKernel.check_target(self, target)
+        super().check_target(target)
         data: FederatedData = target.data
         _probs_for(self.name, self.client_probs, data.num_clients)
         smallest = min(data.sizes)

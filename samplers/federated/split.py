@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from inferax.minibatch import minibatch_indices
 from inferax.pytree import pytree_dataclass, static_field
-from inferax.target import Target
+from inferax.target import AbstractData, Target
 from inferax.typing import ArrayTree, PRNGKey
 
 CLIENT_AXIS = "clients"
@@ -32,7 +32,7 @@ CLIENT_AXIS = "clients"
 
 
 @pytree_dataclass
-class FederatedData:
+class FederatedData(AbstractData):
     """Client shards on a mesh, with the clients' sizes and, once fitted, their surrogates.
 
     Attributes:
@@ -246,8 +246,9 @@ def split(target: Target, clients, *, by=None, mesh: Mesh | None = None) -> Targ
     (after ``initialize``) every process calls ``split`` with the same arguments, and each
     keeps only its own devices' shards.
 
-    ``fed.data.num_data`` is the number of data points, ``fed.data.num_clients`` the
-    number of clients and ``client_sizes(fed)`` the points per client.
+    ``fed.num_data`` is the number of data points, as for any target;
+    ``fed.data.num_clients`` is the number of clients and ``client_sizes(fed)`` the points
+    per client.
 
     Args:
       target: a target with a data split (``log_likelihood`` and ``data``).
