@@ -10,7 +10,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from inferax.flows.flow import AbstractTransform, Flow, LayerScan
+from inferax.flows.flow import AbstractTransform, Flow, LayerScan, check_num_layers
 from inferax.typing import PRNGKey
 
 
@@ -77,16 +77,16 @@ def radial(num_layers: int, *, base_scale: float = 2.0) -> Flow:
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from inferax import flows
-      >>> q = flows.radial(4).init(jax.random.key(0), jnp.zeros(2))
-      >>> x, log_q = q.sample_and_log_prob(jax.random.key(1))
-      >>> bool(jnp.allclose(q.log_prob(x), log_q, atol=1e-4))
+      >>> flow = flows.radial(4)
+      >>> f = flow.transform.bijector(flow.transform.init(jax.random.key(0), 2))
+      >>> x, log_det = f.forward_and_log_det(jnp.array([0.5, -1.0]))
+      >>> bool(jnp.allclose(f.inverse(x), jnp.array([0.5, -1.0]), atol=1e-4))
       True
 
     References:
       Rezende, Mohamed, "Variational Inference with Normalizing Flows", 2015.
     """
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    check_num_layers(num_layers)
     return Flow(Radial(num_layers), float(base_scale))
 
 
