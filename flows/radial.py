@@ -77,10 +77,14 @@ def radial(num_layers: int, *, base_scale: float = 2.0) -> Flow:
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from inferax import flows
-      >>> flow = flows.radial(4)
-      >>> f = flow.transform.bijector(flow.transform.init(jax.random.key(0), 2))
-      >>> x, log_det = f.forward_and_log_det(jnp.array([0.5, -1.0]))
-      >>> bool(jnp.allclose(f.inverse(x), jnp.array([0.5, -1.0]), atol=1e-4))
+      >>> transform = flows.radial(4).transform
+      >>> params = transform.init(jax.random.key(0), 2)
+      >>> params["beta"] = params["beta"] + 1.0  # move the layers off the identity
+      >>> f = transform.bijector(params)
+      >>> z = jnp.array([0.5, -1.0])
+      >>> _, log_det = f.forward_and_log_det(z)
+      >>> _, inverse_log_det = f.inverse_and_log_det(f.forward(z))
+      >>> bool(jnp.allclose(log_det, -inverse_log_det, atol=1e-4))
       True
 
     References:

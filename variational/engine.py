@@ -297,9 +297,7 @@ class Approximation:
             {"posterior": draws, "sample_stats": stats},
             attrs={"posterior": attrs, "sample_stats": attrs},
         )
-        tree["optimization"] = xr.Dataset(
-            {"loss": ("step", np.asarray(self.losses))}, attrs=attrs
-        )
+        tree["optimization"] = xr.Dataset({"loss": ("step", np.asarray(self.losses))}, attrs=attrs)
         return tree
 
 

@@ -208,9 +208,7 @@ def stochastic_flow(flow: StochasticFlow) -> StochasticNormalizingFlow:
       ((2,), ())
     """
     if not isinstance(flow, StochasticFlow):
-        raise TypeError(
-            f"flow must be an inferax.flows.StochasticFlow, got {type(flow).__name__}"
-        )
+        raise TypeError(f"flow must be an inferax.flows.StochasticFlow, got {type(flow).__name__}")
     return StochasticNormalizingFlow(flow)
 
 

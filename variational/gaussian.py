@@ -7,8 +7,8 @@ from typing import Any, Self, final
 import jax
 import jax.numpy as jnp
 
-from inferax.typing import PRNGKey
 from inferax.pytree import pytree_dataclass
+from inferax.typing import PRNGKey
 from inferax.variational.family import AbstractFamily, standard_normal_logpdf
 
 

@@ -483,7 +483,7 @@ def _orbit_elbo(flow, rng_key, n):
             return logsumexp(window) - cumulative[n + num_flows - 1]
 
         log_q = jax.lax.map(log_q_at, jnp.arange(num_flows)) - math.log(num_flows)
-        return jnp.mean(log_pi_bar[num_flows - 1:] - log_q)
+        return jnp.mean(log_pi_bar[num_flows - 1 :] - log_q)
 
     return jax.lax.map(one, jax.random.split(rng_key, n), batch_size=min(n, 256))
 
