@@ -175,11 +175,13 @@ def test_bad_configurations_are_refused():
         variational.normalizing_flow(flows.stochastic([flows.langevin_block(0.5)]))
 
 
-def test_flows_do_not_load_the_variational_engine():
+def test_flows_do_not_load_the_variational_engine(tmp_path):
     # flows sit below variational: importing them must not import the VI engine.
     import subprocess
     import sys
 
     code = "import sys, inferax.flows; print('inferax.variational' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert out.stdout.strip() == "False"
