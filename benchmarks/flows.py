@@ -36,9 +36,13 @@ from inferax import examples, flows, variational
 FAMILIES = {
     "realnvp": lambda args: flows.realnvp(8, (64, 64)),
     "planar": lambda args: flows.planar(32),
-    "spline": lambda args: flows.spline(8, (64, 64), args.spline_bins,
-                                          interval=args.spline_interval,
-                                          output_bound=args.spline_bound or None),
+    "spline": lambda args: flows.spline(
+        8,
+        (64, 64),
+        args.spline_bins,
+        interval=args.spline_interval,
+        output_bound=args.spline_bound or None,
+    ),
 }
 PEER_FLOWS = ("coupling", "spline", "planar")
 TARGETS = ("u1", "u2", "u3", "u4", "banana", "funnel")
@@ -47,8 +51,16 @@ ELBO_DRAWS = 10_000
 
 def run_inferax(name, target, family, steps, draws, lr, key, estimator="reparam"):
     start = time.perf_counter()
-    approx = variational.fit(target, family, key, optimizer=optax.adam(lr), num_steps=steps,
-                             num_particles=draws, estimator=estimator, progress=False)  # fmt: skip
+    approx = variational.fit(
+        target,
+        family,
+        key,
+        optimizer=optax.adam(lr),
+        num_steps=steps,
+        num_particles=draws,
+        estimator=estimator,
+        progress=False,
+    )
     elbo, _ = approx.elbo(jax.random.fold_in(key, 1), ELBO_DRAWS)
     wall = time.perf_counter() - start
     per_step = approx.timing["optimization"] / steps
@@ -65,21 +77,29 @@ def run_flowjax(kind, target, steps, draws, lr, key, spline_bins, spline_interva
     base = Normal(jnp.zeros(2), 2.0 * jnp.ones(2))
     init_key, train_key, eval_key = jax.random.split(key, 3)
     if kind == "coupling":
-        dist = coupling_flow(init_key, base_dist=base, flow_layers=8, nn_width=64, nn_depth=2,
-                             invert=False)  # fmt: skip
+        dist = coupling_flow(
+            init_key, base_dist=base, flow_layers=8, nn_width=64, nn_depth=2, invert=False
+        )
     elif kind == "spline":
         # The same shape as inferax's spline flow, on the same base scale; flowjax has no
         # final affine map, and trains its base's location and scale instead.
         spline = RationalQuadraticSpline(knots=spline_bins, interval=spline_interval)
-        dist = coupling_flow(init_key, base_dist=Normal(jnp.zeros(2), jnp.ones(2)),
-                             transformer=spline, flow_layers=8, nn_width=64, nn_depth=2,
-                             invert=False)  # fmt: skip
+        dist = coupling_flow(
+            init_key,
+            base_dist=Normal(jnp.zeros(2), jnp.ones(2)),
+            transformer=spline,
+            flow_layers=8,
+            nn_width=64,
+            nn_depth=2,
+            invert=False,
+        )
     else:
         dist = planar_flow(init_key, base_dist=base, flow_layers=32, invert=False)
     loss = ElboLoss(target.logdensity, num_samples=draws)  # it vmaps the target itself
     start = time.perf_counter()
-    dist, _ = fit_to_key_based_loss(train_key, dist, loss_fn=loss, steps=steps,
-                                    optimizer=optax.adam(lr), show_progress=False)  # fmt: skip
+    dist, _ = fit_to_key_based_loss(
+        train_key, dist, loss_fn=loss, steps=steps, optimizer=optax.adam(lr), show_progress=False
+    )
     train = time.perf_counter() - start
     import equinox as eqx
 
@@ -98,30 +118,56 @@ def main() -> None:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--no-peer", action="store_true")
-    parser.add_argument("--peer-flows", default=",".join(PEER_FLOWS),
-                        help="flowjax's flows to run, of coupling, spline and planar")  # fmt: skip
-    parser.add_argument("--decay", action="store_true",
-                        help="cosine-decay the rate to a tenth of --lr over the run")  # fmt: skip
-    parser.add_argument("--estimator", default="reparam", choices=("reparam", "stl"),
-                        help="inferax's gradient estimator; flowjax's is reparam")  # fmt: skip
-    parser.add_argument("--seeds", type=int, default=1,
-                        help="fit each flow from N keys; with N > 1 a line per target and "
-                             "family gives the gaps' mean and sd")  # fmt: skip
-    parser.add_argument("--first-seed", type=int, default=0,
-                        help="the first of the --seeds keys")  # fmt: skip
-    parser.add_argument("--spline-interval", type=float, default=5.0,
-                        help="the half-width of the spline flows' range, inferax's and "
-                             "flowjax's")  # fmt: skip
-    parser.add_argument("--spline-bound", type=float, default=3.0,
-                        help="the bound b on inferax's spline conditioners' outputs, "
-                             "b tanh(out / b); 0 for none (flowjax's has none)")  # fmt: skip
-    parser.add_argument("--spline-bins", type=int, default=8,
-                        help="the spline flows' bins, inferax's and flowjax's")  # fmt: skip
+    parser.add_argument(
+        "--peer-flows",
+        default=",".join(PEER_FLOWS),
+        help="flowjax's flows to run, of coupling, spline and planar",
+    )
+    parser.add_argument(
+        "--decay",
+        action="store_true",
+        help="cosine-decay the rate to a tenth of --lr over the run",
+    )
+    parser.add_argument(
+        "--estimator",
+        default="reparam",
+        choices=("reparam", "stl"),
+        help="inferax's gradient estimator; flowjax's is reparam",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="fit each flow from N keys; with N > 1 a line per target and "
+        "family gives the gaps' mean and sd",
+    )
+    parser.add_argument("--first-seed", type=int, default=0, help="the first of the --seeds keys")
+    parser.add_argument(
+        "--spline-interval",
+        type=float,
+        default=5.0,
+        help="the half-width of the spline flows' range, inferax's and flowjax's",
+    )
+    parser.add_argument(
+        "--spline-bound",
+        type=float,
+        default=3.0,
+        help="the bound b on inferax's spline conditioners' outputs, "
+        "b tanh(out / b); 0 for none (flowjax's has none)",
+    )
+    parser.add_argument(
+        "--spline-bins",
+        type=int,
+        default=8,
+        help="the spline flows' bins, inferax's and flowjax's",
+    )
     args = parser.parse_args()
     # Refused here, not when a long run reaches the name.
-    for option, names, known in (("--families", args.families, FAMILIES),
-                                 ("--peer-flows", args.peer_flows, PEER_FLOWS),
-                                 ("--targets", args.targets, TARGETS)):  # fmt: skip
+    for option, names, known in (
+        ("--families", args.families, FAMILIES),
+        ("--peer-flows", args.peer_flows, PEER_FLOWS),
+        ("--targets", args.targets, TARGETS),
+    ):
         unknown = [n for n in names.split(",") if n and n not in known]
         if unknown:
             parser.error(f"{option}: unknown {unknown}; known: {', '.join(known)}")
@@ -137,34 +183,64 @@ def main() -> None:
         peer = False
         print("note: flowjax is not installed (pip install inferax[bench]); no peer lines")
     rate = f"{args.lr} cosine-decayed to {args.lr / 10:g}" if args.decay else f"{args.lr}"
-    print(f"# {args.steps} Adam steps at {rate}, {args.draws} draws a step, "
-          f"inferax's estimator {args.estimator}, ELBO on {ELBO_DRAWS} draws, "
-          f"{jax.default_backend()}")  # fmt: skip
-    print(f"{'target':8} {'family':18} {'ELBO':>8} {'gap':>7} {'k-hat':>6} "
-          f"{'wall s':>7} {'ms/step':>8}")  # fmt: skip
+    print(
+        f"# {args.steps} Adam steps at {rate}, {args.draws} draws a step, "
+        f"inferax's estimator {args.estimator}, ELBO on {ELBO_DRAWS} draws, "
+        f"{jax.default_backend()}"
+    )
+    print(
+        f"{'target':8} {'family':18} {'ELBO':>8} {'gap':>7} {'k-hat':>6} "
+        f"{'wall s':>7} {'ms/step':>8}"
+    )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     for target_name in args.targets.split(","):
         target = examples.ENERGIES[target_name]()
         log_z = examples.ENERGY_LOG_Z[target_name]
-        runs = [(f"inferax.{f}", lambda key, f=f, t=target: run_inferax(
-            f, t, FAMILIES[f](args), args.steps, args.draws, lr, key, args.estimator))
-            for f in args.families.split(",") if f]  # fmt: skip
+        runs = [
+            (
+                f"inferax.{f}",
+                lambda key, f=f, t=target: run_inferax(
+                    f, t, FAMILIES[f](args), args.steps, args.draws, lr, key, args.estimator
+                ),
+            )
+            for f in args.families.split(",")
+            if f
+        ]
         if peer:
-            runs += [(f"flowjax.{k}", lambda key, k=k, t=target: run_flowjax(
-                k, t, args.steps, args.draws, lr, key, args.spline_bins,
-                args.spline_interval))
-                for k in args.peer_flows.split(",") if k]  # fmt: skip
+            runs += [
+                (
+                    f"flowjax.{k}",
+                    lambda key, k=k, t=target: run_flowjax(
+                        k,
+                        t,
+                        args.steps,
+                        args.draws,
+                        lr,
+                        key,
+                        args.spline_bins,
+                        args.spline_interval,
+                    ),
+                )
+                for k in args.peer_flows.split(",")
+                if k
+            ]
         for label, run in runs:
             gaps = []
             for seed in seeds:
                 elbo, khat, wall, per_step = run(jax.random.key(seed))
                 gaps.append(log_z - elbo)
                 name = label if args.seeds == 1 else f"{label} key {seed}"
-                print(f"{target_name:8} {name:18} {elbo:8.4f} {log_z - elbo:7.4f} {khat:6.2f} "
-                      f"{wall:7.1f} {1000 * per_step:8.3f}", flush=True)  # fmt: skip
+                print(
+                    f"{target_name:8} {name:18} {elbo:8.4f} {log_z - elbo:7.4f} {khat:6.2f} "
+                    f"{wall:7.1f} {1000 * per_step:8.3f}",
+                    flush=True,
+                )
             if args.seeds > 1:
-                print(f"{target_name:8} {label:18} gap over keys {seeds[0]}-{seeds[-1]}: mean "
-                      f"{np.mean(gaps):.3f}, sd {np.std(gaps, ddof=1):.3f}", flush=True)
+                print(
+                    f"{target_name:8} {label:18} gap over keys {seeds[0]}-{seeds[-1]}: mean "
+                    f"{np.mean(gaps):.3f}, sd {np.std(gaps, ddof=1):.3f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ NUM_DRAWS = 5000
 CROSS_REFERENCE = ((0.0144, -0.0323), (0.1611, 1.9906))
 PAPER_CROSS = {100: -0.507, 200: -0.414, 500: -0.278, 1000: -0.194}
 MIXFLOW_SETTINGS = {
-    "banana": (200, 30), "funnel": (200, 30), "cross": (200, 60), "logistic": (200, 30),
+    "banana": (200, 30),
+    "funnel": (200, 30),
+    "cross": (200, 60),
+    "logistic": (200, 30),
 }
 """(N, L) per target; epsilon is tuned over ``STEP_GRID``."""
 STEP_GRID = (0.0035, 0.01, 0.03, 0.1)
@@ -61,7 +64,9 @@ def imq_ksd(draws: np.ndarray, scores: np.ndarray, chunk: int = 500) -> float:
         term_trace = dim * base**-1.5 - 3.0 * r2 * base**-2.5
         return jnp.sum(term_ss + term_cross + term_trace)
 
-    total = sum(float(block(x[i:i + chunk], s[i:i + chunk])) for i in range(0, x.shape[0], chunk))
+    total = sum(
+        float(block(x[i : i + chunk], s[i : i + chunk])) for i in range(0, x.shape[0], chunk)
+    )
     return float(np.sqrt(max(total, 0.0) / x.shape[0] ** 2))
 
 
@@ -92,8 +97,11 @@ def cross_elbo_table() -> None:
         elbo, se = flow.elbo(jax.random.key(0), 1000)
         seconds = time.perf_counter() - start
         paper = PAPER_CROSS.get(num_flows, -0.850)
-        print(f"cross ELBO N={num_flows}: {elbo:.3f} +- {se:.3f} (paper {paper:.3f}; "
-              f"{seconds:.1f} s for 1000 orbit estimates)", flush=True)  # fmt: skip
+        print(
+            f"cross ELBO N={num_flows}: {elbo:.3f} +- {se:.3f} (paper {paper:.3f}; "
+            f"{seconds:.1f} s for 1000 orbit estimates)",
+            flush=True,
+        )
 
 
 def ksd_lines(name: str) -> None:
@@ -101,10 +109,17 @@ def ksd_lines(name: str) -> None:
     num_flows, leapfrog_steps = MIXFLOW_SETTINGS[name]
     dim = target.init.shape[0]
     key = jax.random.key(1)
-    flow = variational.fit(target, variational.mixflow(target, num_flows, leapfrog_steps),
-                           key, optimizer=optax.adam(1e-2), num_steps=2000,
-                           num_particles=16, progress=False)  # fmt: skip
-    flow = flow.tune(jax.random.key(2), STEP_GRID, num_draws=100)
+    approx = variational.fit(
+        target,
+        variational.mixflow(target, num_flows, leapfrog_steps),
+        key,
+        optimizer=optax.adam(1e-2),
+        num_steps=2000,
+        num_particles=16,
+        num_khat_draws=100,
+        progress=False,
+    )
+    flow = approx.family.tune(jax.random.key(2), STEP_GRID, num_draws=100)
 
     reference = flow.mean + flow.scale * np.random.default_rng(0).normal(size=(NUM_DRAWS, dim))
     flow.sample_augmented(jax.random.key(3), NUM_DRAWS)  # compile
@@ -112,22 +127,47 @@ def ksd_lines(name: str) -> None:
     mixflow_draws = np.asarray(flow.sample_augmented(jax.random.key(4), NUM_DRAWS).x)
     per_draw = (time.perf_counter() - start) / NUM_DRAWS
 
-    post = inferax.sample(target, samplers.nuts(), jax.random.key(5), num_chains=4,
-                          num_warmup=1000, num_samples=NUM_DRAWS // 4, progress=False)  # fmt: skip
+    post = inferax.sample(
+        target,
+        samplers.nuts(),
+        jax.random.key(5),
+        num_chains=4,
+        num_warmup=1000,
+        num_samples=NUM_DRAWS // 4,
+        progress=False,
+    )
     nuts_draws = np.asarray(post.draws["x"]).reshape(-1, dim)
 
-    approx = variational.fit(target, flows.realnvp(8, (64, 64)), jax.random.key(6),
-                             optimizer=optax.adam(1e-3), num_steps=2000, num_particles=256,
-                             progress=False)  # fmt: skip
+    approx = variational.fit(
+        target,
+        flows.realnvp(8, (64, 64)),
+        jax.random.key(6),
+        optimizer=optax.adam(1e-3),
+        num_steps=2000,
+        num_particles=256,
+        progress=False,
+    )
     realnvp_draws = np.asarray(approx.sample(jax.random.key(7), NUM_DRAWS))
 
-    ksd = {label: imq_ksd(d, scores_of(target, d)) for label, d in (
-        ("q0", reference), ("MixFlow", mixflow_draws), ("NUTS", nuts_draws),
-        ("RealNVP", realnvp_draws))}  # fmt: skip
-    print(f"{name} KSD ({NUM_DRAWS} draws): " + ", ".join(f"{k} {v:.3f}" for k, v in ksd.items())
-          + f" (MixFlow N={num_flows}, L={leapfrog_steps}, epsilon={flow.step_size})", flush=True)
-    print(f"{name} MixFlow seconds per i.i.d. draw ({NUM_DRAWS} draws vectorised): "
-          f"{per_draw:.2e}", flush=True)  # fmt: skip
+    ksd = {
+        label: imq_ksd(d, scores_of(target, d))
+        for label, d in (
+            ("q0", reference),
+            ("MixFlow", mixflow_draws),
+            ("NUTS", nuts_draws),
+            ("RealNVP", realnvp_draws),
+        )
+    }
+    print(
+        f"{name} KSD ({NUM_DRAWS} draws): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in ksd.items())
+        + f" (MixFlow N={num_flows}, L={leapfrog_steps}, epsilon={flow.step_size})",
+        flush=True,
+    )
+    print(
+        f"{name} MixFlow seconds per i.i.d. draw ({NUM_DRAWS} draws vectorised): {per_draw:.2e}",
+        flush=True,
+    )
 
 
 def main() -> None:

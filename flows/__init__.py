@@ -1,9 +1,10 @@
-"""Normalizing flows: planar, radial, affine coupling (RealNVP), rational-quadratic spline
-coupling, and stochastic normalizing flows; each builder returns a variational family for
-``inferax.variational.fit``."""
+"""Normalizing flows as values: bijections (planar, radial, affine coupling (RealNVP),
+rational-quadratic spline coupling) and the blocks of stochastic normalizing flows. Each
+builder returns a flow's recipe; ``inferax.variational.fit`` trains it."""
 
 from inferax.flows.coupling import RealNVP as RealNVP
 from inferax.flows.coupling import realnvp as realnvp
+from inferax.flows.flow import AbstractFlow as AbstractFlow
 from inferax.flows.flow import AbstractTransform as AbstractTransform
 from inferax.flows.flow import Flow as Flow
 from inferax.flows.flow import LayerScan as LayerScan
@@ -24,6 +25,7 @@ from inferax.flows.stochastic import metropolis_block as metropolis_block
 from inferax.flows.stochastic import stochastic as stochastic
 
 __all__ = [
+    "AbstractFlow",
     "AbstractStochasticBlock",
     "AbstractTransform",
     "Flow",

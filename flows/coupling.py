@@ -10,7 +10,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from inferax.flows.flow import AbstractTransform, Flow, LayerScan
+from inferax.flows.flow import AbstractTransform, Flow, LayerScan, check_num_layers
 from inferax.flows.mlp import mlp_apply, mlp_init
 from inferax.typing import PRNGKey
 
@@ -21,11 +21,13 @@ def alternating_mask(dim: int, layer: int) -> jax.Array:
 
 
 def check_coupling_dim(dim: int) -> None:
+    """Refuses a target of fewer than 2 coordinates, which a coupling layer cannot split."""
     if dim < 2:
         raise ValueError(f"coupling flows need at least 2 coordinates, the target has {dim}")
 
 
-def _check_hidden(hidden) -> tuple[int, ...]:
+def check_hidden(hidden) -> tuple[int, ...]:
+    """``hidden``, checked to be a tuple of positive layer widths."""
     hidden = tuple(hidden)
     if not all(isinstance(h, int) and h > 0 for h in hidden):
         raise ValueError(f"hidden must be a tuple of positive layer widths, got {hidden!r}")
@@ -80,18 +82,20 @@ class RealNVP(AbstractTransform):
 
 
 def realnvp(
-    num_layers: int, hidden: tuple[int, ...] = (64, 64), *, scale: str = "softplus",
-    scale_bound: float = 2.0, base_scale: float = 2.0,
-) -> Flow:  # fmt: skip
+    num_layers: int,
+    hidden: tuple[int, ...] = (64, 64),
+    *,
+    scale: str = "softplus",
+    scale_bound: float = 2.0,
+    base_scale: float = 2.0,
+) -> Flow:
     """An affine coupling flow: ``num_layers`` layers, each fixing half the coordinates
     (alternately) and moving the others by ``x * s + t``, with ``(s, t)`` an MLP of the
     fixed half. Each layer starts as the identity.
 
     The scale ``s`` is ``softplus(raw + c) + 0.01`` by default, as in flowjax's coupling
     flow: at least 0.01 and unbounded above. ``scale="tanh"`` bounds the log-scale instead,
-    ``log s = scale_bound * tanh(raw / scale_bound)``, as in the issue's reference runs. On
-    U4 (mean gap over keys 0-4, 20,000 steps) the softplus scale's was 0.066 and the
-    tanh-bounded one's 0.083.
+    ``log s = scale_bound * tanh(raw / scale_bound)``.
 
     Args:
       num_layers: coupling layers.
@@ -101,27 +105,27 @@ def realnvp(
       base_scale: the base's standard deviation at the start (it is trained).
 
     Returns:
-      An unfitted ``Flow``.
+      A ``Flow``, for ``variational.fit`` or ``variational.normalizing_flow``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from inferax import flows
-      >>> q = flows.realnvp(4, (16,)).init(jax.random.key(0), jnp.zeros(2))
-      >>> x, log_q = q.sample_and_log_prob(jax.random.key(1))
-      >>> bool(jnp.allclose(q.log_prob(x), log_q, atol=1e-5))
+      >>> flow = flows.realnvp(4, (16,))
+      >>> f = flow.transform.bijector(flow.transform.init(jax.random.key(0), 2))
+      >>> x, log_det = f.forward_and_log_det(jnp.array([0.5, -1.0]))
+      >>> bool(jnp.allclose(f.inverse(x), jnp.array([0.5, -1.0]), atol=1e-5))
       True
 
     References:
       Dinh, Sohl-Dickstein, Bengio, "Density estimation using Real NVP", 2017.
     """
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    check_num_layers(num_layers)
     if scale not in SCALE_KINDS:
         raise ValueError(f"scale must be one of {SCALE_KINDS}, got {scale!r}")
     if not scale_bound > 0:
         raise ValueError(f"scale_bound must be positive, got {scale_bound!r}")
-    transform = RealNVP(num_layers, _check_hidden(hidden), scale, float(scale_bound))
+    transform = RealNVP(num_layers, check_hidden(hidden), scale, float(scale_bound))
     return Flow(transform, float(base_scale))
 
 
-__all__ = ["RealNVP", "alternating_mask", "realnvp"]
+__all__ = ["RealNVP", "alternating_mask", "check_coupling_dim", "check_hidden", "realnvp"]

@@ -10,7 +10,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from inferax.flows.flow import AbstractTransform, Flow, LayerScan
+from inferax.flows.flow import AbstractTransform, Flow, LayerScan, check_num_layers
 from inferax.typing import PRNGKey
 
 BISECTION_STEPS = 60
@@ -107,21 +107,21 @@ def planar(num_layers: int, *, base_scale: float = 2.0) -> Flow:
       base_scale: the base's standard deviation.
 
     Returns:
-      An unfitted ``Flow``.
+      A ``Flow``, for ``variational.fit`` or ``variational.normalizing_flow``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from inferax import flows
-      >>> q = flows.planar(4).init(jax.random.key(0), jnp.zeros(2))
-      >>> x, log_q = q.sample_and_log_prob(jax.random.key(1))
-      >>> bool(jnp.allclose(q.log_prob(x), log_q, atol=1e-4))
+      >>> flow = flows.planar(4)
+      >>> f = flow.transform.bijector(flow.transform.init(jax.random.key(0), 2))
+      >>> x, log_det = f.forward_and_log_det(jnp.array([0.5, -1.0]))
+      >>> bool(jnp.allclose(f.inverse(x), jnp.array([0.5, -1.0]), atol=1e-4))
       True
 
     References:
       Rezende, Mohamed, "Variational Inference with Normalizing Flows", 2015.
     """
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    check_num_layers(num_layers)
     return Flow(Planar(num_layers), float(base_scale))
 
 

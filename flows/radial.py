@@ -10,7 +10,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from inferax.flows.flow import AbstractTransform, Flow, LayerScan
+from inferax.flows.flow import AbstractTransform, Flow, LayerScan, check_num_layers
 from inferax.typing import PRNGKey
 
 
@@ -77,16 +77,20 @@ def radial(num_layers: int, *, base_scale: float = 2.0) -> Flow:
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from inferax import flows
-      >>> q = flows.radial(4).init(jax.random.key(0), jnp.zeros(2))
-      >>> x, log_q = q.sample_and_log_prob(jax.random.key(1))
-      >>> bool(jnp.allclose(q.log_prob(x), log_q, atol=1e-4))
+      >>> transform = flows.radial(4).transform
+      >>> params = transform.init(jax.random.key(0), 2)
+      >>> params["beta"] = params["beta"] + 1.0  # move the layers off the identity
+      >>> f = transform.bijector(params)
+      >>> z = jnp.array([0.5, -1.0])
+      >>> _, log_det = f.forward_and_log_det(z)
+      >>> _, inverse_log_det = f.inverse_and_log_det(f.forward(z))
+      >>> bool(jnp.allclose(log_det, -inverse_log_det, atol=1e-4))
       True
 
     References:
       Rezende, Mohamed, "Variational Inference with Normalizing Flows", 2015.
     """
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    check_num_layers(num_layers)
     return Flow(Radial(num_layers), float(base_scale))
 
 

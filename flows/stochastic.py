@@ -1,22 +1,21 @@
 """Stochastic normalizing flows (Wu, Köhler, Noé 2020): deterministic bijections interleaved
 with Langevin or Metropolis blocks on energies interpolated between the base and the
-target, trained and weighted on path space."""
+target. This module holds the blocks and the flow's recipe; the variational family that
+trains it and weights its draws on path space is ``variational.StochasticNormalizingFlow``.
+"""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import math
-from collections.abc import Callable
-from typing import Any, Self, final
+from typing import final
 
 import jax
 import jax.numpy as jnp
+from blackjax.mcmc.diffusions import DiffusionState, overdamped_langevin
+from blackjax.util import generate_gaussian_noise
 
-from inferax.flows.flow import AbstractTransform, Flow
-from inferax.typing import PRNGKey
-from inferax.pytree import pytree_dataclass, static_field
-from inferax.variational.family import AbstractFamily, standard_normal_logpdf
+from inferax.flows.flow import AbstractFlow, AbstractTransform, Flow
 
 
 class AbstractStochasticBlock(abc.ABC):
@@ -30,6 +29,7 @@ class AbstractStochasticBlock(abc.ABC):
     step_size: float
 
     def init(self) -> jax.Array:
+        """The block's parameter: its log step size."""
         return jnp.log(jnp.asarray(self.step_size))
 
     @abc.abstractmethod
@@ -40,7 +40,8 @@ class AbstractStochasticBlock(abc.ABC):
 @final
 @dataclasses.dataclass(frozen=True)
 class LangevinBlock(AbstractStochasticBlock):
-    """Unadjusted overdamped Langevin: ``y' = y - eps grad u(y) + sqrt(2 eps) eta``.
+    """Unadjusted overdamped Langevin, blackjax's Euler step of the diffusion:
+    ``y' = y - eps grad u(y) + sqrt(2 eps) eta``.
 
     ``Delta S = (|eta|^2 - |eta_tilde|^2) / 2`` with the backward noise
     ``eta_tilde = sqrt(eps / 2) (grad u(y) + grad u(y')) - eta``.
@@ -52,12 +53,16 @@ class LangevinBlock(AbstractStochasticBlock):
 
     def step(self, rng_key, y, energy_fn, log_step_size):
         eps = jnp.exp(log_step_size)
-        grad = jax.grad(energy_fn)
-        eta = jax.random.normal(rng_key, y.shape, y.dtype)
-        grad_y = grad(y)
-        y_next = y - eps * grad_y + jnp.sqrt(2.0 * eps) * eta
-        eta_tilde = jnp.sqrt(eps / 2.0) * (grad_y + grad(y_next)) - eta
-        return y_next, 0.5 * (jnp.sum(eta**2) - jnp.sum(eta_tilde**2))
+
+        def logdensity_and_grad(point):
+            energy, grad = jax.value_and_grad(energy_fn)(point)
+            return -energy, -grad
+
+        state = DiffusionState(y, *logdensity_and_grad(y))
+        new = overdamped_langevin(logdensity_and_grad)(rng_key, state, eps)
+        eta = generate_gaussian_noise(rng_key, y)  # the noise the step drew from this key
+        eta_tilde = -jnp.sqrt(eps / 2.0) * (state.logdensity_grad + new.logdensity_grad) - eta
+        return new.position, 0.5 * (jnp.sum(eta**2) - jnp.sum(eta_tilde**2))
 
 
 @final
@@ -92,77 +97,14 @@ def metropolis_block(lam: float, num_steps: int = 1, step_size: float = 0.5) -> 
 
 
 @final
-@pytree_dataclass
-class StochasticFlow(AbstractFamily):
-    """A stochastic normalizing flow: ``y_0 ~ N(loc, base_scale^2 I)``, then ``blocks`` in
-    order, deterministic bijections and stochastic blocks.
+@dataclasses.dataclass(frozen=True)
+class StochasticFlow(AbstractFlow):
+    """A stochastic normalizing flow's recipe: ``y_0 ~ N(loc, base_scale^2 I)``, then
+    ``blocks`` in order, bijections (``AbstractTransform``) and stochastic blocks
+    (``AbstractStochasticBlock``)."""
 
-    ``q`` has no tractable density, so the family gives importance weights on path space
-    instead: ``log w = -u_X(y_T) + u_Z(y_0) + sum_t Delta S_t``, where ``u_X = -log p``,
-    ``u_Z`` is the base's energy, ``Delta S`` of a bijection is its ``log|det J|``, and of a
-    stochastic block its log backward/forward transition ratio. ``E[w] = Z``, so every
-    objective of ``variational.fit`` trains it (with the reparameterisation estimator).
-
-    Args:
-      blocks: a tuple of ``AbstractTransform`` and ``AbstractStochasticBlock``.
-      base_scale: the base's standard deviation.
-      params: ``{"loc": (dim,), "blocks": [...]}``, or ``None`` before ``init``.
-    """
-
-    blocks: tuple = static_field()
-    base_scale: float = static_field(default=1.0)
-    params: Any = None
-
-    def init(self, rng_key: PRNGKey, position: jax.Array) -> Self:
-        keys = jax.random.split(rng_key, len(self.blocks))
-        block_params = [
-            block.init(k, position.shape[0]) if isinstance(block, AbstractTransform)
-            else block.init()
-            for block, k in zip(self.blocks, keys, strict=True)
-        ]  # fmt: skip
-        return StochasticFlow(self.blocks, self.base_scale,
-                              {"loc": position, "blocks": block_params})  # fmt: skip
-
-    def _base_energy(self, y: jax.Array) -> jax.Array:
-        eps = (y - self.params["loc"]) / self.base_scale
-        return -(standard_normal_logpdf(eps) - y.size * math.log(self.base_scale))
-
-    def sample_and_log_weight(
-        self, rng_key: PRNGKey, logdensity_fn: Callable[[jax.Array], jax.Array]
-    ) -> tuple[jax.Array, jax.Array]:
-        self._check_initialized()
-        loc = self.params["loc"]
-        base_key, *block_keys = jax.random.split(rng_key, len(self.blocks) + 1)
-        y = loc + self.base_scale * jax.random.normal(base_key, loc.shape, loc.dtype)
-        log_w = self._base_energy(y)
-        for block, params, key in zip(self.blocks, self.params["blocks"], block_keys,
-                                      strict=True):  # fmt: skip
-            if isinstance(block, AbstractTransform):
-                y, log_det = block.bijector(params).forward_and_log_det(y)
-                log_w = log_w + log_det
-                continue
-
-            def energy(point, lam=block.lam):
-                return (1.0 - lam) * self._base_energy(point) - lam * logdensity_fn(point)
-
-            def one_step(carry, step_key, block=block, params=params, energy=energy):
-                y, delta = carry
-                y, step_delta = block.step(step_key, y, energy, params)
-                return (y, delta + step_delta), None
-
-            (y, delta), _ = jax.lax.scan(
-                one_step, (y, jnp.zeros((), y.dtype)), jax.random.split(key, block.num_steps)
-            )
-            log_w = log_w + delta
-        return y, log_w + logdensity_fn(y)
-
-    def sample_and_log_prob(self, rng_key: PRNGKey):
-        raise NotImplementedError(
-            "a stochastic flow has no tractable log q: use sample_and_log_weight"
-        )
-
-    def log_prob(self, x: jax.Array):
-        raise NotImplementedError("a stochastic flow has no tractable log q")
+    blocks: tuple
+    base_scale: float = 2.0
 
 
 def stochastic(blocks, *, base_scale: float = 2.0) -> StochasticFlow:
@@ -171,15 +113,19 @@ def stochastic(blocks, *, base_scale: float = 2.0) -> StochasticFlow:
     ``AbstractTransform``) and stochastic blocks (``flows.langevin_block``,
     ``flows.metropolis_block``).
 
+    Args:
+      blocks: the blocks, in the sampling direction.
+      base_scale: the base's standard deviation.
+
+    Returns:
+      A ``StochasticFlow``, for ``variational.fit`` or ``variational.stochastic_flow``.
+
     Examples:
-      >>> import jax, jax.numpy as jnp
       >>> from inferax import flows
-      >>> q = flows.stochastic([flows.realnvp(2, (8,)), flows.langevin_block(0.5),
-      ...                       flows.realnvp(2, (8,)), flows.metropolis_block(1.0)])
-      >>> q = q.init(jax.random.key(0), jnp.zeros(2))
-      >>> x, log_w = q.sample_and_log_weight(jax.random.key(1), lambda x: -0.5 * x @ x)
-      >>> x.shape, log_w.shape
-      ((2,), ())
+      >>> flow = flows.stochastic([flows.realnvp(2, (8,)), flows.langevin_block(0.5),
+      ...                          flows.realnvp(2, (8,)), flows.metropolis_block(1.0)])
+      >>> len(flow.blocks)
+      4
 
     References:
       Wu, Köhler, Noé, "Stochastic Normalizing Flows", 2020.

@@ -22,8 +22,7 @@ def _perturbed(family, key):
     leaves, treedef = jax.tree.flatten(family)
     keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
     leaves = [
-        leaf + 0.3 * jax.random.normal(k, leaf.shape)
-        for leaf, k in zip(leaves, keys, strict=True)
+        leaf + 0.3 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys, strict=True)
     ]
     return jax.tree.unflatten(treedef, leaves)
 
@@ -39,11 +38,13 @@ def _gaussian_map(family):
 
 
 def _flow_map(family):
+    flow = family.flow
+
     def base(z):
-        if family.train_base_scale:
-            sigma = family.base_scale * jnp.exp(family.params["log_scale"])
+        if flow.train_base_scale:
+            sigma = flow.base_scale * jnp.exp(family.params["log_scale"])
         else:
-            sigma = jnp.full(z.shape, family.base_scale)
+            sigma = jnp.full(z.shape, flow.base_scale)
         eps = (z - family.params["loc"]) / sigma
         return standard_normal_logpdf(eps) - jnp.sum(jnp.log(sigma))
 
@@ -53,12 +54,14 @@ def _flow_map(family):
 FAMILIES = {
     "meanfield_gaussian": variational.meanfield_gaussian(),
     "fullrank_gaussian": variational.fullrank_gaussian(),
-    "planar": flows.planar(3),
-    "radial": flows.radial(3),
-    "realnvp": flows.realnvp(2, (8,)),
-    "realnvp_tanh": flows.realnvp(2, (8,), scale="tanh"),
-    "spline": flows.spline(2, (8,), 4, interval=3.0),
-    "spline_unbounded": flows.spline(2, (8,), 4, interval=3.0, output_bound=None),
+    "planar": variational.normalizing_flow(flows.planar(3)),
+    "radial": variational.normalizing_flow(flows.radial(3)),
+    "realnvp": variational.normalizing_flow(flows.realnvp(2, (8,))),
+    "realnvp_tanh": variational.normalizing_flow(flows.realnvp(2, (8,), scale="tanh")),
+    "spline": variational.normalizing_flow(flows.spline(2, (8,), 4, interval=3.0)),
+    "spline_unbounded": variational.normalizing_flow(
+        flows.spline(2, (8,), 4, interval=3.0, output_bound=None)
+    ),
 }
 """Every family with a tractable density; the conformance tests run on each."""
 
@@ -70,7 +73,7 @@ def family(request):
 
 
 def _base_and_map(family):
-    if isinstance(family, flows.Flow):
+    if isinstance(family, variational.NormalizingFlow):
         return _flow_map(family)
     return _gaussian_map(family)
 
@@ -79,7 +82,7 @@ def _base_and_map(family):
 def _conformance(family, key):
     base_logpdf, forward = _base_and_map(family)
     base_points = 1.5 * jax.random.normal(key, (8, DIM))
-    if isinstance(family, flows.Flow):
+    if isinstance(family, variational.NormalizingFlow):
         base_points = base_points + family.params["loc"][None, :]
 
     def expected(z):
@@ -163,8 +166,22 @@ def test_bad_configurations_are_refused():
     with pytest.raises(ValueError, match="base_scale must be positive"):
         flows.planar(2, base_scale=0.0)
     with pytest.raises(ValueError, match="at least 2"):
-        flows.realnvp(2, (4,)).init(jax.random.key(0), jnp.zeros(1))
+        variational.normalizing_flow(flows.realnvp(2, (4,))).init(jax.random.key(0), jnp.zeros(1))
     with pytest.raises(ValueError, match="no parameters"):
-        flows.planar(2).log_prob(jnp.zeros(2))
+        variational.normalizing_flow(flows.planar(2)).log_prob(jnp.zeros(2))
     with pytest.raises(TypeError, match="block"):
         flows.stochastic([object()])
+    with pytest.raises(TypeError, match="Flow"):
+        variational.normalizing_flow(flows.stochastic([flows.langevin_block(0.5)]))
+
+
+def test_flows_do_not_load_the_variational_engine(tmp_path):
+    # flows sit below variational: importing them must not import the VI engine.
+    import subprocess
+    import sys
+
+    code = "import sys, inferax.flows; print('inferax.variational' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert out.stdout.strip() == "False"

@@ -36,14 +36,20 @@ def gaussian_target():
 @pytest.fixture(scope="module")
 def fullrank_fit(gaussian_target):
     return variational.fit(
-        gaussian_target, variational.fullrank_gaussian(), jax.random.key(0),
-        optimizer=optax.adam(optax.exponential_decay(0.05, 1500, 0.02)), num_steps=1500,
-        num_particles=8, estimator="stl", progress=False,
-    )  # fmt: skip
+        gaussian_target,
+        variational.fullrank_gaussian(),
+        jax.random.key(0),
+        optimizer=optax.adam(optax.exponential_decay(0.05, 1500, 0.02)),
+        num_steps=1500,
+        num_particles=8,
+        estimator="stl",
+        progress=False,
+    )
 
 
 def test_fullrank_recovers_a_gaussian_and_its_evidence(fullrank_fit):
-    q = fullrank_fit.params
+    q = fullrank_fit.family
+    assert fullrank_fit.params is q.params
     tril = np.asarray(q.scale_tril())
     np.testing.assert_allclose(q.params["loc"], MEAN, atol=0.03)
     np.testing.assert_allclose(tril @ tril.T, COV, atol=0.05)
@@ -77,10 +83,15 @@ def test_chunking_does_not_change_the_fit_and_a_second_call_does_not_compile(gau
 
     def run(chunk_size):
         return variational.fit(
-            gaussian_target, variational.meanfield_gaussian(), jax.random.key(5),
-            optimizer=optimizer, num_steps=30, num_particles=2, chunk_size=chunk_size,
+            gaussian_target,
+            variational.meanfield_gaussian(),
+            jax.random.key(5),
+            optimizer=optimizer,
+            num_steps=30,
+            num_particles=2,
+            chunk_size=chunk_size,
             progress=False,
-        )  # fmt: skip
+        )
 
     whole, chunked = run(30), run(7)
     np.testing.assert_allclose(chunked.losses, whole.losses, rtol=1e-5)
@@ -95,9 +106,15 @@ def test_fits_a_numpyro_model():
     target = inferax.from_numpyro(
         examples.eight_schools_noncentered, data["J"], data["sigma"], y=data["y"]
     )
-    approx = variational.fit(target, variational.meanfield_gaussian(), jax.random.key(6),
-                             optimizer=optax.adam(0.02), num_steps=100, num_particles=4,
-                             progress=False)  # fmt: skip
+    approx = variational.fit(
+        target,
+        variational.meanfield_gaussian(),
+        jax.random.key(6),
+        optimizer=optax.adam(0.02),
+        num_steps=100,
+        num_particles=4,
+        progress=False,
+    )
     dt = approx.to_datatree(jax.random.key(7), 100)
     posterior = dt["posterior"].dataset
     assert {"mu", "tau", "theta", "theta_tilde"} <= set(posterior.data_vars)
@@ -117,6 +134,10 @@ def test_bad_arguments_are_refused(gaussian_target):
         variational.fit(gaussian_target, family, 0, **kwargs)
     with pytest.raises(TypeError, match="family"):
         variational.fit(gaussian_target, object(), jax.random.key(0), **kwargs)
+    with pytest.raises(TypeError, match="inferax.variational.gp.fit"):
+        variational.fit({"x": jnp.zeros(3)}, family, jax.random.key(0), **kwargs)
+    with pytest.raises(TypeError, match="batch_size"):
+        variational.fit(gaussian_target, family, jax.random.key(0), batch_size=2, **kwargs)
 
 
 # A conjugate toy model: z ~ N(0, 1), x | z ~ N(z, 1), x = 1.5 observed; log Z = log N(1.5;
@@ -139,13 +160,16 @@ def _toy_logdensity(z):
 @jax.jit
 def _bounds(key):
     objectives = [
-        variational.elbo(1), variational.iwae(4), variational.iwae(16), variational.iwae(64),
-        variational.miwae(4, 4), variational.ciwae(16, beta=0.5), variational.piwae(4, 4),
-    ]  # fmt: skip
-    keys = jax.random.split(key, REPLICATES)
-    return [
-        -jax.vmap(lambda k, o=o: o(TOY_PRIOR_Q, k, _toy_logdensity))(keys) for o in objectives
+        variational.elbo(1),
+        variational.iwae(4),
+        variational.iwae(16),
+        variational.iwae(64),
+        variational.miwae(4, 4),
+        variational.ciwae(16, beta=0.5),
+        variational.piwae(4, 4),
     ]
+    keys = jax.random.split(key, REPLICATES)
+    return [-jax.vmap(lambda k, o=o: o(TOY_PRIOR_Q, k, _toy_logdensity))(keys) for o in objectives]
 
 
 def test_importance_weighted_bounds_tighten_with_k():
@@ -198,9 +222,16 @@ def test_stochastic_flow_evidence_is_unbiased():
     target = examples.double_well()
     family = flows.stochastic(
         [flows.realnvp(2, (8,)), flows.langevin_block(0.5), flows.metropolis_block(1.0)]
-    )  # fmt: skip
-    approx = variational.fit(target, family, jax.random.key(10), optimizer=optax.adam(3e-3),
-                             num_steps=100, num_particles=16, progress=False)  # fmt: skip
+    )
+    approx = variational.fit(
+        target,
+        family,
+        jax.random.key(10),
+        optimizer=optax.adam(3e-3),
+        num_steps=100,
+        num_particles=16,
+        progress=False,
+    )
     log_w = np.asarray(approx.log_weights(jax.random.key(11), 20000)[1], np.float64)
     w = np.exp(log_w - log_w.max())
     log_z_hat = log_w.max() + np.log(w.mean())
@@ -227,8 +258,15 @@ GAP_MARGIN = 0.1
 def test_realnvp_gap_on_rezende_energies_at_reduced_steps(name, realnvp_small):
     family, optimizer = realnvp_small
     target = examples.ENERGIES[name]()
-    approx = variational.fit(target, family, jax.random.key(0), optimizer=optimizer,
-                             num_steps=1000, num_particles=128, progress=False)  # fmt: skip
+    approx = variational.fit(
+        target,
+        family,
+        jax.random.key(0),
+        optimizer=optimizer,
+        num_steps=1000,
+        num_particles=128,
+        progress=False,
+    )
     elbo, se = approx.elbo(jax.random.key(1), 1000)
     gap = examples.ENERGY_LOG_Z[name] - elbo
     assert -3 * se < gap < MEASURED_GAPS[name] + GAP_MARGIN, (name, gap, se)

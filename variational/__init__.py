@@ -1,6 +1,7 @@
-"""Variational inference: the engine (``fit``), its objectives, and the Gaussian families.
-Normalizing flows are in ``inferax.flows``; sparse Gaussian processes in
-``variational.gp``; SDEs driven by fractional noise in ``variational.sde``."""
+"""Variational inference: the engine (``fit``), its objectives, and the families: Gaussian,
+normalizing and stochastic flows (whose bijections and blocks are in ``inferax.flows``),
+and MixFlows. Sparse Gaussian processes are in ``variational.gp`` and SDEs driven by
+fractional noise in ``variational.sde``, each with its own ``fit``."""
 
 import importlib
 
@@ -8,6 +9,10 @@ from inferax.variational.engine import Approximation as Approximation
 from inferax.variational.engine import fit as fit
 from inferax.variational.engine import psis_khat as psis_khat
 from inferax.variational.family import AbstractFamily as AbstractFamily
+from inferax.variational.flow import NormalizingFlow as NormalizingFlow
+from inferax.variational.flow import StochasticNormalizingFlow as StochasticNormalizingFlow
+from inferax.variational.flow import normalizing_flow as normalizing_flow
+from inferax.variational.flow import stochastic_flow as stochastic_flow
 from inferax.variational.gaussian import FullrankGaussian as FullrankGaussian
 from inferax.variational.gaussian import MeanfieldGaussian as MeanfieldGaussian
 from inferax.variational.gaussian import fullrank_gaussian as fullrank_gaussian
@@ -41,6 +46,8 @@ __all__ = [
     "MeanfieldGaussian",
     "MixFlow",
     "MixFlowState",
+    "NormalizingFlow",
+    "StochasticNormalizingFlow",
     "ciwae",
     "elbo",
     "fit",
@@ -51,7 +58,9 @@ __all__ = [
     "meanfield_gaussian",
     "miwae",
     "mixflow",
+    "normalizing_flow",
     "piwae",
     "psis_khat",
     "sde",
+    "stochastic_flow",
 ]

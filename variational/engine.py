@@ -1,27 +1,28 @@
-"""``variational.fit``: train any family on any ``Target`` in compiled chunks,
-and the ``Approximation`` it returns."""
+"""``variational.fit``: train a variational family on a ``Target`` with the core's one
+training loop, and the ``Approximation`` it returns."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import time
+from collections.abc import Callable
 from typing import final
 
 import arviz_base
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
-from inferax.compile_cache import compiled
-from inferax.progress import ProgressBar, progress_enabled
-from inferax.validation import check_count, check_key, check_logdensity_shape
+from inferax.flows.flow import AbstractFlow
 from inferax.target import Target
+from inferax.training import train
 from inferax.typing import ArrayTree, PRNGKey
+from inferax.validation import check_count, check_key, check_logdensity_shape
 from inferax.variational.family import AbstractFamily
+from inferax.variational.flow import as_family
 from inferax.variational.objectives import resolve_objective
 
 
@@ -32,9 +33,43 @@ def flat_logdensity(target: Target):
     return (lambda x: target.logdensity(unravel(x))), unravel
 
 
+def precision(family: AbstractFamily):
+    """The context the family's programs run in: ``jax.enable_x64`` for a family that
+    computes in float64 (``family.float64``), none otherwise."""
+    return jax.enable_x64(True) if family.float64 else contextlib.nullcontext()
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class ObjectiveStep:
+    """One optimiser step on a variational objective, the step ``inferax.training.train``
+    runs: ``state = (family, optimizer state)``, ``data`` the target.
+
+    Args:
+      optimizer: an optax optimizer.
+      objective: ``(family, rng_key, logdensity_fn) -> loss``.
+    """
+
+    optimizer: optax.GradientTransformation
+    objective: Callable
+
+    def __call__(self, state, rng_key: PRNGKey, target: Target):
+        family, opt_state = state
+        logdensity_fn, _ = flat_logdensity(target)
+        loss, grads = jax.value_and_grad(self.objective)(family, rng_key, logdensity_fn)
+        updates, opt_state = self.optimizer.update(grads, opt_state, family)
+        return (optax.apply_updates(family, updates), opt_state), {"loss": loss}
+
+
+NOT_A_TARGET = (
+    "sparse GPs and fractional SDEs have their own fit: inferax.variational.gp.fit / "
+    "inferax.variational.sde.fit"
+)
+
+
 def fit(
     target: Target,
-    family: AbstractFamily,
+    family: AbstractFamily | AbstractFlow,
     rng_key: PRNGKey,
     *,
     optimizer: optax.GradientTransformation,
@@ -45,22 +80,25 @@ def fit(
     chunk_size: int = 500,
     progress: bool | None = None,
     num_khat_draws: int = 1000,
-    **family_settings,
 ) -> Approximation:
     """Fits ``family`` to ``target`` by stochastic optimisation of a variational bound.
 
     The target's unconstrained position is flattened to one vector of ``dim``
     coordinates; the family is initialised there (``family.init``) unless it already has
-    parameters. Steps run in a ``lax.fori_loop`` over compiled chunks of ``chunk_size`` steps with
-    the progress bar of ``inferax.sample``; step ``t`` uses ``fold_in(key, t)``, so the
-    result does not depend on ``chunk_size``; compiled chunks are kept per target, so a
-    second fit with the same target, family structure, optimizer and objective objects
-    does not compile again.
+    parameters. A flow's recipe (``flows.realnvp(...)`` and the other builders,
+    ``flows.stochastic(...)``) is first wrapped in its family, ``normalizing_flow`` or
+    ``stochastic_flow``. A MixFlow's only trained part is its mean-field reference, which
+    is fitted here; its step size is not (see ``MixFlow.tune``).
+
+    Steps run on ``inferax.training.train``: compiled chunks of ``chunk_size`` steps, the
+    progress bar, step ``t`` keyed by ``fold_in(key, t)`` (so the result does not depend
+    on ``chunk_size``), and compiled chunks kept per target, so a second fit with the same
+    target, family structure, optimizer and objective objects does not compile again.
 
     Args:
-      target: the log density.
+      target: the log density, an ``inferax.Target``.
       family: a variational family, such as ``variational.fullrank_gaussian()`` or
-        ``flows.realnvp(8, (64, 64))``.
+        ``variational.mixflow(target)``, or a flow, such as ``flows.realnvp(8, (64, 64))``.
       rng_key: the key for everything random here.
       optimizer: an optax optimizer.
       num_steps: optimisation steps.
@@ -73,13 +111,13 @@ def fit(
       chunk_size: steps per compiled chunk.
       progress: show a progress bar; ``None``: on an interactive terminal, not under CI.
       num_khat_draws: draws for the PSIS k-hat of the fitted approximation.
-      **family_settings: settings for a family with its own ``fit_by_engine`` (a sparse
-        GP's ``batch_size``, ``fixed``); refused for any other family.
 
     Returns:
-      An ``Approximation``; for a family with its own ``fit_by_engine`` (a MixFlow, a
-      FractionalSDE, whose target is ``sde.Observations``, a sparse GP, whose target is
-      ``gp.Dataset``), what that returns.
+      An ``Approximation``.
+
+    Raises:
+      TypeError: when ``target`` is not a ``Target`` (sparse GPs and fractional SDEs
+        have their own ``fit``) or ``family`` is neither a family nor a flow.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, inferax
@@ -89,29 +127,20 @@ def fit(
       >>> approx = variational.fit(target, variational.meanfield_gaussian(),
       ...                          jax.random.key(0), optimizer=optax.adam(0.05),
       ...                          num_steps=300, num_particles=4, progress=False)
-      >>> bool(jnp.allclose(approx.params.params["loc"], 1.0, atol=0.2))
+      >>> bool(jnp.allclose(approx.params["loc"], 1.0, atol=0.2))
       True
 
     References:
       Yao, Vehtari, Simpson, Gelman, "Yes, but Did It Work?: Evaluating Variational
       Inference", 2018 (the k-hat).
     """
-    own_fit = getattr(family, "fit_by_engine", None)
-    if own_fit is not None:
-        # A family that says what fitting means for it: a MixFlow, whose only fitted part
-        # is its reference; a FractionalSDE or a sparse GP, whose target is data, not a
-        # density.
-        return own_fit(target, rng_key, optimizer=optimizer, num_steps=num_steps,
-                       num_particles=num_particles, progress=progress,
-                       **family_settings)  # fmt: skip
-    if family_settings:
-        raise TypeError(f"fit got unexpected keyword argument(s) {sorted(family_settings)}")
     if not isinstance(target, Target):
-        raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
-    if not isinstance(family, AbstractFamily):
-        raise TypeError(f"family must be a variational family, got {type(family).__name__}")
+        raise TypeError(
+            f"target must be an inferax.Target, got {type(target).__name__}: {NOT_A_TARGET}"
+        )
+    family = as_family(family)
+    family.check_target(target)
     check_count("num_steps", num_steps, minimum=1)
-    check_count("chunk_size", chunk_size, minimum=1)
     check_count("num_khat_draws", num_khat_draws, minimum=2)
     rng_key = check_key(rng_key)
     check_logdensity_shape(target)
@@ -120,54 +149,25 @@ def fit(
     if not family.initialized:
         position, _ = ravel_pytree(target.init)
         family = family.init(init_key, position)
-    opt_state = optimizer.init(family)
-    static = {"optimizer": optimizer, "objective": objective, "chunk_size": chunk_size}
-    timing = {"compile": 0.0, "optimization": 0.0}
-    losses = []
-    bar = ProgressBar(num_steps, progress_enabled(progress), "fit")
-    bar.phase("optimization")
-    try:
-        for first in range(0, num_steps, chunk_size):
-            count = min(chunk_size, num_steps - first)
-            args = (target, family, opt_state, run_key, jnp.int32(first), jnp.int32(count))
-            program, seconds = compiled(target, _fit_chunk, static, *args)
-            timing["compile"] += seconds
-            start = time.perf_counter()
-            family, opt_state, chunk_losses = program(*args)
-            chunk_losses = np.asarray(chunk_losses)[:count]
-            timing["optimization"] += time.perf_counter() - start
-            losses.append(chunk_losses)
-            bar.advance(count)
-    finally:
-        bar.close()
+    part = family.trained_part()
+    result = train(
+        ObjectiveStep(optimizer, objective),
+        (part, optimizer.init(part)),
+        run_key,
+        target,
+        num_steps=num_steps,
+        chunk_size=chunk_size,
+        progress=progress,
+        owner=target,
+    )
     approx = Approximation(
-        family=family, target=target, losses=np.concatenate(losses), timing=timing
+        family=family.with_trained_part(result.state[0]),
+        target=target,
+        losses=result.trace["loss"],
+        timing=result.timing,
     )
     log_w = approx.log_weights(khat_key, num_khat_draws)[1]
     return dataclasses.replace(approx, khat=psis_khat(log_w))
-
-
-@functools.partial(jax.jit, static_argnames=("optimizer", "objective", "chunk_size"))
-def _fit_chunk(target, family, opt_state, run_key, first, count, optimizer, objective,
-               chunk_size):  # fmt: skip
-    logdensity_fn, _ = flat_logdensity(target)
-    loss_and_grad = jax.value_and_grad(objective)
-
-    def one_step(offset, carry):
-        family, opt_state, losses = carry
-        key = jax.random.fold_in(run_key, first + offset)
-        loss, grads = loss_and_grad(family, key, logdensity_fn)
-        updates, opt_state = optimizer.update(grads, opt_state, family)
-        losses = losses.at[offset].set(loss.astype(losses.dtype))
-        return optax.apply_updates(family, updates), opt_state, losses
-
-    # A loop with a traced trip count: XLA unrolls a scan of fixed length on CPU, and
-    # compile time then grows with chunk_size (two minutes for 300 steps of a planar flow).
-    losses = jnp.zeros(chunk_size, jnp.result_type(float))
-    family, opt_state, losses = jax.lax.fori_loop(
-        0, count, one_step, (family, opt_state, losses)
-    )
-    return family, opt_state, losses
 
 
 def psis_khat(log_weights) -> float:
@@ -206,8 +206,12 @@ def _sample_and_log_prob(family, rng_key, num_draws):
 class Approximation:
     """The result of ``variational.fit``: a fitted family on a target.
 
+    Methods that have no meaning for the family raise ``NotImplementedError``: a
+    stochastic flow or a MixFlow has no tractable ``log q`` of ``x``, so no ``log_prob``
+    nor ``sample_and_log_prob``; its draws, importance weights, ELBO and k-hat work.
+
     Attributes:
-      family: the fitted family (its ``params`` are the parameters).
+      family: the fitted family.
       target: the target it was fitted to.
       losses: the objective's loss at every step (the negative bound, estimated with the
         step's draws).
@@ -223,33 +227,36 @@ class Approximation:
     khat: float = float("nan")
 
     @property
-    def params(self) -> AbstractFamily:
-        """The fitted family, a pytree of parameters."""
-        return self.family
+    def params(self):
+        """The fitted family's parameters, a pytree of arrays."""
+        return self.family.params
 
-    def _unravel(self):
-        return ravel_pytree(self.target.init)[1]
+    def unravel(self, x: jax.Array) -> ArrayTree:
+        """Flat draws (leading axis) in the target's unconstrained pytree."""
+        return jax.vmap(ravel_pytree(self.target.init)[1])(x)
 
     def log_weights(self, rng_key: PRNGKey, n: int) -> tuple[jax.Array, jax.Array]:
         """``n`` flat draws and their importance log weights ``log p(x) - log q(x)``."""
-        x, log_w, _ = _draws_and_log_weights(self.target, self.family, rng_key, n)
+        with precision(self.family):
+            x, log_w, _ = _draws_and_log_weights(self.target, self.family, rng_key, n)
         return x, log_w
 
     def sample_and_log_prob(self, rng_key: PRNGKey, n: int) -> tuple[ArrayTree, jax.Array]:
         """``n`` draws in the target's unconstrained pytree (leading axis ``n``) and their
         ``log q``."""
-        x, log_q = _sample_and_log_prob(self.family, rng_key, n)
-        return jax.vmap(self._unravel())(x), log_q
+        with precision(self.family):
+            x, log_q = _sample_and_log_prob(self.family, rng_key, n)
+        return self.unravel(x), log_q
 
     def sample(self, rng_key: PRNGKey, n: int) -> ArrayTree:
         """``n`` draws in the target's unconstrained pytree, with a leading axis ``n``."""
-        x, _ = self.log_weights(rng_key, n)
-        return jax.vmap(self._unravel())(x)
+        return self.unravel(self.log_weights(rng_key, n)[0])
 
     def log_prob(self, x: ArrayTree) -> jax.Array:
         """``log q`` of draws in the target's unconstrained pytree, with a leading axis."""
         flat = jax.vmap(lambda point: ravel_pytree(point)[0])(x)
-        return _log_prob(self.family, flat)
+        with precision(self.family):
+            return _log_prob(self.family, flat)
 
     def elbo(self, rng_key: PRNGKey, n: int) -> float:
         """A Monte Carlo estimate of the ELBO on ``n`` draws, and its standard error."""
@@ -271,8 +278,9 @@ class Approximation:
         ``inferax.diagnostics.check`` recomputes the PSIS k-hat of these draws; and
         ``optimization`` with the loss trace ``loss`` (dim ``step``).
         """
-        x, log_w, lp = _draws_and_log_weights(self.target, self.family, rng_key, n)
-        points = jax.vmap(self._unravel())(x)
+        with precision(self.family):
+            x, log_w, lp = _draws_and_log_weights(self.target, self.family, rng_key, n)
+        points = self.unravel(x)
         draws = jax.vmap(self.target.constrain)(points)
         draws = {name: np.asarray(value)[None] for name, value in draws.items()}
         lp = np.asarray(lp)[None]
@@ -289,10 +297,8 @@ class Approximation:
             {"posterior": draws, "sample_stats": stats},
             attrs={"posterior": attrs, "sample_stats": attrs},
         )
-        tree["optimization"] = xr.Dataset(
-            {"loss": ("step", np.asarray(self.losses))}, attrs=attrs
-        )
+        tree["optimization"] = xr.Dataset({"loss": ("step", np.asarray(self.losses))}, attrs=attrs)
         return tree
 
 
-__all__ = ["Approximation", "fit", "flat_logdensity", "psis_khat"]
+__all__ = ["Approximation", "ObjectiveStep", "fit", "flat_logdensity", "precision", "psis_khat"]

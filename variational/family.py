@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable
-from typing import Self
+from typing import ClassVar, Self
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +22,16 @@ class AbstractFamily(abc.ABC):
     """A variational family: a pytree of parameters plus pure functions of one point.
 
     A family is built unfitted (``params`` is ``None``) from its configuration, for example
-    ``flows.realnvp(num_layers=8, hidden=(64, 64))``; ``init`` gives it parameters for a
-    target of ``dim`` unconstrained coordinates. Its methods work on one unbatched point
-    in the flat unconstrained space; callers batch with ``vmap``.
+    ``variational.meanfield_gaussian()``; ``init`` gives it parameters for a target of
+    ``dim`` unconstrained coordinates. Its methods work on one unbatched point in the flat
+    unconstrained space; callers batch with ``vmap``.
     """
 
     params: object
+
+    float64: ClassVar[bool] = False
+    """Whether the family computes in float64 whatever the global setting; ``fit`` and
+    ``Approximation`` then run its programs with ``jax.enable_x64``."""
 
     @abc.abstractmethod
     def init(self, rng_key: PRNGKey, position: jax.Array) -> Self:
@@ -54,11 +58,27 @@ class AbstractFamily(abc.ABC):
         x, log_q = self.sample_and_log_prob(rng_key)
         return x, logdensity_fn(x) - log_q
 
+    def check_target(self, target) -> None:
+        """Raises if the family was built for a target other than ``target`` (a MixFlow
+        holds its target); other families fit any target."""
+        del target
+
+    def trained_part(self) -> AbstractFamily:
+        """What ``fit`` optimises: the family itself, unless its only trained part is a
+        family inside it (a MixFlow's reference)."""
+        return self
+
+    def with_trained_part(self, part: AbstractFamily) -> AbstractFamily:
+        """The family with ``part``, as ``trained_part`` returns it, fitted."""
+        return part
+
     @property
     def initialized(self) -> bool:
+        """Whether the family has parameters."""
         return self.params is not None
 
-    def _check_initialized(self) -> None:
+    def check_initialized(self) -> None:
+        """Raises unless the family has parameters."""
         if self.params is None:
             raise ValueError(
                 f"{type(self).__name__} has no parameters yet: call .init(rng_key, position) "

@@ -7,8 +7,8 @@ from typing import Any, Self, final
 import jax
 import jax.numpy as jnp
 
-from inferax.typing import PRNGKey
 from inferax.pytree import pytree_dataclass
+from inferax.typing import PRNGKey
 from inferax.variational.family import AbstractFamily, standard_normal_logpdf
 
 
@@ -28,13 +28,13 @@ class MeanfieldGaussian(AbstractFamily):
         return MeanfieldGaussian({"loc": position, "log_scale": jnp.zeros_like(position)})
 
     def sample_and_log_prob(self, rng_key: PRNGKey) -> tuple[jax.Array, jax.Array]:
-        self._check_initialized()
+        self.check_initialized()
         loc, log_scale = self.params["loc"], self.params["log_scale"]
         eps = jax.random.normal(rng_key, loc.shape, loc.dtype)
         return loc + jnp.exp(log_scale) * eps, standard_normal_logpdf(eps) - jnp.sum(log_scale)
 
     def log_prob(self, x: jax.Array) -> jax.Array:
-        self._check_initialized()
+        self.check_initialized()
         loc, log_scale = self.params["loc"], self.params["log_scale"]
         return standard_normal_logpdf((x - loc) * jnp.exp(-log_scale)) - jnp.sum(log_scale)
 
@@ -64,16 +64,17 @@ class FullrankGaussian(AbstractFamily):
         return jnp.tril(raw, -1) + jnp.diag(jnp.exp(jnp.diag(raw)))
 
     def sample_and_log_prob(self, rng_key: PRNGKey) -> tuple[jax.Array, jax.Array]:
-        self._check_initialized()
+        self.check_initialized()
         loc = self.params["loc"]
         eps = jax.random.normal(rng_key, loc.shape, loc.dtype)
         log_det = jnp.sum(jnp.diag(self.params["scale_tril"]))
         return loc + self.scale_tril() @ eps, standard_normal_logpdf(eps) - log_det
 
     def log_prob(self, x: jax.Array) -> jax.Array:
-        self._check_initialized()
-        eps = jax.scipy.linalg.solve_triangular(self.scale_tril(), x - self.params["loc"],
-                                                lower=True)  # fmt: skip
+        self.check_initialized()
+        eps = jax.scipy.linalg.solve_triangular(
+            self.scale_tril(), x - self.params["loc"], lower=True
+        )
         return standard_normal_logpdf(eps) - jnp.sum(jnp.diag(self.params["scale_tril"]))
 
 

@@ -13,8 +13,13 @@ density (``N - 1`` inverse steps), and an unbiased ELBO whose orbit estimate cos
 map evaluations.
 
 Everything here runs in float64, whatever the global setting: the map is applied
-thousands of times, and in float32 its round-off makes ``T^-n T^n s`` drift from ``s`` by
-order one by ``N = 500``, which breaks the density.
+thousands of times, and in float32 its round-off makes ``T^-n T^n s`` drift from ``s``
+until the density is wrong (``docs/mixflows.md``).
+
+The map is MixFlow's own measure-preserving map, not an MCMC kernel: its leapfrog moves
+``x`` by ``sign(rho)`` (Laplace momentum), has no accept/reject step, and must run
+backwards exactly, so it is not blackjax's Gaussian-momentum integrator, nor the
+overdamped Langevin step of the stochastic flows.
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import ClassVar, Self, final
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.flatten_util import ravel_pytree
 from jax.scipy.special import logsumexp
 
-from inferax.validation import check_count, check_key
+from inferax.pytree import pytree_dataclass, static_field
 from inferax.target import Target
-from inferax.typing import ArrayTree, PRNGKey
+from inferax.typing import PRNGKey
+from inferax.validation import check_count, check_key
+from inferax.variational.family import AbstractFamily
+from inferax.variational.gaussian import MeanfieldGaussian
 
 REFRESH_SHIFT = math.pi / 16
 """``xi``, the shift of the auxiliary ``u`` per application of ``T``."""
@@ -61,12 +69,12 @@ def laplace_icdf(p: jax.Array) -> jax.Array:
     return jnp.sign(0.5 - p) * jnp.log1p(-2.0 * jnp.abs(p - 0.5))
 
 
-def _refresh_shift(x: jax.Array, u: jax.Array) -> jax.Array:
+def refresh_shift(x: jax.Array, u: jax.Array) -> jax.Array:
     """``z(x, u) = (sin(2x + u) + 1) / 2``, coordinate by coordinate."""
     return 0.5 * (jnp.sin(2.0 * x + u) + 1.0)
 
 
-def _leapfrog(grad_logdensity, x, rho, step_size, num_steps):
+def leapfrog(grad_logdensity, x, rho, step_size, num_steps):
     """``num_steps`` uncorrected leapfrog steps of ``H = -log pi(x) - log m(rho)``; with a
     negative ``step_size`` they undo the same steps with the positive one."""
 
@@ -85,8 +93,8 @@ def forward_step(grad_logdensity, state, step_size, num_steps):
     ``z(x_i, u)`` of its Laplace CDF, then shift ``u`` by ``xi``. Only the refreshment
     changes volume: ``log J = sum_i log m(rho_i before) - log m(rho_i after)``."""
     x, rho, u = state
-    x, rho = _leapfrog(grad_logdensity, x, rho, step_size, num_steps)
-    refreshed = laplace_icdf(jnp.mod(laplace_cdf(rho) + _refresh_shift(x, u), 1.0))
+    x, rho = leapfrog(grad_logdensity, x, rho, step_size, num_steps)
+    refreshed = laplace_icdf(jnp.mod(laplace_cdf(rho) + refresh_shift(x, u), 1.0))
     log_jac = laplace_logpdf(rho) - laplace_logpdf(refreshed)
     return (x, refreshed, jnp.mod(u + REFRESH_SHIFT, 1.0)), log_jac
 
@@ -96,9 +104,9 @@ def inverse_step(grad_logdensity, state, step_size, num_steps):
     it came from: undo the shift of ``u``, the refreshment, then the leapfrog."""
     x, rho, u = state
     u = jnp.mod(u - REFRESH_SHIFT, 1.0)
-    unrefreshed = laplace_icdf(jnp.mod(laplace_cdf(rho) - _refresh_shift(x, u), 1.0))
+    unrefreshed = laplace_icdf(jnp.mod(laplace_cdf(rho) - refresh_shift(x, u), 1.0))
     log_jac = laplace_logpdf(unrefreshed) - laplace_logpdf(rho)
-    x, unrefreshed = _leapfrog(grad_logdensity, x, unrefreshed, -step_size, num_steps)
+    x, unrefreshed = leapfrog(grad_logdensity, x, unrefreshed, -step_size, num_steps)
     return (x, unrefreshed, u), log_jac
 
 
@@ -107,7 +115,8 @@ def inverse_step(grad_logdensity, state, step_size, num_steps):
 # --------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@final
+@pytree_dataclass
 class MixFlowState:
     """Augmented states: ``x`` and ``rho`` of shape ``(..., d)`` and ``u`` of shape
     ``(...)``, float64."""
@@ -117,75 +126,185 @@ class MixFlowState:
     u: jax.Array
 
 
-jax.tree_util.register_dataclass(MixFlowState, data_fields=["x", "rho", "u"], meta_fields=[])
+def reference_logpdf(mean, scale, state) -> jax.Array:
+    """``log q0(s)`` of one augmented state: Gaussian ``x``, Laplace ``rho``, uniform ``u``."""
+    x, rho, _ = state
+    gauss = -0.5 * jnp.sum(((x - mean) / scale) ** 2) - jnp.sum(jnp.log(scale))
+    return gauss - 0.5 * x.size * math.log(2 * math.pi) + laplace_logpdf(rho)
 
 
-@dataclasses.dataclass(frozen=True)
-class MixFlow:
+def reference_draw(mean, scale, rng_key) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One augmented state ``s ~ q0``, float64."""
+    x_key, rho_key, u_key = jax.random.split(rng_key, 3)
+    x = mean + scale * jax.random.normal(x_key, mean.shape, jnp.float64)
+    rho = jax.random.laplace(rho_key, mean.shape, jnp.float64)
+    return x, rho, jax.random.uniform(u_key, (), jnp.float64)
+
+
+@final
+@pytree_dataclass
+class MixFlow(AbstractFamily):
     """A MixFlow for one target: the reference ``q0 = N(mean, diag(scale^2)) x m^d x Unif``
     and the map ``T`` (``leapfrog_steps`` leapfrog steps of ``step_size``), averaged over
     ``num_flows`` applications. Build it with ``mixflow``; fit its reference with
-    ``variational.fit`` (or ``fit_reference``) and pick ``step_size`` with ``tune``.
+    ``variational.fit`` and pick ``step_size`` with ``tune``.
 
-    All methods take and return float64 arrays and compute in float64 whatever the global
-    ``jax_enable_x64`` setting.
+    As a family, its one trained part is ``reference``, a mean-field Gaussian; its draws
+    and importance weights ``log pi_bar(s) - log q_N(s)`` are those of the augmented
+    space, whose ``x``-marginal is the target, so ``variational.fit``'s ``Approximation``
+    gives draws, ELBO, ``log Z`` estimates and k-hat. The ``x``-marginal density has no
+    closed form: ``log_prob`` and ``sample_and_log_prob`` raise, and
+    ``log_prob_augmented`` gives ``log q_N`` of augmented states.
+
+    The host-level methods (``sample_augmented``, ``log_prob_augmented``, ``elbo``,
+    ``elbo_terms``, ``round_trip_error``, ``tune``) take and return float64 arrays and
+    compute in float64 whatever the global ``jax_enable_x64`` setting.
+
+    Args:
+      target: the target; its ``logdensity`` of the flat unconstrained position is ``pi``.
+      num_flows: ``N``.
+      leapfrog_steps: ``L``.
+      step_size: ``epsilon``, a float64 scalar.
+      reference: the Gaussian part of ``q0``, unfitted (``params`` ``None``) or fitted.
     """
 
-    target: Target
-    num_flows: int
-    leapfrog_steps: int
-    step_size: float
-    mean: np.ndarray | None = None
-    scale: np.ndarray | None = None
+    target: Target = static_field()
+    num_flows: int = static_field()
+    leapfrog_steps: int = static_field()
+    step_size: jax.Array
+    reference: MeanfieldGaussian
+
+    float64: ClassVar[bool] = True
+
+    # -- the family's interface, on one point -----------------------------------------
 
     @property
-    def fitted(self) -> bool:
-        return self.mean is not None
+    def params(self):
+        """The reference's parameters, ``{"loc", "log_scale"}``, or ``None``."""
+        return self.reference.params
 
-    def _check_fitted(self) -> None:
-        if not self.fitted:
+    @property
+    def initialized(self) -> bool:
+        return self.reference.initialized
+
+    def check_initialized(self) -> None:
+        if not self.initialized:
             raise ValueError(
                 "this MixFlow has no reference yet: pass reference=(mean, scale) to mixflow, "
                 "or fit one with variational.fit(target, mixflow, key, ...)"
             )
 
+    def check_target(self, target: Target) -> None:
+        if target is not self.target:
+            raise ValueError("fit: this MixFlow was built for another target")
+
+    def init(self, rng_key: PRNGKey, position: jax.Array) -> Self:
+        return dataclasses.replace(self, reference=self.reference.init(rng_key, position))
+
+    def trained_part(self) -> MeanfieldGaussian:
+        return self.reference
+
+    def with_trained_part(self, part: MeanfieldGaussian) -> Self:
+        return dataclasses.replace(self, reference=part)
+
+    def flat_logdensity(self) -> Callable[[jax.Array], jax.Array]:
+        """``log pi`` of one flat float64 position."""
+        _, unravel = ravel_pytree(self.target.init)
+        return lambda x: self.target.logdensity(unravel(x)).astype(x.dtype)
+
+    def map_settings(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(mean, scale, step_size)`` in float64."""
+        self.check_initialized()
+        mean = jnp.asarray(self.params["loc"], jnp.float64)
+        scale = jnp.exp(jnp.asarray(self.params["log_scale"], jnp.float64))
+        return mean, scale, jnp.asarray(self.step_size, jnp.float64)
+
+    def draw(self, rng_key: PRNGKey) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """One augmented state of ``q_N``: ``n ~ Unif{0..N-1}``, ``s0 ~ q0``, ``T^n s0``."""
+        grad = jax.grad(self.flat_logdensity())
+        mean, scale, step_size = self.map_settings()
+        start_key, count_key = jax.random.split(rng_key)
+        state = reference_draw(mean, scale, start_key)
+        count = jax.random.randint(count_key, (), 0, self.num_flows)
+        return jax.lax.fori_loop(
+            0,
+            count,
+            lambda _, s: forward_step(grad, s, step_size, self.leapfrog_steps)[0],
+            state,
+        )
+
+    def log_prob_state(self, state) -> jax.Array:
+        """``log q_N(s)`` of one augmented state, with ``N - 1`` inverse steps."""
+        grad = jax.grad(self.flat_logdensity())
+        mean, scale, step_size = self.map_settings()
+
+        # Term k: log q0(T^-k s) - sum_{j=1..k} log J_T(T^-j s).
+        def back(carry, _):
+            state, log_jac_sum = carry
+            state, log_jac = inverse_step(grad, state, step_size, self.leapfrog_steps)
+            log_jac_sum = log_jac_sum + log_jac
+            return (state, log_jac_sum), reference_logpdf(mean, scale, state) - log_jac_sum
+
+        _, terms = jax.lax.scan(back, (state, jnp.float64(0.0)), None, self.num_flows - 1)
+        terms = jnp.concatenate([reference_logpdf(mean, scale, state)[None], terms])
+        return logsumexp(terms) - math.log(self.num_flows)
+
+    def sample(self, rng_key: PRNGKey) -> jax.Array:
+        return self.draw(rng_key)[0]
+
+    def sample_and_log_weight(
+        self, rng_key: PRNGKey, logdensity_fn: Callable[[jax.Array], jax.Array]
+    ) -> tuple[jax.Array, jax.Array]:
+        """One draw's ``x`` and its weight ``log pi_bar(s) - log q_N(s)`` on the augmented
+        space, whose ``x``-marginal is the target."""
+        state = self.draw(rng_key)
+        x, rho, _ = state
+        return x, logdensity_fn(x) + laplace_logpdf(rho) - self.log_prob_state(state)
+
+    def sample_and_log_prob(self, rng_key: PRNGKey):
+        raise NotImplementedError(
+            "a MixFlow's x-marginal density has no closed form: use sample_and_log_weight, "
+            "or sample_augmented and log_prob_augmented on the augmented space"
+        )
+
+    def log_prob(self, x: jax.Array):
+        raise NotImplementedError(
+            "a MixFlow's x-marginal density has no closed form: use log_prob_augmented"
+        )
+
+    # -- host-level operations, batched, in float64 ------------------------------------
+
     @property
     def dim(self) -> int:
         return ravel_pytree(self.target.init)[0].shape[0]
 
-    def _config(self):
-        return _Config(self.target, int(self.leapfrog_steps), int(self.num_flows))
+    @property
+    def mean(self) -> np.ndarray:
+        """The reference's mean, float64."""
+        self.check_initialized()
+        return np.asarray(self.params["loc"], np.float64)
 
-    def _reference(self):
-        return (jnp.asarray(self.mean, jnp.float64), jnp.asarray(self.scale, jnp.float64),
-                jnp.float64(self.step_size))  # fmt: skip
-
-    # -- the family's operations -------------------------------------------------------
+    @property
+    def scale(self) -> np.ndarray:
+        """The reference's standard deviations, float64."""
+        self.check_initialized()
+        return np.exp(np.asarray(self.params["log_scale"], np.float64))
 
     def sample_augmented(self, rng_key: PRNGKey, n: int) -> MixFlowState:
         """``n`` i.i.d. draws of ``q_N`` on the augmented space."""
-        self._check_fitted()
+        self.check_initialized()
         check_count("n", n, minimum=1)
         rng_key = check_key(rng_key)
         with jax.enable_x64(True):
-            return _sample(self._config(), *self._reference(), rng_key, int(n))
+            return _sample(self, rng_key, int(n))
 
-    def sample(self, rng_key: PRNGKey, n: int) -> ArrayTree:
-        """``n`` i.i.d. draws of the ``x``-marginal of ``q_N``, in the target's
-        unconstrained pytree (a leading axis of draws)."""
-        states = self.sample_augmented(rng_key, n)
-        _, unravel = ravel_pytree(self.target.init)
-        with jax.enable_x64(True):
-            return jax.vmap(unravel)(states.x)
-
-    def log_prob(self, states: MixFlowState) -> jax.Array:
+    def log_prob_augmented(self, states: MixFlowState) -> jax.Array:
         """``log q_N(s)`` of augmented states (a leading axis of points), with ``N - 1``
         inverse steps each. The ``x``-marginal density of a MixFlow has no closed form;
         this is the density on the augmented space, where the ELBO is taken."""
-        self._check_fitted()
+        self.check_initialized()
         with jax.enable_x64(True):
-            states = _as_states(states, self.dim)
-            return _log_prob(self._config(), *self._reference(), states)
+            return _log_prob(self, _as_states(states, self.dim))
 
     def elbo(self, rng_key: PRNGKey, n: int) -> tuple[float, float]:
         """The augmented ELBO ``E_q[log pi_bar - log q_N]`` by the orbit estimator on ``n``
@@ -196,72 +315,32 @@ class MixFlow:
 
     def elbo_terms(self, rng_key: PRNGKey, n: int) -> np.ndarray:
         """The ``n`` independent orbit estimates whose mean is ``elbo``."""
-        self._check_fitted()
+        self.check_initialized()
         check_count("n", n, minimum=2)
         rng_key = check_key(rng_key)
         with jax.enable_x64(True):
-            return np.asarray(_orbit_elbo(self._config(), *self._reference(), rng_key, int(n)))
+            return np.asarray(_orbit_elbo(self, rng_key, int(n)))
 
     def round_trip_error(self, states: MixFlowState, num_steps: int) -> jax.Array:
         """``max |s - T^-n T^n s|`` over states and coordinates, ``n = num_steps``: how far
         round-off has moved the map from invertible."""
-        self._check_fitted()
+        self.check_initialized()
         with jax.enable_x64(True):
-            states = _as_states(states, self.dim)
-            return _round_trip_error(self._config(), self.step_size, states, int(num_steps))
+            return _round_trip_error(self, _as_states(states, self.dim), int(num_steps))
 
-    # -- fitting -----------------------------------------------------------------------
-
-    def fit_reference(
-        self, rng_key: PRNGKey, *, optimizer=None, num_steps: int = 2000,
-        num_particles: int = 16, progress: bool | None = None,
-    ) -> MixFlow:  # fmt: skip
-        """The MixFlow with its reference set to a mean-field Gaussian fitted to the target
-        by ``variational.fit`` (ELBO, Adam at 1e-2 unless ``optimizer`` is given)."""
-        from inferax.variational.engine import fit
-        from inferax.variational.gaussian import meanfield_gaussian
-
-        approx = fit(
-            self.target, meanfield_gaussian(), rng_key,
-            optimizer=optax.adam(1e-2) if optimizer is None else optimizer,
-            num_steps=num_steps, num_particles=num_particles, progress=progress,
-        )  # fmt: skip
-        params = approx.params.params
-        return dataclasses.replace(
-            self,
-            mean=np.asarray(params["loc"], np.float64),
-            scale=np.exp(np.asarray(params["log_scale"], np.float64)),
-        )
-
-    def fit_by_engine(
-        self, target: Target, rng_key: PRNGKey, *, optimizer, num_steps: int,
-        num_particles: int = 16, progress: bool | None = None,
-    ) -> MixFlow:  # fmt: skip
-        """What ``variational.fit(target, mixflow, key, optimizer=..., num_steps=...)``
-        does: fits the reference (``fit_reference`` with those settings) when the MixFlow
-        has none, and returns the fitted MixFlow. A MixFlow given its reference has nothing
-        to fit, and comes back as it is. ``step_size`` is not fitted: see ``tune``."""
-        if target is not self.target:
-            raise ValueError("fit: this MixFlow was built for another target")
-        if self.fitted:
-            return self
-        if isinstance(num_particles, tuple):
-            raise ValueError("fit: a MixFlow's reference takes an integer num_particles")
-        return self.fit_reference(rng_key, optimizer=optimizer, num_steps=num_steps,
-                                  num_particles=num_particles, progress=progress)  # fmt: skip
-
-    def tune(
-        self, rng_key: PRNGKey, step_sizes: Sequence[float], num_draws: int = 200
-    ) -> MixFlow:
+    def tune(self, rng_key: PRNGKey, step_sizes: Sequence[float], num_draws: int = 200) -> Self:
         """The MixFlow with the step size from ``step_sizes`` whose augmented ELBO (on
         ``num_draws`` reference draws, the same for every candidate) is highest."""
-        self._check_fitted()
-        candidates = [_check_step_size(float(h)) for h in step_sizes]
+        self.check_initialized()
+        candidates = [check_step_size(h) for h in step_sizes]
         if not candidates:
             raise ValueError("tune: step_sizes is empty")
-        scores = [dataclasses.replace(self, step_size=h).elbo(rng_key, num_draws)[0]
-                  for h in candidates]  # fmt: skip
-        return dataclasses.replace(self, step_size=candidates[int(np.nanargmax(scores))])
+        scores = [
+            dataclasses.replace(self, step_size=np.float64(h)).elbo(rng_key, num_draws)[0]
+            for h in candidates
+        ]
+        best = candidates[int(np.nanargmax(scores))]
+        return dataclasses.replace(self, step_size=np.float64(best))
 
 
 def mixflow(
@@ -285,11 +364,18 @@ def mixflow(
       step_size: ``epsilon``. Too large and ``T`` no longer nearly preserves ``pi_bar``;
         too small and the orbit does not travel. ``MixFlow.tune`` picks it by ELBO.
       reference: ``(mean, scale)`` of the Gaussian part of ``q0``, each of shape ``(d,)``;
-        ``None`` leaves it to be fitted, by ``variational.fit(target, mixflow, key, ...)``
-        or ``MixFlow.fit_reference``.
+        ``None`` leaves it to be fitted, by ``variational.fit(target, mixflow, key, ...)``.
 
     Returns:
       A ``MixFlow``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, inferax
+      >>> from inferax import variational
+      >>> target = inferax.Target.from_logdensity(lambda x: -0.5 * x @ x, jnp.zeros(2))
+      >>> mf = variational.mixflow(target, 10, 5, 0.1, reference=([0.0, 0.0], [1.0, 1.0]))
+      >>> mf.sample_augmented(jax.random.key(0), 3).x.shape
+      (3, 2)
 
     References:
       Xu, Chen, Campbell, "MixFlows: principled variational inference via mixed flows",
@@ -299,8 +385,8 @@ def mixflow(
         raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
     check_count("num_flows", num_flows, minimum=1)
     check_count("leapfrog_steps", leapfrog_steps, minimum=1)
-    step_size = _check_step_size(step_size)
-    flow = MixFlow(target, int(num_flows), int(leapfrog_steps), step_size)
+    step_size = np.float64(check_step_size(step_size))
+    flow = MixFlow(target, int(num_flows), int(leapfrog_steps), step_size, MeanfieldGaussian())
     if reference is None:
         return flow
     mean, scale = (np.asarray(a, np.float64) for a in reference)
@@ -312,10 +398,12 @@ def mixflow(
         )
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(scale)) and np.all(scale > 0)):
         raise ValueError("reference: mean must be finite and scale finite and positive")
-    return dataclasses.replace(flow, mean=mean, scale=scale)
+    gaussian = MeanfieldGaussian({"loc": mean, "log_scale": np.log(scale)})
+    return dataclasses.replace(flow, reference=gaussian)
 
 
-def _check_step_size(step_size) -> float:
+def check_step_size(step_size) -> float:
+    """``step_size`` as a float, checked to be finite and positive."""
     value = float(step_size)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"step_size must be a finite positive number, got {step_size!r}")
@@ -335,93 +423,37 @@ def _as_states(states, dim: int) -> MixFlowState:
 
 
 # --------------------------------------------------------------------------------------
-# Compiled kernels, one program per (target, L, N) and draw count.
+# Compiled programs: one per MixFlow structure (target, L, N) and draw count.
 # --------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Config:
-    """The static part of a MixFlow: what its compiled programs are specialised to."""
-
-    target: Target
-    leapfrog_steps: int
-    num_flows: int
-
-    def __hash__(self):
-        return hash((id(self.target), self.leapfrog_steps, self.num_flows))
-
-    def __eq__(self, other):
-        return (isinstance(other, _Config) and self.target is other.target
-                and (self.leapfrog_steps, self.num_flows)
-                == (other.leapfrog_steps, other.num_flows))  # fmt: skip
-
-    def logdensity(self) -> Callable[[jax.Array], jax.Array]:
-        _, unravel = ravel_pytree(self.target.init)
-        return lambda x: self.target.logdensity(unravel(x)).astype(x.dtype)
+@functools.partial(jax.jit, static_argnums=2)
+def _sample(flow, rng_key, n):
+    return MixFlowState(*jax.vmap(flow.draw)(jax.random.split(rng_key, n)))
 
 
-def _reference_logpdf(mean, scale, state):
-    x, rho, _ = state
-    gauss = -0.5 * jnp.sum(((x - mean) / scale) ** 2) - jnp.sum(jnp.log(scale))
-    return gauss - 0.5 * x.size * math.log(2 * math.pi) + laplace_logpdf(rho)
+@jax.jit
+def _log_prob(flow, states):
+    return jax.vmap(lambda x, rho, u: flow.log_prob_state((x, rho, u)))(
+        states.x, states.rho, states.u
+    )
 
 
-def _reference_draw(mean, scale, rng_key):
-    x_key, rho_key, u_key = jax.random.split(rng_key, 3)
-    x = mean + scale * jax.random.normal(x_key, mean.shape, jnp.float64)
-    rho = jax.random.laplace(rho_key, mean.shape, jnp.float64)
-    return x, rho, jax.random.uniform(u_key, (), jnp.float64)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _sample(config, mean, scale, step_size, rng_key, n):
-    grad = jax.grad(config.logdensity())
-
-    def one(key):
-        start_key, count_key = jax.random.split(key)
-        state = _reference_draw(mean, scale, start_key)
-        count = jax.random.randint(count_key, (), 0, config.num_flows)
-        state = jax.lax.fori_loop(
-            0, count,
-            lambda _, s: forward_step(grad, s, step_size, config.leapfrog_steps)[0], state,
-        )  # fmt: skip
-        return MixFlowState(*state)
-
-    return jax.vmap(one)(jax.random.split(rng_key, n))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _log_prob(config, mean, scale, step_size, states):
-    grad = jax.grad(config.logdensity())
-
-    def one(x, rho, u):
-        # Term k: log q0(T^-k s) - sum_{j=1..k} log J_T(T^-j s).
-        def back(carry, _):
-            state, log_jac_sum = carry
-            state, log_jac = inverse_step(grad, state, step_size, config.leapfrog_steps)
-            log_jac_sum = log_jac_sum + log_jac
-            return (state, log_jac_sum), _reference_logpdf(mean, scale, state) - log_jac_sum
-
-        start = (x, rho, u)
-        _, terms = jax.lax.scan(back, (start, jnp.float64(0.0)), None, config.num_flows - 1)
-        terms = jnp.concatenate([_reference_logpdf(mean, scale, start)[None], terms])
-        return logsumexp(terms) - math.log(config.num_flows)
-
-    return jax.vmap(one)(states.x, states.rho, states.u)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _orbit_elbo(config, mean, scale, step_size, rng_key, n):
-    logdensity = config.logdensity()
+@functools.partial(jax.jit, static_argnums=2)
+def _orbit_elbo(flow, rng_key, n):
+    logdensity = flow.flat_logdensity()
     grad = jax.grad(logdensity)
-    num_flows, num_steps = config.num_flows, config.leapfrog_steps
+    mean, scale, step_size = flow.map_settings()
+    num_flows, num_steps = flow.num_flows, flow.leapfrog_steps
 
     def terms_at(state):
-        return (_reference_logpdf(mean, scale, state),
-                logdensity(state[0]) + laplace_logpdf(state[1]))  # fmt: skip
+        return (
+            reference_logpdf(mean, scale, state),
+            logdensity(state[0]) + laplace_logpdf(state[1]),
+        )
 
     def one(key):
-        start = _reference_draw(mean, scale, key)
+        start = reference_draw(mean, scale, key)
 
         def forward(state, _):
             new_state, log_jac = forward_step(grad, state, step_size, num_steps)
@@ -451,15 +483,16 @@ def _orbit_elbo(config, mean, scale, step_size, rng_key, n):
             return logsumexp(window) - cumulative[n + num_flows - 1]
 
         log_q = jax.lax.map(log_q_at, jnp.arange(num_flows)) - math.log(num_flows)
-        return jnp.mean(log_pi_bar[num_flows - 1:] - log_q)
+        return jnp.mean(log_pi_bar[num_flows - 1 :] - log_q)
 
     return jax.lax.map(one, jax.random.split(rng_key, n), batch_size=min(n, 256))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _round_trip_error(config, step_size, states, num_steps):
-    grad = jax.grad(config.logdensity())
-    leap = config.leapfrog_steps
+@functools.partial(jax.jit, static_argnums=2)
+def _round_trip_error(flow, states, num_steps):
+    grad = jax.grad(flow.flat_logdensity())
+    _, _, step_size = flow.map_settings()
+    leap = flow.leapfrog_steps
 
     def one(x, rho, u):
         there = jax.lax.fori_loop(
@@ -476,10 +509,15 @@ def _round_trip_error(config, step_size, states, num_steps):
 __all__ = [
     "MixFlow",
     "MixFlowState",
+    "check_step_size",
     "forward_step",
     "inverse_step",
     "laplace_cdf",
     "laplace_icdf",
     "laplace_logpdf",
+    "leapfrog",
     "mixflow",
+    "reference_draw",
+    "reference_logpdf",
+    "refresh_shift",
 ]
