@@ -55,9 +55,17 @@ def _iwae_bound(log_w: jax.Array) -> jax.Array:
 
 
 class AbstractObjective(abc.ABC):
-    """A variational objective: ``(family, rng_key, logdensity_fn) -> loss``."""
+    """A variational objective: ``(family, rng_key, logdensity_fn) -> loss``, the negative
+    of a bound computed from ``num_draws`` importance log weights."""
 
     estimator: str
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        for name, value in dataclasses.asdict(self).items():
+            if name.startswith("num_") and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
     @property
     @abc.abstractmethod
@@ -65,113 +73,99 @@ class AbstractObjective(abc.ABC):
         """Draws from ``q`` per evaluation."""
 
     @abc.abstractmethod
+    def bound(self, log_w: jax.Array) -> jax.Array:
+        """The bound from ``num_draws`` log weights."""
+
     def __call__(self, family, rng_key: PRNGKey, logdensity_fn) -> jax.Array:
         """The loss: the negative of the bound."""
-
-    def _check(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        for name, value in dataclasses.asdict(self).items():
-            if name.startswith("num_") and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        log_w = log_weights(family, rng_key, self.num_draws, logdensity_fn, self.estimator)
+        return -self.bound(log_w)
 
 
-@final
-@dataclasses.dataclass(frozen=True)
-class Elbo(AbstractObjective):
-    num_particles: int = 1
-    estimator: str = "reparam"
+class AbstractParticleObjective(AbstractObjective):
+    """An objective on ``num_particles`` draws."""
 
-    def __post_init__(self):
-        self._check()
+    num_particles: int
 
     @property
     def num_draws(self) -> int:
         return self.num_particles
 
-    def __call__(self, family, rng_key, logdensity_fn):
-        log_w = log_weights(family, rng_key, self.num_particles, logdensity_fn, self.estimator)
-        return -jnp.mean(log_w)
 
+class AbstractNestedObjective(AbstractObjective):
+    """An objective on ``num_outer`` groups of ``num_inner`` draws."""
 
-@final
-@dataclasses.dataclass(frozen=True)
-class Iwae(AbstractObjective):
-    num_particles: int = 1
-    estimator: str = "reparam"
-
-    def __post_init__(self):
-        self._check()
-
-    @property
-    def num_draws(self) -> int:
-        return self.num_particles
-
-    def __call__(self, family, rng_key, logdensity_fn):
-        log_w = log_weights(family, rng_key, self.num_particles, logdensity_fn, self.estimator)
-        return -_iwae_bound(log_w)
-
-
-@final
-@dataclasses.dataclass(frozen=True)
-class Miwae(AbstractObjective):
-    num_outer: int = 1
-    num_inner: int = 1
-    estimator: str = "reparam"
-
-    def __post_init__(self):
-        self._check()
+    num_outer: int
+    num_inner: int
 
     @property
     def num_draws(self) -> int:
         return self.num_outer * self.num_inner
 
-    def __call__(self, family, rng_key, logdensity_fn):
-        log_w = log_weights(family, rng_key, self.num_draws, logdensity_fn, self.estimator)
-        return -jnp.mean(_iwae_bound(log_w.reshape(self.num_outer, self.num_inner)))
+    def inner_bounds(self, log_w: jax.Array) -> jax.Array:
+        """The IWAE bound of each group of ``num_inner`` draws."""
+        return _iwae_bound(log_w.reshape(self.num_outer, self.num_inner))
 
 
 @final
 @dataclasses.dataclass(frozen=True)
-class Ciwae(AbstractObjective):
+class Elbo(AbstractParticleObjective):
+    num_particles: int = 1
+    estimator: str = "reparam"
+
+    def bound(self, log_w):
+        return jnp.mean(log_w)
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class Iwae(AbstractParticleObjective):
+    num_particles: int = 1
+    estimator: str = "reparam"
+
+    def bound(self, log_w):
+        return _iwae_bound(log_w)
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class Miwae(AbstractNestedObjective):
+    num_outer: int = 1
+    num_inner: int = 1
+    estimator: str = "reparam"
+
+    def bound(self, log_w):
+        return jnp.mean(self.inner_bounds(log_w))
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class Ciwae(AbstractParticleObjective):
     num_particles: int = 1
     beta: float = 0.5
     estimator: str = "reparam"
 
     def __post_init__(self):
-        self._check()
+        super().__post_init__()
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {self.beta}")
 
-    @property
-    def num_draws(self) -> int:
-        return self.num_particles
-
-    def __call__(self, family, rng_key, logdensity_fn):
-        log_w = log_weights(family, rng_key, self.num_particles, logdensity_fn, self.estimator)
-        return -(self.beta * jnp.mean(log_w) + (1.0 - self.beta) * _iwae_bound(log_w))
+    def bound(self, log_w):
+        return self.beta * jnp.mean(log_w) + (1.0 - self.beta) * _iwae_bound(log_w)
 
 
 @final
 @dataclasses.dataclass(frozen=True)
-class Piwae(AbstractObjective):
+class Piwae(AbstractNestedObjective):
     num_outer: int = 1
     num_inner: int = 1
     estimator: str = "reparam"
 
-    def __post_init__(self):
-        self._check()
-
-    @property
-    def num_draws(self) -> int:
-        return self.num_outer * self.num_inner
-
-    def __call__(self, family, rng_key, logdensity_fn):
-        log_w = log_weights(family, rng_key, self.num_draws, logdensity_fn, self.estimator)
-        miwae = jnp.mean(_iwae_bound(log_w.reshape(self.num_outer, self.num_inner)))
+    def bound(self, log_w):
+        miwae = jnp.mean(self.inner_bounds(log_w))
         iwae = _iwae_bound(log_w)
         # The value is IWAE_{MK}, the gradient MIWAE_{M,K}'s.
-        return -(miwae + jax.lax.stop_gradient(iwae - miwae))
+        return miwae + jax.lax.stop_gradient(iwae - miwae)
 
 
 def elbo(num_particles: int = 1, estimator: str = "reparam") -> Elbo:
