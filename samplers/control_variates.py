@@ -154,13 +154,13 @@ class sgld_cv(AbstractSGMCMCKernel):  # noqa: N801  (lower case, like blackjax's
 
     Examples:
       >>> import jax, jax.numpy as jnp, numpy as np, inferax
+      >>> kernel = inferax.samplers.sgld_cv(step_size=1e-4, batch_size=50)
       >>> y = np.random.default_rng(0).normal(1.0, 1.0, size=1000)
       >>> target = inferax.Target(
       ...     log_prior=lambda mu: -0.5 * mu**2, init=jnp.zeros(()),
       ...     log_likelihood=lambda mu, batch: -0.5 * jnp.sum((batch - mu) ** 2), data=y)
-      >>> post = inferax.sample(target, inferax.samplers.sgld_cv(step_size=1e-4, batch_size=50),
-      ...                       jax.random.key(0), num_chains=2, num_warmup=200,
-      ...                       num_samples=200, progress=False)
+      >>> post = inferax.sample(target, kernel, jax.random.key(0), num_chains=2,
+      ...                       num_warmup=200, num_samples=200, progress=False)
       >>> bool(abs(post.tuned["centre"][0] - y.sum() / (1 + len(y))) < 1e-3)
       True
 

@@ -111,7 +111,7 @@ class sghmc(AbstractSGMCMCKernel):  # noqa: N801  (lower case, like blackjax's k
 
     Examples:
       >>> import jax, jax.numpy as jnp, numpy as np, inferax
-      >>> y = np.random.default_rng(0).normal(1.0, 1.0, size=1000)
+      >>> y = 1.0 + np.random.default_rng(0).standard_normal(1000)
       >>> target = inferax.Target(
       ...     log_prior=lambda mu: -0.5 * mu**2, init=jnp.zeros(()),
       ...     log_likelihood=lambda mu, batch: -0.5 * jnp.sum((batch - mu) ** 2), data=y)

@@ -256,15 +256,16 @@ class psgld(AbstractSGMCMCKernel):  # noqa: N801  (lower case, like blackjax's k
 
     Examples:
       >>> import jax, jax.numpy as jnp, numpy as np, inferax
-      >>> y = np.random.default_rng(0).normal(1.0, 1.0, size=1000)
-      >>> target = inferax.Target(
-      ...     log_prior=lambda mu: -0.5 * mu**2, init=jnp.zeros(()),
-      ...     log_likelihood=lambda mu, batch: -0.5 * jnp.sum((batch - mu) ** 2), data=y)
-      >>> post = inferax.sample(target, inferax.samplers.psgld(step_size=1e-4, batch_size=50),
-      ...                       jax.random.key(0), num_chains=2, num_warmup=200,
-      ...                       num_samples=200, progress=False)
-      >>> int(post.stats["diverging"].sum())
-      0
+      >>> scale = np.array([1.0, 50.0])
+      >>> y = np.random.default_rng(0).normal(scale, scale, size=(1000, 2))
+      >>> def log_likelihood(mu, batch):
+      ...     return -0.5 * jnp.sum(((batch - mu) / scale) ** 2)
+      >>> target = inferax.Target(log_prior=lambda mu: -0.5 * jnp.sum((mu / 100.0) ** 2),
+      ...                         init=jnp.zeros(2), log_likelihood=log_likelihood, data=y)
+      >>> algorithm = inferax.samplers.psgld(step_size=1e-4, batch_size=50).build(target)
+      >>> state, info = algorithm.step(jax.random.key(0), algorithm.init(target.init))
+      >>> bool(info.diverging), int(state.step)
+      (False, 1)
 
     References:
       Li, Chen, Carlson, Carin, "Preconditioned Stochastic Gradient Langevin Dynamics for

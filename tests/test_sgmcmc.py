@@ -63,9 +63,14 @@ MEAN_CASES = {
 def test_posterior_mean_of_linear_regression(name):
     kernel, num_samples = MEAN_CASES[name]
     post = inferax.sample(
-        REGRESSION, kernel, KEY, num_chains=4, num_warmup=1000, num_samples=num_samples,
+        REGRESSION,
+        kernel,
+        KEY,
+        num_chains=4,
+        num_warmup=1000,
+        num_samples=num_samples,
         chunk_size=num_samples,
-    )  # fmt: skip
+    )
     draws = post.draws["x"]
     assert min_ess(draws) > 200, "too few effective draws for the MCSE to be trusted"
     mean, mcse = mean_and_mcse(draws)
@@ -79,9 +84,14 @@ def _relative_variance_bias(step_size, num_samples):
     """SGLD's variance over the posterior's, minus one, averaged over the coordinates, with
     its MCSE."""
     post = inferax.sample(
-        REGRESSION, samplers.sgld(step_size=step_size, batch_size=1000), KEY,
-        num_chains=4, num_warmup=1000, num_samples=num_samples, chunk_size=num_samples,
-    )  # fmt: skip
+        REGRESSION,
+        samplers.sgld(step_size=step_size, batch_size=1000),
+        KEY,
+        num_chains=4,
+        num_warmup=1000,
+        num_samples=num_samples,
+        chunk_size=num_samples,
+    )
     sd, sd_mcse = sd_and_mcse(post.draws["x"])
     bias = sd**2 / POST_VAR - 1.0
     bias_mcse = 2.0 * sd * sd_mcse / POST_VAR
@@ -129,9 +139,14 @@ BUFFER_2D = 300
 
 def _run_2d(kernel, num_warmup=2000, num_samples=20_000):
     post = inferax.sample(
-        GAUSSIAN_2D, kernel, KEY, num_chains=4, num_warmup=num_warmup,
-        num_samples=num_samples, chunk_size=num_samples,
-    )  # fmt: skip
+        GAUSSIAN_2D,
+        kernel,
+        KEY,
+        num_chains=4,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        chunk_size=num_samples,
+    )
     return post.draws["x"]
 
 
@@ -187,16 +202,20 @@ def test_structured_sgld_dropout_sits_between_sgld_and_mean_field():
     the structured value (about 0.2) and SGLD's (about 1)."""
     draws = _run_2d(
         samplers.structured_sgld(
-            step_size=STEP_2D, batch_size=100, groups=((0,), (1,)), buffer_size=BUFFER_2D,
+            step_size=STEP_2D,
+            batch_size=100,
+            groups=((0,), (1,)),
+            buffer_size=BUFFER_2D,
             dropout=2,
         ),
         num_warmup=20 * BUFFER_2D,
         num_samples=20_000,
-    )  # fmt: skip
+    )
     variance, variance_mcse = _within_chain_variance(draws)
     assert np.all(variance - 4 * variance_mcse > _structured_variance(STEP_2D)), (
-        variance, variance_mcse,
-    )  # fmt: skip
+        variance,
+        variance_mcse,
+    )
     assert np.all(variance + 4 * variance_mcse < 0.9), (variance, variance_mcse)
 
 
