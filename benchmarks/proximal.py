@@ -43,8 +43,9 @@ def lasso_problem():
 
     init = jnp.full(d, 0.5)
     coefficients = jnp.full(d, alpha)
-    proximal = inferax.Target(log_prior=loglik, init=init,
-                              nonsmooth=S.NonNegative() + S.Linear(coefficients))  # fmt: skip
+    proximal = inferax.Target(
+        log_prior=loglik, init=init, nonsmooth=S.NonNegative() + S.Linear(coefficients)
+    )
     smooth = inferax.Target.from_logdensity(lambda b: loglik(b) - alpha * jnp.sum(b), init)
     lipschitz = float(jnp.linalg.norm(X, 2) ** 2 / sigma**2)
     return proximal, smooth, lipschitz
@@ -55,8 +56,11 @@ def tv_problem():
     n, sigma, tau = 500, 0.5, 4.0
     truth = np.repeat(rng.uniform(-2, 2, 10), n // 10)
     y = jnp.asarray(truth + sigma * rng.normal(size=n), jnp.float32)
-    target = inferax.Target(log_prior=lambda x: -0.5 * jnp.sum((y - x) ** 2) / sigma**2,
-                            init=y, nonsmooth=S.TotalVariation1D(tau))  # fmt: skip
+    target = inferax.Target(
+        log_prior=lambda x: -0.5 * jnp.sum((y - x) ** 2) / sigma**2,
+        init=y,
+        nonsmooth=S.TotalVariation1D(tau),
+    )
     return target, 1.0 / sigma**2
 
 
@@ -66,8 +70,9 @@ def run(target, kernel, num_warmup, num_samples, key, chunk_size):
     common = dict(num_chains=NUM_CHAINS, init=init, progress=False, chunk_size=chunk_size)
     inferax.sample(target, kernel, key, num_warmup=0, num_samples=chunk_size, **common)
     start = time.perf_counter()
-    post = inferax.sample(target, kernel, key, num_warmup=num_warmup, num_samples=num_samples,
-                          **common)  # fmt: skip
+    post = inferax.sample(
+        target, kernel, key, num_warmup=num_warmup, num_samples=num_samples, **common
+    )
     return post, time.perf_counter() - start
 
 
@@ -84,8 +89,11 @@ def report(problem, name, post, seconds, reference, outside):
     extra = ""
     if "acceptance_rate" in post.stats:
         extra = f"; acceptance {float(post.stats['acceptance_rate'].mean()):.3f}"
-    print(f"{problem} {name}: posterior-mean error {', '.join(parts)}; "
-          f"outside support {outside:.4f}; diverging {diverging}{extra}", flush=True)  # fmt: skip
+    print(
+        f"{problem} {name}: posterior-mean error {', '.join(parts)}; "
+        f"outside support {outside:.4f}; diverging {diverging}{extra}",
+        flush=True,
+    )
 
 
 def lasso_reference(smooth):
@@ -100,13 +108,22 @@ def lasso_reference(smooth):
     target = inferax.Target.from_logdensity(logdensity, init)
     num_samples = 500 if QUICK else 4000
     start = time.perf_counter()
-    post = inferax.sample(target, S.nuts(), jax.random.key(100), num_chains=NUM_CHAINS,
-                          num_warmup=1000, num_samples=num_samples, progress=False)  # fmt: skip
+    post = inferax.sample(
+        target,
+        S.nuts(),
+        jax.random.key(100),
+        num_chains=NUM_CHAINS,
+        num_warmup=1000,
+        num_samples=num_samples,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     draws = jax.nn.softplus(np.asarray(post.draws["x"], np.float64))
-    print(f"lasso reference: nuts on softplus(z), {NUM_CHAINS} x {num_samples} draws, "
-          f"{seconds:.1f}s with compile, divergences {int(post.stats['diverging'].sum())}",
-          flush=True)  # fmt: skip
+    print(
+        f"lasso reference: nuts on softplus(z), {NUM_CHAINS} x {num_samples} draws, "
+        f"{seconds:.1f}s with compile, divergences {int(post.stats['diverging'].sum())}",
+        flush=True,
+    )
     return np.asarray(draws).mean(axis=(0, 1))
 
 
@@ -146,13 +163,20 @@ def tv():
     small, large = 0.002, 0.02
     num_reference = 1000 if QUICK else 8000
     reference_post, reference_seconds = run(
-        target, S.mymala(step_size=small, smoothing=small), 1000, num_reference,
-        jax.random.key(200), 500,
-    )  # fmt: skip
+        target,
+        S.mymala(step_size=small, smoothing=small),
+        1000,
+        num_reference,
+        jax.random.key(200),
+        500,
+    )
     reference = np.asarray(reference_post.draws["x"], np.float64).mean(axis=(0, 1))
-    print(f"tv reference: mymala at step 0.002, {NUM_CHAINS} x {num_reference} draws, "
-          f"{reference_seconds:.1f}s, acceptance "
-          f"{float(reference_post.stats['acceptance_rate'].mean()):.3f}", flush=True)  # fmt: skip
+    print(
+        f"tv reference: mymala at step 0.002, {NUM_CHAINS} x {num_reference} draws, "
+        f"{reference_seconds:.1f}s, acceptance "
+        f"{float(reference_post.stats['acceptance_rate'].mean()):.3f}",
+        flush=True,
+    )
     num_samples = 500 if QUICK else 2000
     for name, kernel in {
         "myula(step 0.02)": S.myula(step_size=large, smoothing=large),

@@ -71,9 +71,15 @@ def inferax_runner(target, kernel, num_samples):
 
     def run():
         post = inferax.sample(
-            target, kernel, jax.random.key(1), num_chains=CHAINS, num_warmup=NUM_WARMUP,
-            num_samples=num_samples, chunk_size=num_samples, progress=False,
-        )  # fmt: skip
+            target,
+            kernel,
+            jax.random.key(1),
+            num_chains=CHAINS,
+            num_warmup=NUM_WARMUP,
+            num_samples=num_samples,
+            chunk_size=num_samples,
+            progress=False,
+        )
         return post.timing["sampling"] / num_samples, post
 
     run()  # compile
@@ -152,9 +158,14 @@ def gradient_seconds(target, num_steps, gather: bool) -> float:
 def nuts_reference(target) -> tuple[np.ndarray, np.ndarray, float]:
     start = time.perf_counter()
     post = inferax.sample(
-        target, samplers.nuts(), jax.random.key(3), num_chains=CHAINS, num_warmup=500,
-        num_samples=1000, progress=False,
-    )  # fmt: skip
+        target,
+        samplers.nuts(),
+        jax.random.key(3),
+        num_chains=CHAINS,
+        num_warmup=500,
+        num_samples=1000,
+        progress=False,
+    )
     draws = post.draws["x"].reshape(-1, DIM)
     return draws.mean(axis=0), draws.std(axis=0), time.perf_counter() - start
 
@@ -162,27 +173,39 @@ def nuts_reference(target) -> tuple[np.ndarray, np.ndarray, float]:
 def main() -> None:
     target = make_target()
     device = jax.devices()[0].device_kind
-    print(f"setup: logistic regression N={NUM_DATA} d={DIM} batch={BATCH} chains={CHAINS} "
-          f"on {device}, jax {jax.__version__}, blackjax {blackjax.__version__}")
+    print(
+        f"setup: logistic regression N={NUM_DATA} d={DIM} batch={BATCH} chains={CHAINS} "
+        f"on {device}, jax {jax.__version__}, blackjax {blackjax.__version__}"
+    )
 
     sgld = samplers.sgld(step_size=1e-5, batch_size=BATCH)
     inferax_run = inferax_runner(target, sgld, NUM_SAMPLES)
-    speeds = best_in_turn({
-        "inferax": lambda: inferax_run()[0],
-        "blackjax": blackjax_runner(target, 1e-5, NUM_SAMPLES),
-    })  # fmt: skip
+    speeds = best_in_turn(
+        {
+            "inferax": lambda: inferax_run()[0],
+            "blackjax": blackjax_runner(target, 1e-5, NUM_SAMPLES),
+        }
+    )
     per_step, peer = speeds["inferax"], speeds["blackjax"]
     grad = gradient_seconds(target, NUM_SAMPLES, gather=True)
     cached = gradient_seconds(target, NUM_SAMPLES, gather=False)
-    print(f"steps/s inferax sgld: {CHAINS / per_step:,.0f} chain-steps/s "
-          f"({per_step * 1e6:.1f} us per step of {CHAINS} chains)")
-    print(f"steps/s blackjax.sgld in lax.scan: {CHAINS / peer:,.0f} chain-steps/s "
-          f"({peer * 1e6:.1f} us per step of {CHAINS} chains); inferax / blackjax "
-          f"{peer / per_step:.2f}")
-    print(f"overhead ratio inferax sgld step / minibatch gradient (batch read from the data "
-          f"by index): {per_step / grad:.2f} ({per_step * 1e6:.1f} us / {grad * 1e6:.1f} us)")
-    print(f"overhead ratio inferax sgld step / minibatch gradient on a batch already in "
-          f"cache: {per_step / cached:.2f} ({per_step * 1e6:.1f} us / {cached * 1e6:.1f} us)")
+    print(
+        f"steps/s inferax sgld: {CHAINS / per_step:,.0f} chain-steps/s "
+        f"({per_step * 1e6:.1f} us per step of {CHAINS} chains)"
+    )
+    print(
+        f"steps/s blackjax.sgld in lax.scan: {CHAINS / peer:,.0f} chain-steps/s "
+        f"({peer * 1e6:.1f} us per step of {CHAINS} chains); inferax / blackjax "
+        f"{peer / per_step:.2f}"
+    )
+    print(
+        f"overhead ratio inferax sgld step / minibatch gradient (batch read from the data "
+        f"by index): {per_step / grad:.2f} ({per_step * 1e6:.1f} us / {grad * 1e6:.1f} us)"
+    )
+    print(
+        f"overhead ratio inferax sgld step / minibatch gradient on a batch already in "
+        f"cache: {per_step / cached:.2f} ({per_step * 1e6:.1f} us / {cached * 1e6:.1f} us)"
+    )
     if "--speed-only" in sys.argv:
         return
 
@@ -194,7 +217,9 @@ def main() -> None:
         "psgld": samplers.psgld(step_size=2e-7, batch_size=BATCH),
         "sgld_cv": samplers.sgld_cv(step_size=2e-4, batch_size=BATCH),
         "structured_sgld": samplers.structured_sgld(
-            step_size=1e-5, batch_size=BATCH, groups=(tuple(range(25)), tuple(range(25, 50))),
+            step_size=1e-5,
+            batch_size=BATCH,
+            groups=(tuple(range(25)), tuple(range(25, 50))),
             buffer_size=200,
         ),
     }
@@ -203,8 +228,10 @@ def main() -> None:
         mean = post.draws["x"].reshape(-1, DIM).mean(axis=0)
         error = float(np.sqrt(np.mean(((mean - ref_mean) / ref_sd) ** 2)))
         seconds = per_step * NUM_SAMPLES
-        print(f"posterior-mean error {name}: {error:.3f} reference sd after {seconds:.2f} s "
-              f"of sampling ({CHAINS} x {NUM_SAMPLES} steps; {error * seconds:.3f} sd x s)")
+        print(
+            f"posterior-mean error {name}: {error:.3f} reference sd after {seconds:.2f} s "
+            f"of sampling ({CHAINS} x {NUM_SAMPLES} steps; {error * seconds:.3f} sd x s)"
+        )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ from blackjax.adaptation.step_size import (
 )
 from blackjax.adaptation.window_adaptation import build_schedule
 from blackjax.base import SamplingAlgorithm
-from inferax.kernel import WarmupAlgorithm
 from jax.flatten_util import ravel_pytree
+
+from inferax.kernel import WarmupAlgorithm
 
 REASONABLE_ACCEPTANCE = 0.8
 """The acceptance rate of a one-step proposal that the step-size search aims to cross, as in

@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.base import SamplingAlgorithm
 
+from inferax.kernel import AbstractKernel, WarmupAlgorithm, check_step_size
 from inferax.samplers.adaptation import (
     unit_inverse_mass_matrix,
     window_adaptation_of,
     window_schedule,
 )
-from inferax.kernel import AbstractKernel, WarmupAlgorithm, check_step_size
 from inferax.target import Target
 
 INFO_FIELDS_TO_STATS = {

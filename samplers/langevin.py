@@ -1,7 +1,8 @@
 """Langevin samplers: the unadjusted Langevin algorithm and its Metropolis-adjusted version.
 
 Both step with one integrator, blackjax's Euler-Maruyama solver of the overdamped Langevin
-diffusion ``dx = grad log p(x) dt + sqrt(2) dW``: MALA through ``blackjax.mala``, ULA here.
+diffusion ``dx = grad log p(x) dt + sqrt(2) dW`` (``inferax.samplers.integrators``): MALA
+through ``blackjax.mala``, ULA here.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import blackjax
 import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
-from blackjax.mcmc.diffusions import DiffusionState, overdamped_langevin
-from inferax.kernel import AbstractKernel, check_step_size
 
+from inferax.kernel import AbstractKernel, check_step_size
+from inferax.samplers.guarded import guarded
+from inferax.samplers.integrators import DiffusionState, overdamped_langevin
 from inferax.target import Target
 from inferax.typing import ArrayTree, PRNGKey
 
@@ -33,11 +35,6 @@ class ULAInfo(NamedTuple):
     the chain then stays where it was."""
 
     diverging: jax.Array
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
 def ula_algorithm(logdensity_fn, step_size) -> SamplingAlgorithm:
@@ -63,11 +60,10 @@ def ula_algorithm(logdensity_fn, step_size) -> SamplingAlgorithm:
 
     def step(rng_key: PRNGKey, state: ULAState) -> tuple[ULAState, ULAInfo]:
         moved = integrator(rng_key, DiffusionState(*state), step_size)
-        finite = jnp.isfinite(moved.logdensity) & _all_finite(moved.logdensity_grad)
-        new_state = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old), ULAState(*moved), state
+        new_state, diverging = guarded(
+            ULAState(*moved), state, (moved.logdensity, moved.logdensity_grad)
         )
-        return new_state, ULAInfo(diverging=~finite)
+        return new_state, ULAInfo(diverging=diverging)
 
     return SamplingAlgorithm(init, step)
 

@@ -2,12 +2,13 @@
 so that every draw ``grad phi*(y)`` lies in the mirror's domain (a constrained support), and
 the Bregman-Moreau variant for ``pi ∝ exp(-f - g)`` with a nonsmooth ``g``.
 
-One integrator serves every kernel here: ``mirror_langevin_step`` discretises the
-mirror-Langevin diffusion ``d grad phi(X) = grad log pi(X) dt + sqrt(2) hess phi(X)^(1/2) dW``,
-either with one Euler-Maruyama step in the dual (``scheme="euler"``) or, as the
-mirror-Langevin algorithm does, with an exact mirror-descent step followed by the dual
-diffusion ``dY = sqrt(2) hess phi(grad phi*(Y))^(1/2) dW`` run for time ``h`` with Euler
-substeps (``scheme="mla"``).
+One integrator serves every kernel here, ``mirror_langevin_step`` from
+``inferax.samplers.integrators``. It discretises the mirror-Langevin diffusion
+``d grad phi(X) = grad log pi(X) dt + sqrt(2) hess phi(X)^(1/2) dW``, either with one
+Euler-Maruyama step in the dual (``scheme="euler"``) or, as the mirror-Langevin algorithm
+does, with an exact mirror-descent step followed by the dual diffusion
+``dY = sqrt(2) hess phi(grad phi*(Y))^(1/2) dW`` run for time ``h`` with Euler substeps
+(``scheme="mla"``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
+
 from inferax.kernel import AbstractKernel, check_step_size
-from inferax.samplers.mirror_maps import AbstractMirrorMap
 from inferax.nonsmooth import AbstractNonsmooth
+from inferax.samplers.guarded import guarded
+from inferax.samplers.integrators import mirror_langevin_step
+from inferax.samplers.mirror_maps import AbstractMirrorMap
 from inferax.samplers.proximal import (
-    _check_smoothing,
     check_array_position,
     check_nonsmooth_target,
+    check_smoothing,
     envelope_logdensity,
     smooth_logdensity,
 )
-
 from inferax.target import Target
 from inferax.typing import PRNGKey
 
@@ -51,38 +54,6 @@ class MirrorLangevinInfo(NamedTuple):
 
     left_support: jax.Array
     diverging: jax.Array
-
-
-def mirror_langevin_step(
-    rng_key: PRNGKey,
-    position: jax.Array,
-    logdensity_grad: jax.Array,
-    mirror: AbstractMirrorMap,
-    step_size,
-    scheme: str = "euler",
-    num_substeps: int = 10,
-) -> jax.Array:
-    """One mirror-Langevin step from ``position``; returns the new primal point.
-
-    Euler (Zhang et al. 2020):
-    ``y = grad phi(x) + h grad log pi(x) + sqrt(2h) hess phi(x)^(1/2) xi``, ``x' = grad phi*(y)``.
-    MLA (Ahn & Chewi 2021): ``y = grad phi(x) + h grad log pi(x)``, then ``num_substeps``
-    Euler steps of length ``h / num_substeps`` of
-    ``dY = sqrt(2) hess phi(grad phi*(Y))^(1/2) dW``; ``x' = grad phi*(Y_h)``.
-    """
-    dual = mirror.grad(position) + step_size * logdensity_grad
-    if scheme == "euler":
-        noise = jax.random.normal(rng_key, position.shape, position.dtype)
-        dual = dual + jnp.sqrt(2.0 * step_size) * mirror.hess_sqrt_matvec(position, noise)
-        return mirror.grad_conj(dual)
-    substep = step_size / num_substeps
-
-    def one_substep(i, y):
-        noise = jax.random.normal(jax.random.fold_in(rng_key, i), position.shape, position.dtype)
-        x = mirror.grad_conj(y)
-        return y + jnp.sqrt(2.0 * substep) * mirror.hess_sqrt_matvec(x, noise)
-
-    return mirror.grad_conj(jax.lax.fori_loop(0, num_substeps, one_substep, dual))
 
 
 def mirror_langevin_algorithm(
@@ -125,10 +96,10 @@ def mirror_langevin_algorithm(
         # the log density; the result is discarded when the point was outside.
         safe = jnp.where(inside, position, state.position)
         logdensity, grad = logdensity_and_grad(safe)
-        finite = inside & jnp.isfinite(logdensity) & jnp.all(jnp.isfinite(grad))
-        moved = MirrorLangevinState(safe, logdensity, grad)
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), moved, state)
-        return new_state, MirrorLangevinInfo(left_support=left, diverging=~finite)
+        new_state, diverging = guarded(
+            MirrorLangevinState(safe, logdensity, grad), state, (logdensity, grad), valid=inside
+        )
+        return new_state, MirrorLangevinInfo(left_support=left, diverging=diverging)
 
     return SamplingAlgorithm(init, step)
 
@@ -311,7 +282,7 @@ class bregman_moreau_langevin(AbstractKernel):  # noqa: N801  (lower case, like 
     def __post_init__(self):
         _check_mirror(self.name, self.mirror)
         check_step_size(self.name, self.step_size)
-        _check_smoothing(self.name, self.smoothing)
+        check_smoothing(self.name, self.smoothing)
         if self.envelope not in ("left", "right"):
             raise ValueError(
                 f"{self.name}: envelope must be 'left' or 'right', got {self.envelope!r}"
@@ -354,5 +325,4 @@ __all__ = [
     "bregman_moreau_logdensity",
     "mirror_langevin",
     "mirror_langevin_algorithm",
-    "mirror_langevin_step",
 ]

@@ -1,8 +1,9 @@
 """Mirror maps: Legendre functions ``phi`` whose gradient carries a constrained support onto
 the whole space, for mirror and Bregman Langevin samplers.
 
-Each map is a frozen dataclass of Python floats (hashable, so a kernel config holding one
-stays a static argument) with
+Each map is a pytree dataclass whose settings are Python floats held as static fields
+(hashable, so a kernel config holding one stays a static argument; the pytree has no leaves)
+with
 
 - ``value(x)``: ``phi(x)``;
 - ``grad(x)``: ``grad phi``, from the primal domain onto the dual space;
@@ -28,12 +29,13 @@ Methods act on one unbatched point, a 1-D array.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from inferax.pytree import pytree_dataclass, static_field
 
 
 class AbstractMirrorMap(abc.ABC):
@@ -101,7 +103,7 @@ def _check_interval(name: str, lo, hi) -> None:
         raise ValueError(f"{name}: need finite lo < hi, got lo={lo}, hi={hi}")
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class Burg(AbstractSeparableMirrorMap):
     """``phi(x) = -sum log x_i`` on the positive orthant: the log barrier.
 
@@ -130,7 +132,7 @@ class Burg(AbstractSeparableMirrorMap):
         return 1.0 / jnp.abs(x)
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class Entropy(AbstractSeparableMirrorMap):
     """``phi(x) = sum x_i log x_i - x_i`` on the positive orthant (Boltzmann-Shannon)."""
 
@@ -152,7 +154,7 @@ class Entropy(AbstractSeparableMirrorMap):
         return 1.0 / x
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class FermiDirac(AbstractSeparableMirrorMap):
     """The Fermi-Dirac entropy on the box ``lo < x < hi``:
     ``phi(x) = w sum u_i log u_i + (1 - u_i) log(1 - u_i)``, ``u = (x - lo)/w``,
@@ -163,8 +165,8 @@ class FermiDirac(AbstractSeparableMirrorMap):
       hi: the upper bound, a float > lo.
     """
 
-    lo: float = 0.0
-    hi: float = 1.0
+    lo: float = static_field(default=0.0)
+    hi: float = static_field(default=1.0)
 
     domain = "lo < x < hi"
 
@@ -193,7 +195,7 @@ class FermiDirac(AbstractSeparableMirrorMap):
         return 1.0 / ((self.hi - self.lo) * u * (1.0 - u))
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class LogBarrierBox(AbstractSeparableMirrorMap):
     """The log barrier of the box: ``phi(x) = -sum log(x_i - lo) + log(hi - x_i)``.
 
@@ -204,8 +206,8 @@ class LogBarrierBox(AbstractSeparableMirrorMap):
       hi: the upper bound, a float > lo.
     """
 
-    lo: float = 0.0
-    hi: float = 1.0
+    lo: float = static_field(default=0.0)
+    hi: float = static_field(default=1.0)
 
     domain = "lo < x < hi"
 
@@ -235,7 +237,7 @@ class LogBarrierBox(AbstractSeparableMirrorMap):
         return 1.0 / (x - self.lo) ** 2 + 1.0 / (self.hi - x) ** 2
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class Hypentropy(AbstractSeparableMirrorMap):
     """The hyperbolic entropy on all of R:
     ``phi(x) = sum x_i arcsinh(x_i / beta) - sqrt(x_i^2 + beta^2) + beta``.
@@ -250,7 +252,7 @@ class Hypentropy(AbstractSeparableMirrorMap):
       Ghai, Hazan, Singer, "Exponentiated gradient meets gradient descent", ALT 2020.
     """
 
-    beta: float = 1.0
+    beta: float = static_field(default=1.0)
 
     domain = "all of R"
 
@@ -281,7 +283,7 @@ class Hypentropy(AbstractSeparableMirrorMap):
         return (x**2 + self.beta**2) ** -0.25
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class SimplexEntropy(AbstractMirrorMap):
     """The entropy of the probability simplex in its d-1 free coordinates:
     ``phi(x) = sum_{i<d} x_i log x_i + x_d log x_d`` with ``x_d = 1 - sum x``.

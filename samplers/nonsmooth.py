@@ -21,12 +21,14 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
+import abc
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
 from inferax.nonsmooth import AbstractNonsmooth
+from inferax.pytree import pytree_dataclass
 from inferax.samplers.mirror_maps import (
     AbstractSeparableMirrorMap,
     Burg,
@@ -40,20 +42,9 @@ SIMPLEX_TOLERANCE = 1e-6
 simplex lands on its face only up to rounding."""
 
 
-def _pytree(cls):
-    """A frozen dataclass whose fields are all pytree leaves."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [field.name for field in dataclasses.fields(cls)]
-    return jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
-
-
 def _check_side(side: str) -> None:
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
-
-
-def _unsupported(term, mirror, side):
-    AbstractNonsmooth.bregman_prox(term, None, None, mirror, side)
 
 
 def soft_threshold(x: jax.Array, threshold) -> jax.Array:
@@ -61,7 +52,7 @@ def soft_threshold(x: jax.Array, threshold) -> jax.Array:
     return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0.0)
 
 
-@_pytree
+@pytree_dataclass
 class L1(AbstractNonsmooth):
     """``g(x) = scale * sum |x_i|``, the Laplace (lasso) prior.
 
@@ -99,7 +90,7 @@ class L1(AbstractNonsmooth):
             # (p - x) / sqrt(p^2 + beta^2) = -t sign(p) for p != 0; p = 0 when |x| <= t beta.
             magnitude = _hypentropy_right_linear(jnp.abs(x), t, mirror.beta)
             return jnp.where(jnp.abs(x) <= t * mirror.beta, 0.0, jnp.sign(x) * magnitude)
-        _unsupported(self, mirror, side)
+        return super().bregman_prox(x, lam, mirror, side)
 
 
 def _hypentropy_right_linear(x, t, beta):
@@ -108,7 +99,7 @@ def _hypentropy_right_linear(x, t, beta):
     return (x - t * jnp.sqrt(x**2 + one_minus * beta**2)) / one_minus
 
 
-@_pytree
+@pytree_dataclass
 class Linear(AbstractNonsmooth):
     """``g(x) = <c, x>``: smooth, but useful added to another term, whose prox it shifts.
 
@@ -145,10 +136,10 @@ class Linear(AbstractNonsmooth):
             return 2.0 * x / (1.0 + jnp.sqrt(1.0 + 4.0 * t * x))
         if isinstance(mirror, Hypentropy):
             return _hypentropy_right_linear(x, t, mirror.beta)
-        _unsupported(self, mirror, side)
+        return super().bregman_prox(x, lam, mirror, side)
 
 
-@_pytree
+@pytree_dataclass
 class PlusLinear(AbstractNonsmooth):
     """``g(x) + <c, x>``: a term plus a linear one, written ``term + Linear(c)``.
 
@@ -172,14 +163,15 @@ class PlusLinear(AbstractNonsmooth):
         if side == "left":
             shifted = Linear(self.c).bregman_prox(x, lam, mirror, "left")
             return self.term.bregman_prox(shifted, lam, mirror, "left")
-        _unsupported(self, mirror, side)
+        return super().bregman_prox(x, lam, mirror, side)
 
 
-class _AbstractBox(AbstractNonsmooth):
+class AbstractBox(AbstractNonsmooth):
     """An indicator of a box ``[lo, hi]``: 0 inside, ``+inf`` outside."""
 
+    @abc.abstractmethod
     def limits(self, x) -> tuple[jax.Array, jax.Array]:
-        raise NotImplementedError
+        """The bounds ``(lo, hi)``, broadcast to the shape of ``x``."""
 
     def value(self, x):
         lo, hi = self.limits(x)
@@ -199,19 +191,19 @@ class _AbstractBox(AbstractNonsmooth):
             return jnp.clip(x, lo, hi)
         if isinstance(mirror, SimplexEntropy) and isinstance(self, NonNegative):
             return x  # the open simplex lies inside the orthant
-        _unsupported(self, mirror, side)
+        return super().bregman_prox(x, lam, mirror, side)
 
 
-@_pytree
-class NonNegative(_AbstractBox):
+@pytree_dataclass
+class NonNegative(AbstractBox):
     """The indicator of the orthant ``x >= 0``."""
 
     def limits(self, x):
         return jnp.zeros_like(x), jnp.full_like(x, jnp.inf)
 
 
-@_pytree
-class Box(_AbstractBox):
+@pytree_dataclass
+class Box(AbstractBox):
     """The indicator of the box ``lo <= x <= hi``.
 
     Args:
@@ -226,7 +218,7 @@ class Box(_AbstractBox):
         return self.lo * jnp.ones_like(x), self.hi * jnp.ones_like(x)
 
 
-@_pytree
+@pytree_dataclass
 class Simplex(AbstractNonsmooth):
     """The indicator of the simplex in free coordinates: ``x >= 0`` and ``sum x <= 1``.
 
@@ -250,7 +242,7 @@ class Simplex(AbstractNonsmooth):
             # Both KL projections onto {sum p <= 1} rescale: p = x / sum x when sum x > 1.
             total = jnp.sum(x)
             return jnp.where(total > 1.0, x / total, x)
-        _unsupported(self, mirror, side)
+        return super().bregman_prox(x, lam, mirror, side)
 
 
 def _project_onto_face(x):
@@ -263,7 +255,7 @@ def _project_onto_face(x):
     return jnp.maximum(x - tau, 0.0)
 
 
-@_pytree
+@pytree_dataclass
 class TotalVariation1D(AbstractNonsmooth):
     """``g(x) = scale * sum |x_{i+1} - x_i|``, the 1-D total variation.
 
@@ -329,18 +321,48 @@ def tv1d_denoise(y: jax.Array, lam) -> jax.Array:
         def at_last(_):
             def down(_):
                 new = kminus + 1
-                return (fill(x, k0, kminus, vmin), new, new, new, kplus, at(new), vmax,
-                        lam, at(new) + lam - vmax, False)  # fmt: skip
+                return (
+                    fill(x, k0, kminus, vmin),
+                    new,
+                    new,
+                    new,
+                    kplus,
+                    at(new),
+                    vmax,
+                    lam,
+                    at(new) + lam - vmax,
+                    False,
+                )
 
             def up(_):
                 new = kplus + 1
-                return (fill(x, k0, kplus, vmax), new, new, kminus, new, vmin, at(new),
-                        at(new) - lam - vmin, -lam, False)  # fmt: skip
+                return (
+                    fill(x, k0, kplus, vmax),
+                    new,
+                    new,
+                    kminus,
+                    new,
+                    vmin,
+                    at(new),
+                    at(new) - lam - vmin,
+                    -lam,
+                    False,
+                )
 
             def finish(_):
                 level = vmin + umin / (k - k0 + 1).astype(y.dtype)
-                return (fill(x, k0, n - 1, level), k, k0, kminus, kplus, vmin, vmax,
-                        umin, umax, True)  # fmt: skip
+                return (
+                    fill(x, k0, n - 1, level),
+                    k,
+                    k0,
+                    kminus,
+                    kplus,
+                    vmin,
+                    vmax,
+                    umin,
+                    umax,
+                    True,
+                )
 
             branch = jnp.where(umin < 0.0, 0, jnp.where(umax > 0.0, 1, 2))
             return jax.lax.switch(branch, (down, up, finish), None)
@@ -352,13 +374,33 @@ def tv1d_denoise(y: jax.Array, lam) -> jax.Array:
 
             def negative_jump(_):
                 new = kminus + 1
-                return (fill(x, k0, kminus, vmin), new, new, new, new, at(new),
-                        at(new) + 2.0 * lam, lam, -lam, False)  # fmt: skip
+                return (
+                    fill(x, k0, kminus, vmin),
+                    new,
+                    new,
+                    new,
+                    new,
+                    at(new),
+                    at(new) + 2.0 * lam,
+                    lam,
+                    -lam,
+                    False,
+                )
 
             def positive_jump(_):
                 new = kplus + 1
-                return (fill(x, k0, kplus, vmax), new, new, new, new, at(new) - 2.0 * lam,
-                        at(new), lam, -lam, False)  # fmt: skip
+                return (
+                    fill(x, k0, kplus, vmax),
+                    new,
+                    new,
+                    new,
+                    new,
+                    at(new) - 2.0 * lam,
+                    at(new),
+                    lam,
+                    -lam,
+                    False,
+                )
 
             def no_jump(_):
                 k1 = k + 1
@@ -380,14 +422,25 @@ def tv1d_denoise(y: jax.Array, lam) -> jax.Array:
 
     zero = jnp.asarray(0)
     segments = (jnp.zeros_like(y), jnp.zeros(n, dtype=bool))
-    state = (segments, zero, zero, zero, zero, y[0] - lam, y[0] + lam, lam, -lam,
-             jnp.asarray(False))  # fmt: skip
+    state = (
+        segments,
+        zero,
+        zero,
+        zero,
+        zero,
+        y[0] - lam,
+        y[0] + lam,
+        lam,
+        -lam,
+        jnp.asarray(False),
+    )
     levels, starts = jax.lax.while_loop(cond, body, state)[0]
     owner = jax.lax.cummax(jnp.where(starts, index, 0))
     return levels[owner]
 
 
 __all__ = [
+    "AbstractBox",
     "AbstractNonsmooth",
     "Box",
     "L1",

@@ -19,11 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.base import SamplingAlgorithm
-from blackjax.mcmc.diffusions import DiffusionState, overdamped_langevin
-from inferax.kernel import AbstractKernel, check_step_size
-from inferax.samplers.langevin import ula_algorithm
-from inferax.nonsmooth import AbstractNonsmooth
 
+from inferax.kernel import AbstractKernel, check_step_size
+from inferax.nonsmooth import AbstractNonsmooth
+from inferax.samplers.guarded import all_finite
+from inferax.samplers.integrators import (
+    DiffusionState,
+    langevin_log_transition,
+    overdamped_langevin,
+)
+from inferax.samplers.langevin import ula_algorithm
 from inferax.target import Target
 from inferax.typing import PRNGKey
 
@@ -106,7 +111,8 @@ def check_array_position(name: str, target: Target) -> None:
         )
 
 
-def _check_smoothing(name: str, smoothing) -> None:
+def check_smoothing(name: str, smoothing) -> None:
+    """Raises unless ``smoothing``, an envelope's parameter, is a finite positive number."""
     if not isinstance(smoothing, int | float) or isinstance(smoothing, bool):
         raise TypeError(f"{name}: smoothing must be a number, got {type(smoothing).__name__}")
     if not np.isfinite(smoothing) or smoothing <= 0:
@@ -130,11 +136,6 @@ class MYMALAInfo(NamedTuple):
     acceptance_rate: jax.Array
     is_accepted: jax.Array
     diverging: jax.Array
-
-
-def langevin_log_transition(to, start, grad, step_size) -> jax.Array:
-    """``log q(to | start)`` up to a constant, for the step ``start + h grad + sqrt(2h) xi``."""
-    return -jnp.sum((to - start - step_size * grad) ** 2) / (4.0 * step_size)
 
 
 def mymala_algorithm(logdensity_fn, smoothed_logdensity_fn, step_size) -> SamplingAlgorithm:
@@ -175,7 +176,7 @@ def mymala_algorithm(logdensity_fn, smoothed_logdensity_fn, step_size) -> Sampli
                 moved.position, state.position, state.smoothed_grad, step_size
             )
         )
-        finite = jnp.isfinite(moved.logdensity) & jnp.all(jnp.isfinite(moved.logdensity_grad))
+        finite = all_finite((moved.logdensity, moved.logdensity_grad))
         log_ratio = jnp.where(finite & ~jnp.isnan(log_ratio), log_ratio, -jnp.inf)
         acceptance_rate = jnp.minimum(1.0, jnp.exp(log_ratio))
         accepted = jax.random.uniform(accept_key) < acceptance_rate
@@ -228,7 +229,7 @@ class myula(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels
 
     def __post_init__(self):
         check_step_size(self.name, self.step_size)
-        _check_smoothing(self.name, self.smoothing)
+        check_smoothing(self.name, self.smoothing)
 
     def check_target(self, target: Target) -> None:
         check_nonsmooth_target(self.name, target)
@@ -296,7 +297,7 @@ class mymala(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernel
 
     def __post_init__(self):
         check_step_size(self.name, self.step_size)
-        _check_smoothing(self.name, self.smoothing)
+        check_smoothing(self.name, self.smoothing)
 
     def check_target(self, target: Target) -> None:
         check_nonsmooth_target(self.name, target)
@@ -322,6 +323,9 @@ class mymala(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernel
 __all__ = [
     "MYMALAInfo",
     "MYMALAState",
+    "check_array_position",
+    "check_nonsmooth_target",
+    "check_smoothing",
     "envelope_logdensity",
     "moreau_yosida_logdensity",
     "mymala",

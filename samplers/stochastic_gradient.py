@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.base import SamplingAlgorithm
-from blackjax.mcmc.diffusions import DiffusionState, overdamped_langevin
-from inferax.samplers.guarded import guarded, tree_norm
 
 from inferax.kernel import AbstractKernel
+from inferax.samplers.guarded import guarded, tree_norm
+from inferax.samplers.integrators import DiffusionState, overdamped_langevin
 from inferax.target import Target
 from inferax.typing import ArrayLikeTree, ArrayTree, PRNGKey
 

@@ -69,9 +69,15 @@ def test_faults_are_contained_and_counted(name, fault):
         # A chain whose every step fails stays where it started; that is named, not an error.
         warnings.filterwarnings("ignore", message=".*did not move after warmup")
         post = inferax.sample(
-            target, KERNELS[name], jax.random.key(11), num_chains=2, num_warmup=100,
-            num_samples=200, init=jnp.tile(init, (2, 1)), chunk_size=300,
-        )  # fmt: skip
+            target,
+            KERNELS[name],
+            jax.random.key(11),
+            num_chains=2,
+            num_warmup=100,
+            num_samples=200,
+            init=jnp.tile(init, (2, 1)),
+            chunk_size=300,
+        )
     draws = post.draws["x"]
     assert np.all(np.isfinite(draws)), f"{name} left non-finite draws on {fault}"
     assert np.all(np.isfinite(post.stats["lp"]))
@@ -85,9 +91,15 @@ def test_faults_are_contained_and_counted(name, fault):
 
 def test_summary_shows_the_counts():
     target = inferax.Target.from_logdensity(nan_region, jnp.zeros(2))
-    post = inferax.sample(target, samplers.ula(step_size=0.3), jax.random.key(11),
-                          num_chains=2, num_warmup=100, num_samples=200,
-                          chunk_size=300)  # fmt: skip
+    post = inferax.sample(
+        target,
+        samplers.ula(step_size=0.3),
+        jax.random.key(11),
+        num_chains=2,
+        num_warmup=100,
+        num_samples=200,
+        chunk_size=300,
+    )
     with pytest.warns(UserWarning, match=r"\d+ divergent transitions and 0 draws with non-finite"):
         table = post.summary()
     assert table.attrs["diverging"] == post.stats["diverging"].sum() > 0
@@ -97,10 +109,17 @@ def test_summary_shows_the_counts():
 def test_non_finite_draws_are_never_returned_silently():
     # A constrain map that overflows: the chain is fine, its output is not.
     target = inferax.Target.from_logdensity(
-        lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(1),
+        lambda x: -0.5 * jnp.sum(x**2),
+        jnp.zeros(1),
         constrain=lambda x: {"y": jnp.exp(1e3 * x)},
-    )  # fmt: skip
+    )
     with pytest.warns(UserWarning, match="draws have non-finite values"):
-        post = inferax.sample(target, samplers.ula(step_size=0.1), jax.random.key(0),
-                              num_chains=2, num_warmup=0, num_samples=50)  # fmt: skip
+        post = inferax.sample(
+            target,
+            samplers.ula(step_size=0.1),
+            jax.random.key(0),
+            num_chains=2,
+            num_warmup=0,
+            num_samples=50,
+        )
     assert post.fault_counts()["nonfinite_draws"] > 0

@@ -48,9 +48,13 @@ CASES = {
 def test_kernel_matches_analytic_posterior(name):
     kernel, num_warmup, num_samples = CASES[name]
     post = inferax.sample(
-        TARGET, kernel, jax.random.key(20261123),
-        num_chains=4, num_warmup=num_warmup, num_samples=num_samples,
-    )  # fmt: skip
+        TARGET,
+        kernel,
+        jax.random.key(20261123),
+        num_chains=4,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+    )
     draws = post.draws["theta"]
     assert draws.shape == (4, num_samples, 3)
     assert min_ess(draws) > 200, "too few effective draws for the MCSE to be trusted"
@@ -68,9 +72,13 @@ def test_ula_has_its_known_discretisation_bias():
     step_size = 0.5
     target = inferax.Target.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
     post = inferax.sample(
-        target, samplers.ula(step_size=step_size), jax.random.key(7),
-        num_chains=4, num_warmup=200, num_samples=5000,
-    )  # fmt: skip
+        target,
+        samplers.ula(step_size=step_size),
+        jax.random.key(7),
+        num_chains=4,
+        num_warmup=200,
+        num_samples=5000,
+    )
     sd, sd_mcse = sd_and_mcse(post.draws["x"])
     biased_sd = np.sqrt(1.0 / (1.0 - step_size / 2.0))
     assert_within_mcse("ULA sd", sd, sd_mcse, biased_sd)

@@ -58,9 +58,16 @@ def composite_runs():
     runs = {}
     for name, kernel in COMPOSITE_KERNELS.items():
         runs[name] = inferax.sample(
-            COMPOSITE, kernel, jax.random.key(0), num_chains=NUM_CHAINS, num_warmup=500,
-            num_samples=1000, thinning=10, init=jnp.zeros((NUM_CHAINS, 1)), chunk_size=1000,
-        )  # fmt: skip
+            COMPOSITE,
+            kernel,
+            jax.random.key(0),
+            num_chains=NUM_CHAINS,
+            num_warmup=500,
+            num_samples=1000,
+            thinning=10,
+            init=jnp.zeros((NUM_CHAINS, 1)),
+            chunk_size=1000,
+        )
     return runs
 
 
@@ -105,10 +112,16 @@ def dirichlet_logdensity(x):
 def test_dirichlet_with_simplex_entropy():
     target = inferax.Target.from_logdensity(dirichlet_logdensity, jnp.array([0.2, 0.3]))
     post = inferax.sample(
-        target, S.mirror_langevin(S.SimplexEntropy(), step_size=0.002), jax.random.key(1),
-        num_chains=50, num_warmup=1000, num_samples=250, thinning=20,
-        init=jnp.tile(jnp.array([0.2, 0.3]), (50, 1)), chunk_size=250,
-    )  # fmt: skip
+        target,
+        S.mirror_langevin(S.SimplexEntropy(), step_size=0.002),
+        jax.random.key(1),
+        num_chains=50,
+        num_warmup=1000,
+        num_samples=250,
+        thinning=20,
+        init=jnp.tile(jnp.array([0.2, 0.3]), (50, 1)),
+        chunk_size=250,
+    )
     x = post.draws["x"]
     full = np.concatenate([x, 1.0 - x.sum(-1, keepdims=True)], axis=-1)
     assert np.all(full > 0.0), "a draw left the simplex"
@@ -125,10 +138,16 @@ def test_gamma_with_burg():
     # Gamma(shape 0.5, rate 1): the density is infinite at 0 and the mass piles against it.
     target = inferax.Target.from_logdensity(lambda x: jnp.sum(-0.5 * jnp.log(x) - x), jnp.ones(1))
     post = inferax.sample(
-        target, S.mirror_langevin(S.Burg(), step_size=0.002), jax.random.key(2),
-        num_chains=500, num_warmup=2000, num_samples=200, thinning=40,
-        init=jnp.ones((500, 1)), chunk_size=200,
-    )  # fmt: skip
+        target,
+        S.mirror_langevin(S.Burg(), step_size=0.002),
+        jax.random.key(2),
+        num_chains=500,
+        num_warmup=2000,
+        num_samples=200,
+        thinning=40,
+        init=jnp.ones((500, 1)),
+        chunk_size=200,
+    )
     x = post.draws["x"]
     assert np.all(x > 0.0), "a draw left the positive half-line"
     assert not post.stats["left_support"].any() and not post.stats["diverging"].any()
@@ -141,11 +160,19 @@ def test_gamma_with_burg():
 def test_myula_with_non_negative_steps_outside(record_property):
     # Exponential(1) on x >= 0 as f(x) = x with g = the indicator of x >= 0: MYULA follows
     # the smoothed density, which puts mass below 0. Reported, not asserted.
-    target = inferax.Target(log_prior=lambda x: -jnp.sum(x), init=jnp.ones(1),
-                            nonsmooth=S.NonNegative())  # fmt: skip
-    post = inferax.sample(target, S.myula(step_size=0.01, smoothing=0.01), jax.random.key(3),
-                          num_chains=20, num_warmup=200, num_samples=500,
-                          init=jnp.ones((20, 1)), chunk_size=700)  # fmt: skip
+    target = inferax.Target(
+        log_prior=lambda x: -jnp.sum(x), init=jnp.ones(1), nonsmooth=S.NonNegative()
+    )
+    post = inferax.sample(
+        target,
+        S.myula(step_size=0.01, smoothing=0.01),
+        jax.random.key(3),
+        num_chains=20,
+        num_warmup=200,
+        num_samples=500,
+        init=jnp.ones((20, 1)),
+        chunk_size=700,
+    )
     rate = float(post.stats["left_support"].mean())
     record_property("myula_non_negative_outside_rate", rate)
     print(f"myula with NonNegative at step = smoothing = 0.01: {rate:.1%} of draws below 0")
@@ -165,7 +192,7 @@ def nan_region(x):
         # The right envelope and the MLA scheme, run here and nowhere else.
         S.bregman_moreau_langevin(
             S.Hypentropy(1.0), 0.3, 0.3, envelope="right", scheme="mla", num_substeps=3
-        ),  # fmt: skip
+        ),
     ],
     ids=["myula", "mymala", "bmumla-right-mla"],
 )
@@ -173,8 +200,16 @@ def test_faults_are_contained_and_counted(kernel):
     target = inferax.Target(log_prior=nan_region, init=jnp.zeros(2), nonsmooth=S.L1(1.0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        post = inferax.sample(target, kernel, jax.random.key(11), num_chains=2, num_warmup=100,
-                              num_samples=200, init=jnp.zeros((2, 2)), chunk_size=300)  # fmt: skip
+        post = inferax.sample(
+            target,
+            kernel,
+            jax.random.key(11),
+            num_chains=2,
+            num_warmup=100,
+            num_samples=200,
+            init=jnp.zeros((2, 2)),
+            chunk_size=300,
+        )
     draws = post.draws["x"]
     assert np.all(np.isfinite(draws)) and np.all(draws[..., 0] <= 1.0)
     assert np.all(np.isfinite(post.stats["lp"]))
@@ -189,9 +224,16 @@ def test_mirror_underflow_is_contained_and_counted():
         warnings.simplefilter("error")
         # A chain whose every step fails stays where it started; that is named, not an error.
         warnings.filterwarnings("ignore", message=".*did not move after warmup")
-        post = inferax.sample(target, S.mirror_langevin(S.Entropy(), 0.05), jax.random.key(12),
-                              num_chains=2, num_warmup=100, num_samples=300,
-                              init=jnp.ones((2, 1)), chunk_size=400)  # fmt: skip
+        post = inferax.sample(
+            target,
+            S.mirror_langevin(S.Entropy(), 0.05),
+            jax.random.key(12),
+            num_chains=2,
+            num_warmup=100,
+            num_samples=300,
+            init=jnp.ones((2, 1)),
+            chunk_size=400,
+        )
     assert np.all(post.draws["x"] > 0.0) and np.all(np.isfinite(post.draws["x"]))
     left, diverging = post.stats["left_support"], post.stats["diverging"]
     assert left.sum() > 0 and np.array_equal(left, diverging)
@@ -207,38 +249,77 @@ def smooth_target(**kwargs):
 
 
 def test_proximal_kernels_require_a_nonsmooth_term():
-    for kernel in [S.myula(0.01, 0.01), S.mymala(0.01, 0.01),
-                   S.bregman_moreau_langevin(S.Hypentropy(1.0), 0.01, 0.01)]:  # fmt: skip
+    for kernel in [
+        S.myula(0.01, 0.01),
+        S.mymala(0.01, 0.01),
+        S.bregman_moreau_langevin(S.Hypentropy(1.0), 0.01, 0.01),
+    ]:
         with pytest.raises(ValueError, match="no nonsmooth part"):
-            inferax.sample(smooth_target(), kernel, jax.random.key(0), num_chains=1,
-                           num_warmup=1, num_samples=1)  # fmt: skip
+            inferax.sample(
+                smooth_target(),
+                kernel,
+                jax.random.key(0),
+                num_chains=1,
+                num_warmup=1,
+                num_samples=1,
+            )
 
 
 def test_gradient_kernels_still_refuse_a_nonsmooth_term():
     with pytest.raises(ValueError, match="nonsmooth part"):
-        inferax.sample(smooth_target(nonsmooth=S.L1(1.0)), S.mala(0.1), jax.random.key(0),
-                       num_chains=1, num_warmup=1, num_samples=1)  # fmt: skip
+        inferax.sample(
+            smooth_target(nonsmooth=S.L1(1.0)),
+            S.mala(0.1),
+            jax.random.key(0),
+            num_chains=1,
+            num_warmup=1,
+            num_samples=1,
+        )
     with pytest.raises(ValueError, match="nonsmooth part"):
-        inferax.sample(smooth_target(nonsmooth=S.L1(1.0)), S.mirror_langevin(S.Hypentropy(), 0.1),
-                       jax.random.key(0), num_chains=1, num_warmup=1, num_samples=1)  # fmt: skip
+        inferax.sample(
+            smooth_target(nonsmooth=S.L1(1.0)),
+            S.mirror_langevin(S.Hypentropy(), 0.1),
+            jax.random.key(0),
+            num_chains=1,
+            num_warmup=1,
+            num_samples=1,
+        )
 
 
 def test_bregman_kernel_refuses_a_pair_without_closed_form():
     target = smooth_target(nonsmooth=S.TotalVariation1D(1.0))
     with pytest.raises(ValueError, match="no closed-form left Bregman"):
-        inferax.sample(target, S.bregman_moreau_langevin(S.Hypentropy(1.0), 0.01, 0.01),
-                       jax.random.key(0), num_chains=1, num_warmup=1, num_samples=1)  # fmt: skip
+        inferax.sample(
+            target,
+            S.bregman_moreau_langevin(S.Hypentropy(1.0), 0.01, 0.01),
+            jax.random.key(0),
+            num_chains=1,
+            num_warmup=1,
+            num_samples=1,
+        )
 
 
 def test_mirror_kernels_check_the_support():
     outside = inferax.Target.from_logdensity(lambda x: -jnp.sum(x**2), jnp.array([-1.0, 1.0]))
     with pytest.raises(ValueError, match="outside the domain of Burg"):
-        inferax.sample(outside, S.mirror_langevin(S.Burg(), 0.01), jax.random.key(0),
-                       num_chains=1, num_warmup=1, num_samples=1)  # fmt: skip
+        inferax.sample(
+            outside,
+            S.mirror_langevin(S.Burg(), 0.01),
+            jax.random.key(0),
+            num_chains=1,
+            num_warmup=1,
+            num_samples=1,
+        )
     pytree = inferax.Target.from_logdensity(lambda p: -(p["a"] ** 2), {"a": 1.0})
     with pytest.raises(ValueError, match="single 1-D array"):
-        inferax.sample(pytree, S.mirror_langevin(S.Entropy(), 0.01), jax.random.key(0),
-                       num_chains=1, num_warmup=1, num_samples=1)  # fmt: skip
+        inferax.sample(
+            pytree,
+            S.mirror_langevin(S.Entropy(), 0.01),
+            jax.random.key(0),
+            num_chains=1,
+            num_warmup=1,
+            num_samples=1,
+        )
 
 
 def test_configs_are_checked_and_hashable():

@@ -17,6 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from inferax import samplers as S
+from inferax.samplers.nonsmooth import tv1d_denoise
 
 TOL = 1e-5
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
@@ -90,8 +91,9 @@ def minimise_1d(objective, lo, hi):
         return grid[k]
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = so.minimize_scalar(objective, bounds=(a, b), method="bounded",
-                                    options={"xatol": 1e-13, "maxiter": 2000})  # fmt: skip
+        result = so.minimize_scalar(
+            objective, bounds=(a, b), method="bounded", options={"xatol": 1e-13, "maxiter": 2000}
+        )
     candidates = [grid[k], result.x, a, b]
     with np.errstate(all="ignore"):
         scores = [float(objective(np.asarray(c))) for c in candidates]
@@ -163,12 +165,16 @@ def test_simplex_prox_minimises(x):
         x = np.asarray(x)
         got = S.Simplex().prox(jnp.asarray(x), 1.0)
         result = so.minimize(
-            lambda p: 0.5 * np.sum((p - x) ** 2), np.full(3, 0.2), jac=lambda p: p - x,
-            method="SLSQP", bounds=[(0, None)] * 3,
-            constraints=[{"type": "ineq", "fun": lambda p: 1 - p.sum(),
-                          "jac": lambda p: -np.ones(3)}],
+            lambda p: 0.5 * np.sum((p - x) ** 2),
+            np.full(3, 0.2),
+            jac=lambda p: p - x,
+            method="SLSQP",
+            bounds=[(0, None)] * 3,
+            constraints=[
+                {"type": "ineq", "fun": lambda p: 1 - p.sum(), "jac": lambda p: -np.ones(3)}
+            ],
             options={"ftol": 1e-15, "maxiter": 500},
-        )  # fmt: skip
+        )
         assert_close(got, result.x, f"Simplex.prox({x})")
 
 
@@ -181,9 +187,14 @@ def tv_reference(y, lam):
         r = y - D.T @ u
         return 0.5 * r @ r, -(D @ r)
 
-    result = so.minimize(dual, np.zeros(n - 1), jac=True, method="L-BFGS-B",
-                         bounds=[(-lam, lam)] * (n - 1),
-                         options={"ftol": 1e-16, "gtol": 1e-13, "maxiter": 20000})  # fmt: skip
+    result = so.minimize(
+        dual,
+        np.zeros(n - 1),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(-lam, lam)] * (n - 1),
+        options={"ftol": 1e-16, "gtol": 1e-13, "maxiter": 20000},
+    )
     return y - D.T @ result.x
 
 
@@ -205,7 +216,7 @@ def test_tv1d_prox_is_exact(y, lam):
 
 def test_tv1d_prox_runs_under_jit_and_vmap():
     y = jnp.asarray(np.random.default_rng(0).normal(size=(4, 40)), jnp.float32)
-    batched = jax.jit(jax.vmap(lambda v: S.tv1d_denoise(v, 0.5)))(y)
+    batched = jax.jit(jax.vmap(lambda v: tv1d_denoise(v, 0.5)))(y)
     for row, out in zip(np.asarray(y, np.float64), np.asarray(batched), strict=True):
         np.testing.assert_allclose(out, tv_reference(row, 0.5), atol=1e-4)
 
@@ -334,10 +345,18 @@ def test_unsupported_pairs_raise_not_implemented():
 def test_nonsmooth_terms_are_pytrees_inside_a_target():
     import inferax
 
-    for term in [S.L1(1.0), S.NonNegative(), S.Box(0.0, 1.0), S.Simplex(), S.Linear(1.0),
-                 S.TotalVariation1D(2.0), S.L1(1.0) + S.Linear(jnp.ones(2))]:  # fmt: skip
-        target = inferax.Target(log_prior=lambda x: -jnp.sum(x**2), init=jnp.full(2, 0.25),
-                                nonsmooth=term)  # fmt: skip
+    for term in [
+        S.L1(1.0),
+        S.NonNegative(),
+        S.Box(0.0, 1.0),
+        S.Simplex(),
+        S.Linear(1.0),
+        S.TotalVariation1D(2.0),
+        S.L1(1.0) + S.Linear(jnp.ones(2)),
+    ]:
+        target = inferax.Target(
+            log_prior=lambda x: -jnp.sum(x**2), init=jnp.full(2, 0.25), nonsmooth=term
+        )
         leaves, tree = jax.tree.flatten(target)
         rebuilt = jax.tree.unflatten(tree, leaves)
         assert float(rebuilt.logdensity(jnp.full(2, 0.25))) == float(

@@ -2,6 +2,8 @@
 (N=10,000, d=5) with its exact posterior, and a correlated 2-D Gaussian whose mean-field
 answer is known. Tolerances come from MCSE; seeds are fixed."""
 
+import dataclasses
+
 import arviz_stats
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ from mcse_helpers import assert_within_mcse, mean_and_mcse, min_ess, sd_and_mcse
 import inferax
 from inferax import samplers
 from inferax.compile_cache import compile_count
+from inferax.minibatch import minibatch_indices
 
 KEY = jax.random.key(20261123)
 
@@ -60,9 +63,14 @@ MEAN_CASES = {
 def test_posterior_mean_of_linear_regression(name):
     kernel, num_samples = MEAN_CASES[name]
     post = inferax.sample(
-        REGRESSION, kernel, KEY, num_chains=4, num_warmup=1000, num_samples=num_samples,
+        REGRESSION,
+        kernel,
+        KEY,
+        num_chains=4,
+        num_warmup=1000,
+        num_samples=num_samples,
         chunk_size=num_samples,
-    )  # fmt: skip
+    )
     draws = post.draws["x"]
     assert min_ess(draws) > 200, "too few effective draws for the MCSE to be trusted"
     mean, mcse = mean_and_mcse(draws)
@@ -76,9 +84,14 @@ def _relative_variance_bias(step_size, num_samples):
     """SGLD's variance over the posterior's, minus one, averaged over the coordinates, with
     its MCSE."""
     post = inferax.sample(
-        REGRESSION, samplers.sgld(step_size=step_size, batch_size=1000), KEY,
-        num_chains=4, num_warmup=1000, num_samples=num_samples, chunk_size=num_samples,
-    )  # fmt: skip
+        REGRESSION,
+        samplers.sgld(step_size=step_size, batch_size=1000),
+        KEY,
+        num_chains=4,
+        num_warmup=1000,
+        num_samples=num_samples,
+        chunk_size=num_samples,
+    )
     sd, sd_mcse = sd_and_mcse(post.draws["x"])
     bias = sd**2 / POST_VAR - 1.0
     bias_mcse = 2.0 * sd * sd_mcse / POST_VAR
@@ -126,9 +139,14 @@ BUFFER_2D = 300
 
 def _run_2d(kernel, num_warmup=2000, num_samples=20_000):
     post = inferax.sample(
-        GAUSSIAN_2D, kernel, KEY, num_chains=4, num_warmup=num_warmup,
-        num_samples=num_samples, chunk_size=num_samples,
-    )  # fmt: skip
+        GAUSSIAN_2D,
+        kernel,
+        KEY,
+        num_chains=4,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        chunk_size=num_samples,
+    )
     return post.draws["x"]
 
 
@@ -184,16 +202,20 @@ def test_structured_sgld_dropout_sits_between_sgld_and_mean_field():
     the structured value (about 0.2) and SGLD's (about 1)."""
     draws = _run_2d(
         samplers.structured_sgld(
-            step_size=STEP_2D, batch_size=100, groups=((0,), (1,)), buffer_size=BUFFER_2D,
+            step_size=STEP_2D,
+            batch_size=100,
+            groups=((0,), (1,)),
+            buffer_size=BUFFER_2D,
             dropout=2,
         ),
         num_warmup=20 * BUFFER_2D,
         num_samples=20_000,
-    )  # fmt: skip
+    )
     variance, variance_mcse = _within_chain_variance(draws)
     assert np.all(variance - 4 * variance_mcse > _structured_variance(STEP_2D)), (
-        variance, variance_mcse,
-    )  # fmt: skip
+        variance,
+        variance_mcse,
+    )
     assert np.all(variance + 4 * variance_mcse < 0.9), (variance, variance_mcse)
 
 
@@ -261,9 +283,7 @@ def test_bad_input_is_refused_before_compiling():
             KEY,
         )
     with pytest.raises(ValueError, match="centre must be a position like target.init"):
-        inferax.sample(
-            REGRESSION, samplers.sgld_cv(step_size=1e-3, batch_size=10, centre=np.zeros(3)), KEY
-        )
+        samplers.sgld_cv(step_size=1e-3, batch_size=10).build(REGRESSION, centre=np.zeros(3))
     assert compile_count() == before
 
 
@@ -325,12 +345,12 @@ def test_minibatch_indices_are_distinct_and_uniform():
     keys = jax.random.split(jax.random.key(0), num_draws)
     for size in (batch_size, num_data):  # Floyd's algorithm, and the permutation path
         draws = np.asarray(
-            jax.jit(jax.vmap(lambda k, s=size: samplers.minibatch_indices(k, num_data, s)))(keys)
+            jax.jit(jax.vmap(lambda k, s=size: minibatch_indices(k, num_data, s)))(keys)
         )
         assert np.all(np.sort(draws, axis=1)[:, 1:] != np.sort(draws, axis=1)[:, :-1])
         assert draws.min() >= 0 and draws.max() < num_data
     draws = np.asarray(
-        jax.jit(jax.vmap(lambda k: samplers.minibatch_indices(k, num_data, batch_size)))(keys)
+        jax.jit(jax.vmap(lambda k: minibatch_indices(k, num_data, batch_size)))(keys)
     )
     counts = np.bincount(draws.ravel(), minlength=num_data)
     p = batch_size / num_data
@@ -345,14 +365,31 @@ def test_minibatch_indices_are_distinct_and_uniform():
     assert np.all(np.abs(off_diagonal - 5000 * q) <= 5 * np.sqrt(5000 * q * (1 - q)))
 
 
+def test_sgld_cv_centres_on_a_given_position():
+    """A centre of one's own goes in as ``target.init`` with ``centre="init"``, or straight to
+    ``build``; at the centre the control-variate gradient is the full-data gradient."""
+    centre = jnp.full(DIM, 0.5)
+    target = dataclasses.replace(REGRESSION, init=centre)
+    kernel = samplers.sgld_cv(step_size=1e-5, batch_size=100, centre="init")
+    post = inferax.sample(target, kernel, KEY, num_chains=2, num_warmup=10, num_samples=10)
+    np.testing.assert_allclose(post.tuned["centre"], np.broadcast_to(centre, (2, DIM)))
+    algorithm = samplers.sgld_cv(step_size=1e-5, batch_size=100).build(REGRESSION, centre=centre)
+    state = algorithm.init(centre)
+    np.testing.assert_allclose(
+        state.logdensity_grad, jax.grad(REGRESSION.logdensity)(centre), rtol=1e-5
+    )
+
+
 def test_configs_are_hashable_and_equal_by_settings():
     assert samplers.sgld_cv(step_size=1e-3, batch_size=5) == samplers.sgld_cv(
         step_size=1e-3, batch_size=5
     )
-    centre = np.zeros(DIM)
-    a = samplers.sgld_cv(step_size=1e-3, batch_size=5, centre=centre)
-    assert hash(a) == hash(a) and a == a
-    assert a != samplers.sgld_cv(step_size=1e-3, batch_size=5, centre=np.zeros(DIM))
+    a = samplers.sgld_cv(step_size=1e-3, batch_size=5, centre="init")
+    assert hash(a) == hash(samplers.sgld_cv(step_size=1e-3, batch_size=5, centre="init"))
+    assert a != samplers.sgld_cv(step_size=1e-3, batch_size=5, centre="mode")
+    # A centre array is a tuned value, not a setting: the config refuses it.
+    with pytest.raises(TypeError, match="tuned value"):
+        samplers.sgld_cv(step_size=1e-3, batch_size=5, centre=np.zeros(DIM))
     groups = [[0, 1], [2, 3, 4]]
     b = samplers.structured_sgld(step_size=1e-3, batch_size=5, groups=groups, buffer_size=3)
     assert b.groups == ((0, 1), (2, 3, 4))
