@@ -10,13 +10,11 @@ infos, ``*_algorithm`` functions and helpers live in their modules (``inferax.sa
 from inferax.kernel import AbstractKernel as AbstractKernel
 from inferax.kernel import WarmupAlgorithm as WarmupAlgorithm
 from inferax.nonsmooth import AbstractNonsmooth as AbstractNonsmooth
+from inferax.samplers import federated as federated
 from inferax.samplers.blackjax_kernel import from_blackjax as from_blackjax
 from inferax.samplers.control_variates import sgld_cv as sgld_cv
-from inferax.samplers.federated import AbstractFederatedKernel as AbstractFederatedKernel
-from inferax.samplers.federated import FederatedSGLDState as FederatedSGLDState
 from inferax.samplers.federated import GaussianSurrogates as GaussianSurrogates
 from inferax.samplers.federated import dsgld as dsgld
-from inferax.samplers.federated import federated_sgld_algorithm as federated_sgld_algorithm
 from inferax.samplers.federated import fit_surrogates as fit_surrogates
 from inferax.samplers.federated import fsgld as fsgld
 from inferax.samplers.hmc import hmc as hmc
@@ -47,11 +45,9 @@ from inferax.samplers.sgld import sgld as sgld
 from inferax.samplers.structured import structured_sgld as structured_sgld
 
 __all__ = [
-    "AbstractFederatedKernel",
-    "FederatedSGLDState",
     "GaussianSurrogates",
     "dsgld",
-    "federated_sgld_algorithm",
+    "federated",
     "fit_surrogates",
     "fsgld",
     "AbstractKernel",

@@ -3,14 +3,10 @@ is not, and report it as diverging."""
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import jax
 import jax.numpy as jnp
 
 from inferax.typing import ArrayTree
-
-State = TypeVar("State")
 
 
 def all_finite(tree: ArrayTree) -> jax.Array:
@@ -24,7 +20,7 @@ def tree_norm(tree: ArrayTree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
-def guarded(
+def guarded[State](
     new_state: State, old_state: State, checked: ArrayTree, valid: jax.Array | bool = True
 ) -> tuple[State, jax.Array]:
     """``new_state`` when ``valid`` holds and every value in ``checked`` is finite, otherwise

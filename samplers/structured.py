@@ -234,8 +234,9 @@ class structured_sgld(AbstractSGMCMCKernel):  # noqa: N801  (lower case, like bl
     Alexos et al. do; the buffer's mean then follows the slow coordinate-ascent
     iteration (a factor ``rho`` per buffer turnover for two groups), which adds a
     long-lived, small component to every group, so the chain can mix more slowly than SGLD
-    (``docs/sgmcmc.md`` shows it on a correlated Gaussian). Either way, warmup must be long enough for the buffer to settle: a few times
-    ``buffer_size / (1 - rho)`` steps, when the groups' correlation is ``rho``.
+    (``docs/sgmcmc.md`` shows it on a correlated Gaussian). Either way, warmup must be long
+    enough for the buffer to settle: a few times ``buffer_size / (1 - rho)`` steps, when the
+    groups' correlation is ``rho``.
 
     ``dropout=L`` is the scalable variant: only ``L`` composites are built per step; each
     group is owned by one of them, drawn at random every step, and its gradient is taken at

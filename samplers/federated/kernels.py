@@ -16,7 +16,7 @@ between-client bias of ``v_s``: with Gaussian surrogates ``q_s = N(mu_s, P_s^-1)
 the affine map ``-(P - P_s / f_s) x + (P mu - P_s mu_s / f_s)`` (``P = sum_s P_s``,
 ``P mu = sum_s P_s mu_s``), one matrix-vector product per step.
 
-Step convention, as in ``inferax.samplers.sgmcmc``: ``x' = x + h v + sqrt(2 h) noise``. The
+Step convention, as in ``inferax.samplers.sgld``: ``x' = x + h v + sqrt(2 h) noise``. The
 paper writes ``x' = x + (h/2) v + N(0, h)``: its ``h`` is twice ours.
 
 On a mesh the data part of the estimate (minibatch likelihood gradient and conducive term)
@@ -36,7 +36,6 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from blackjax.base import SamplingAlgorithm
-from blackjax.mcmc.diffusions import DiffusionState, overdamped_langevin
 from jax.sharding import PartitionSpec as P
 
 from inferax.samplers.federated.split import (
@@ -47,6 +46,7 @@ from inferax.samplers.federated.split import (
 )
 from inferax.samplers.federated.surrogates import conducive_arrays
 from inferax.samplers.guarded import guarded, tree_norm
+from inferax.samplers.integrators import DiffusionState, overdamped_langevin
 from inferax.samplers.stochastic_gradient import AbstractSGMCMCKernel, SGMCMCInfo, step_size_fn
 from inferax.target import Target
 from inferax.typing import ArrayLikeTree, ArrayTree, PRNGKey
