@@ -116,6 +116,10 @@ class from_blackjax(AbstractKernel):  # noqa: N801  (lower case, like the other 
         for field, stat in INFO_FIELDS_TO_STATS.items():
             if hasattr(info, field):
                 stats[stat] = jnp.asarray(getattr(info, field))
+        if "diverging" not in stats and "acceptance_rate" in stats:
+            # A Metropolis kernel with no divergence flag: blackjax rejects a proposal whose
+            # log density is not finite, with acceptance probability 0 or NaN.
+            stats["diverging"] = ~(stats["acceptance_rate"] > 0.0)
         if "step_size" in tuned:
             stats["step_size"] = tuned["step_size"]
         return stats

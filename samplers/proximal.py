@@ -129,6 +129,15 @@ class MYMALAState(NamedTuple):
     smoothed_grad: jax.Array
 
 
+class MYULAInfo(NamedTuple):
+    """``diverging`` marks a step whose end point had a non-finite smoothed density or
+    gradient (the chain stayed put); ``left_support`` a draw outside the set where the
+    nonsmooth term is finite."""
+
+    diverging: jax.Array
+    left_support: jax.Array
+
+
 class MYMALAInfo(NamedTuple):
     """``acceptance_rate`` is the Metropolis-Hastings probability of the proposal;
     ``diverging`` marks a proposal with a non-finite smoothed density or gradient."""
@@ -243,17 +252,17 @@ class myula(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels
 
         def step(rng_key, state):
             new_state, info = algorithm.step(rng_key, state)
-            return new_state, (info, _left_support(nonsmooth, new_state.position))
+            left = _left_support(nonsmooth, new_state.position)
+            return new_state, MYULAInfo(info.diverging, left)
 
         return SamplingAlgorithm(algorithm.init, step)
 
     def sample_stats(self, state: Any, info: Any, tuned: dict) -> dict[str, jax.Array]:
-        ula_info, left = info
         dtype = state.logdensity.dtype
         return {
             "lp": state.logdensity,
-            "diverging": ula_info.diverging,
-            "left_support": left,
+            "diverging": info.diverging,
+            "left_support": info.left_support,
             "step_size": jnp.asarray(self.step_size, dtype=dtype),
             "smoothing": jnp.asarray(self.smoothing, dtype=dtype),
         }
@@ -322,6 +331,7 @@ class mymala(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernel
 
 __all__ = [
     "MYMALAInfo",
+    "MYULAInfo",
     "MYMALAState",
     "check_array_position",
     "check_nonsmooth_target",
