@@ -13,6 +13,8 @@ PAGES = sorted(DOCS.glob("*.md"))
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 MODULES_WITH_EXAMPLES = [
+    "inferax.pytree",
+    "inferax.training",
     "inferax.target",
     "inferax.numpyro_bridge",
     "inferax.predictive",
