@@ -64,7 +64,6 @@ def max_jitter(jitter: float) -> float:
     return jitter * JITTER_GROWTH**JITTER_RETRIES
 
 
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def whitening_solve(matrix: jax.Array, rhs: jax.Array, jitter: float):
     """``(L^-1 rhs, j)`` for ``L = cholesky_with_jitter(matrix, jitter)``: the whitened
@@ -100,6 +99,7 @@ def _whitening_solve_backward(jitter, residuals, cotangents):
 
 whitening_solve.defvjp(_whitening_solve_forward, _whitening_solve_backward)
 
+
 def report_jitter(used, jitter: float, finite: bool, where: str) -> None:
     """Logs a retried factorisation and raises if the retries did not help.
 
@@ -120,9 +120,17 @@ def report_jitter(used, jitter: float, finite: bool, where: str) -> None:
     if used > jitter * (1 + 1e-6):
         logger.warning(
             "%s: Cholesky failed with jitter %g; retried and succeeded with jitter %g",
-            where, jitter, used,
-        )  # fmt: skip
+            where,
+            jitter,
+            used,
+        )
 
 
-__all__ = ["JITTER_GROWTH", "JITTER_RETRIES", "cholesky_with_jitter", "max_jitter",
-           "report_jitter", "whitening_solve"]
+__all__ = [
+    "JITTER_GROWTH",
+    "JITTER_RETRIES",
+    "cholesky_with_jitter",
+    "max_jitter",
+    "report_jitter",
+    "whitening_solve",
+]
