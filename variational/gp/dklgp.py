@@ -118,8 +118,6 @@ class DKLGP(AbstractSparseGP):
 
     def initialize(self, rng_key, X, y):
         del rng_key
-        if self.raw_mean is not None:
-            raise ValueError("fit: the model is already fitted; build a new one to refit")
         return self.reordered(np.asarray(X), np.asarray(y), np.zeros(X.shape[0]))
 
     def reordered(self, X, y, mean_by_point) -> DKLGP:
@@ -366,12 +364,7 @@ class DKLGPStep:
         else:
             columns = minibatch_indices(rng_key, self.num_data, self.batch_size)
         model, opt_state, metrics = descend(
-            self.optimizer,
-            self.fixed,
-            model,
-            opt_state,
-            self.trained(model),
-            lambda current: current.elbo_columns(columns, self.num_data),
+            self, model, opt_state, lambda current: current.elbo_columns(columns, self.num_data)
         )
         return (model, opt_state), metrics
 

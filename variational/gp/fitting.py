@@ -125,6 +125,8 @@ def fit(
             f"gp.fit takes a sparse GP (gp.sgpr, gp.svgp, gp.swsgp, gp.dklgp), got "
             f"{type(model).__name__}"
         )
+    if model.fitted:
+        raise ValueError("gp.fit: the model is already fitted; build a new one to refit")
     rng_key = check_key(rng_key)
     check_count("num_stages", num_stages, minimum=1)
     check_count("num_steps", num_steps, minimum=num_stages)

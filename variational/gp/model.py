@@ -159,15 +159,14 @@ def training_batch(rng_key: PRNGKey, data: ArrayTree, batch_size: int | None) ->
 
 
 def descend(
-    optimizer: optax.GradientTransformation,
-    fixed: tuple[str, ...],
+    step: Any,
     model: AbstractSparseGP,
     opt_state: Any,
-    params: dict,
     elbo: Callable[[AbstractSparseGP], tuple[jax.Array, jax.Array]],
 ) -> tuple[AbstractSparseGP, Any, dict[str, jax.Array]]:
-    """One optimizer step on the model's ``params`` (a dict of its fields) against
-    ``elbo(model) -> (ELBO, jitter)``, with the ``fixed`` parts held.
+    """One optimizer step on the parts ``step.trained(model)`` (a dict of the model's
+    fields) against ``elbo(model) -> (ELBO, jitter)``, the parts named in ``step.fixed``
+    held, with ``step.optimizer``.
 
     Returns:
       ``(model, opt_state, metrics)``, ``metrics`` the loss (negative ELBO, before the
@@ -175,11 +174,12 @@ def descend(
     """
 
     def loss(params):
-        value, used = elbo(dataclasses.replace(model, **stop_fixed(params, fixed)))
+        value, used = elbo(dataclasses.replace(model, **stop_fixed(params, step.fixed)))
         return -value, used
 
+    params = step.trained(model)
     (value, used), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates, opt_state = step.optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return dataclasses.replace(model, **params), opt_state, {"loss": value, "jitter": used}
 

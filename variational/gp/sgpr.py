@@ -70,8 +70,6 @@ class SGPR(AbstractSparseGP):
 
     def initialize(self, rng_key, X, y):
         del y
-        if self.mean is not None:
-            raise ValueError("fit: the model is already fitted; build a new one to refit")
         return dataclasses.replace(self, inducing=initial_inducing(rng_key, self, X))
 
     def elbo_standardized(self, X, y, num_data):
@@ -129,12 +127,7 @@ class SGPRStep:
         model, opt_state = state
         X, y = data
         model, opt_state, metrics = descend(
-            self.optimizer,
-            self.fixed,
-            model,
-            opt_state,
-            self.trained(model),
-            lambda current: current.elbo_standardized(X, y, X.shape[0]),
+            self, model, opt_state, lambda current: current.elbo_standardized(X, y, X.shape[0])
         )
         return (model, opt_state), metrics
 

@@ -75,8 +75,6 @@ class SVGP(AbstractSparseGP):
 
     def initialize(self, rng_key, X, y):
         del y
-        if self.mean is not None:
-            raise ValueError("fit: the model is already fitted; build a new one to refit")
         Z = initial_inducing(rng_key, self, X)
         size = Z.shape[0]
         if self.whiten:
@@ -210,11 +208,9 @@ class SVGPStep:
         params = self.trained(model)
         if not self.natural_gradient:
             model, opt_state, metrics = descend(
-                self.optimizer,
-                self.fixed,
+                self,
                 model,
                 opt_state,
-                params,
                 lambda current: current.elbo_with(
                     X, y, self.num_data, current.mean, scale_tril=jnp.tril(current.scale_tril)
                 ),

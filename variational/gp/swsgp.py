@@ -87,8 +87,6 @@ class SWSGP(AbstractSparseGP):
 
     def initialize(self, rng_key, X, y):
         del y
-        if self.mean is not None:
-            raise ValueError("fit: the model is already fitted; build a new one to refit")
         inducing_key, factor_key = jax.random.split(rng_key)
         Z = initial_inducing(inducing_key, self, X)
         size = Z.shape[0]
@@ -206,12 +204,7 @@ class SWSGPStep:
         model, opt_state = state
         X, y = training_batch(rng_key, data, self.batch_size)
         model, opt_state, metrics = descend(
-            self.optimizer,
-            self.fixed,
-            model,
-            opt_state,
-            self.trained(model),
-            lambda current: current.elbo_standardized(X, y, self.num_data),
+            self, model, opt_state, lambda current: current.elbo_standardized(X, y, self.num_data)
         )
         return (model, opt_state), metrics
 
