@@ -75,8 +75,9 @@ class FractionalSDE:
     Build it with ``fractional_sde`` and fit it with ``sde.fit``.
     ``drift(drift_params, t, x)`` and ``diffusion(diffusion_params, t, x)`` are the prior's
     ``b`` and ``s``. The control is a tanh perceptron (``flows.mlp``), whose last layer
-    starts at zero so that the posterior starts at the prior, of ``t``, ``X``, ``sqrt(2 gamma_k) Y_k`` and what the series' observations ahead
-    say (``_data_features``), so each series' posterior is steered by its own data. For
+    starts at zero so that the posterior starts at the prior, of ``t``, ``X``,
+    ``sqrt(2 gamma_k) Y_k`` and what the series' observations ahead say
+    (``_data_features``), so each series' posterior is steered by its own data. For
     type I, ``Y(0)`` has a Gaussian variational law, ``C (m + L z)`` with ``C`` the
     Cholesky factor of the stationary covariance, ``m`` linear in the data features at
     ``t = 0`` and ``L`` lower triangular (``initial_params``; at the start ``m = 0`` and
