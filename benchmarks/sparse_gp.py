@@ -45,8 +45,16 @@ from inferax.variational import gp  # noqa: E402
 
 NUM_TEST = 10_000
 BATCH = 256
-MODELS = ("svgp256", "svgp256adam", "svgp1024", "gpjax256", "gpjax1024", "swsgp1024",
-          "swsgp4096", "dklgp")
+MODELS = (
+    "svgp256",
+    "svgp256adam",
+    "svgp1024",
+    "gpjax256",
+    "gpjax1024",
+    "swsgp1024",
+    "swsgp4096",
+    "dklgp",
+)
 STEP_FACTORS = {"swsgp4096": 4}
 """Models run for a multiple of ``--steps``: SWSGP at M = 4096 gets the time SVGP at
 M = 1024 spends, since more inducing points at the same cost are what it is for."""
@@ -88,8 +96,17 @@ def run_inferax(name, X, y, Xt, yt, steps, key, optimizer):
     else:
         model, options = gp.dklgp(kernel, rho=1.5, max_set_size=16), {"num_stages": 2}
     start = time.perf_counter()
-    fit = model.fit(key, X, y, num_steps=steps, batch_size=BATCH, optimizer=optimizer,
-                    progress=False, **options)  # fmt: skip
+    fit = gp.fit(
+        model,
+        key,
+        X,
+        y,
+        num_steps=steps,
+        batch_size=BATCH,
+        optimizer=optimizer,
+        progress=False,
+        **options,
+    )
     wall = time.perf_counter() - start
     per_step = fit.timing["optimization"] / steps
     fixed = wall - fit.timing["optimization"]
@@ -119,9 +136,16 @@ def run_gpjax(M, X, y, Xt, yt, steps, key, optimizer):
 
     def train(num):
         start = time.perf_counter()
-        fitted, history = gpx.fit(model=family, objective=loss, train_data=data,
-                                  optim=optimizer, key=key, num_iters=num,
-                                  batch_size=BATCH, verbose=False)  # fmt: skip
+        fitted, history = gpx.fit(
+            model=family,
+            objective=loss,
+            train_data=data,
+            optim=optimizer,
+            key=key,
+            num_iters=num,
+            batch_size=BATCH,
+            verbose=False,
+        )
         jax.block_until_ready(history)
         return fitted, np.asarray(history), time.perf_counter() - start
 
@@ -151,12 +175,15 @@ def main() -> None:
     unknown = set(models) - set(MODELS)
     if unknown:
         parser.error(f"unknown model(s) {sorted(unknown)}; choose from {MODELS}")
-    print(f"n = {args.n}, {NUM_TEST} test points, {args.steps} steps of batch {BATCH} "
-          f"(x{STEP_FACTORS['swsgp4096']} for swsgp4096), float64")
+    print(
+        f"n = {args.n}, {NUM_TEST} test points, {args.steps} steps of batch {BATCH} "
+        f"(x{STEP_FACTORS['swsgp4096']} for swsgp4096), float64"
+    )
     # One optimizer object per run length: the compiled loops are keyed on it.
-    optimizers = {factor: optax.adam(optax.cosine_decay_schedule(0.03, factor * args.steps,
-                                                                 alpha=0.1))
-                  for factor in {1, *STEP_FACTORS.values()}}  # fmt: skip
+    optimizers = {
+        factor: optax.adam(optax.cosine_decay_schedule(0.03, factor * args.steps, alpha=0.1))
+        for factor in {1, *STEP_FACTORS.values()}
+    }
     total = time.perf_counter()
     for dim in (int(d) for d in args.dims.split(",")):
         X, y, Xt, yt = make_data(args.n, dim, seed=dim)
@@ -165,34 +192,46 @@ def main() -> None:
             key = jax.random.key(0)
             if name.startswith("gpjax"):
                 try:
-                    figures = run_gpjax(int(name[5:]), X, y, Xt, yt, args.steps, key,
-                                        optimizers[1])  # fmt: skip
+                    figures = run_gpjax(
+                        int(name[5:]), X, y, Xt, yt, args.steps, key, optimizers[1]
+                    )
                 except ImportError:
                     print(f"D={dim} {name}: skipped (GPJax not installed; see the docstring)")
                     continue
             else:
                 factor = STEP_FACTORS.get(name, 1)
-                figures = run_inferax(name, X, y, Xt, yt, factor * args.steps, key,
-                                      optimizers[factor])  # fmt: skip
+                figures = run_inferax(
+                    name, X, y, Xt, yt, factor * args.steps, key, optimizers[factor]
+                )
             results[name] = figures
             rmse, nlpd, per_step, converge, _ = figures
-            print(f"D={dim} {name:10s} RMSE {rmse:.4f}  NLPD {nlpd:.4f}  "
-                  f"{per_step * 1e3:.1f} ms/step  converged in {converge:.1f} s", flush=True)
+            print(
+                f"D={dim} {name:10s} RMSE {rmse:.4f}  NLPD {nlpd:.4f}  "
+                f"{per_step * 1e3:.1f} ms/step  converged in {converge:.1f} s",
+                flush=True,
+            )
         for ours_name, M in (("svgp256", 256), ("svgp256adam", 256), ("svgp1024", 1024)):
             ours, peer = results.get(ours_name), results.get(f"gpjax{M}")
             if ours and peer:
-                print(f"D={dim} {ours_name} / gpjax{M}: time per step {ours[2] / peer[2]:.2f}, "
-                      f"NLPD {ours[1]:.4f} vs {peer[1]:.4f} "
-                      f"({(ours[1] - peer[1]) / abs(peer[1]) * 100:+.1f}% of |gpjax|)")
+                print(
+                    f"D={dim} {ours_name} / gpjax{M}: time per step {ours[2] / peer[2]:.2f}, "
+                    f"NLPD {ours[1]:.4f} vs {peer[1]:.4f} "
+                    f"({(ours[1] - peer[1]) / abs(peer[1]) * 100:+.1f}% of |gpjax|)"
+                )
         if "swsgp1024" in results and "swsgp4096" in results:
-            print(f"D={dim} swsgp time per step M=4096 / M=1024: "
-                  f"{results['swsgp4096'][2] / results['swsgp1024'][2]:.2f}")
+            print(
+                f"D={dim} swsgp time per step M=4096 / M=1024: "
+                f"{results['swsgp4096'][2] / results['swsgp1024'][2]:.2f}"
+            )
         if "swsgp4096" in results and "svgp1024" in results:
             wide, svgp = results["swsgp4096"], results["svgp1024"]
             steps = STEP_FACTORS["swsgp4096"] * args.steps
-            print(f"D={dim} swsgp4096 ({steps} steps) vs svgp1024 ({args.steps} steps): NLPD "
-                  f"{wide[1]:.4f} vs {svgp[1]:.4f}, {wide[4]:.0f} s vs {svgp[4]:.0f} s in all")
+            print(
+                f"D={dim} swsgp4096 ({steps} steps) vs svgp1024 ({args.steps} steps): NLPD "
+                f"{wide[1]:.4f} vs {svgp[1]:.4f}, {wide[4]:.0f} s vs {svgp[4]:.0f} s in all"
+            )
     print(f"total {time.perf_counter() - total:.0f} s")
+
 
 if __name__ == "__main__":
     main()

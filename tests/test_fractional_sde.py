@@ -33,7 +33,7 @@ def float64():
 def test_speeds_are_geometric_between_inverse_and_gamma_max():
     speeds = np.asarray(fbm.gammas(5, 20.0))
     np.testing.assert_allclose(speeds[[0, -1]], [1 / 20.0, 20.0], rtol=1e-12)
-    np.testing.assert_allclose(speeds[1:] / speeds[:-1], 20.0 ** 0.5, rtol=1e-12)
+    np.testing.assert_allclose(speeds[1:] / speeds[:-1], 20.0**0.5, rtol=1e-12)
 
 
 @pytest.mark.parametrize("hurst", sorted(TYPE_II_VARIANCE))
@@ -48,8 +48,9 @@ def test_type_ii_variance_matches_the_table_in_closed_form(hurst):
 @pytest.mark.parametrize("hurst", [0.3, 0.7])
 def test_type_ii_variance_by_monte_carlo_of_the_sde(hurst):
     speeds = fbm.gammas(5, 20.0)
-    paths = fbm.sample_paths(jax.random.key(0), hurst, speeds, jnp.linspace(0.0, 2.0, 41),
-                             20000, "II")  # fmt: skip
+    paths = fbm.sample_paths(
+        jax.random.key(0), hurst, speeds, jnp.linspace(0.0, 2.0, 41), 20000, "II"
+    )
     end = np.asarray(paths[:, -1])
     variance, se = end.var(ddof=1), end.var(ddof=1) * np.sqrt(2.0 / (end.size - 1))
     assert abs(variance - TYPE_II_VARIANCE[hurst]) < 3 * se, (variance, se)
@@ -81,8 +82,9 @@ def test_omega_is_differentiable_in_hurst():
     for kind in fbm.KINDS:
         jacobian = jax.jacobian(lambda h, k=kind: fbm.omega(h, speeds, 6.0, k))(0.7)
         step = 1e-6
-        difference = (fbm.omega(0.7 + step, speeds, 6.0, kind)
-                      - fbm.omega(0.7 - step, speeds, 6.0, kind)) / (2 * step)  # fmt: skip
+        difference = (
+            fbm.omega(0.7 + step, speeds, 6.0, kind) - fbm.omega(0.7 - step, speeds, 6.0, kind)
+        ) / (2 * step)
         np.testing.assert_allclose(jacobian, difference, rtol=1e-5, atol=1e-6)
 
 
@@ -121,16 +123,25 @@ def bridge_fits():
     # X0 = 0, s = 1, b = 0; type I weights fitted on T = 6 (K = 5, gamma_max = 20);
     # one observation X(2) = 0 with noise sd 0.1; H fixed. One compiled program serves both
     # H: the Hurst index is a parameter, not part of the structure.
-    # (The optimizer is a static argument of the compiled loop: one object, one program.)
+    # (The optimizer is part of the compiled step: one object, one program.)
     optimizer = optax.adam(optax.cosine_decay_schedule(1e-2, 3000, alpha=0.1))
     with jax.enable_x64(False):
         fits = {}
         for hurst in (0.5, 0.7):
             model = sde.fractional_sde(jax.random.key(0), hurst=hurst, kind="I", horizon=6.0)
-            fitted, trace = model.fit(jax.random.key(1), BRIDGE_TIMES, [100], [0.0], 0.1,
-                                      optimizer=optimizer, num_steps=3000,
-                                      num_paths=64)  # fmt: skip
-            fits[hurst] = (fitted, trace)
+            result = sde.fit(
+                model,
+                jax.random.key(1),
+                BRIDGE_TIMES,
+                [100],
+                [0.0],
+                0.1,
+                optimizer=optimizer,
+                num_steps=3000,
+                num_paths=64,
+                progress=False,
+            )
+            fits[hurst] = (result.sde, result.elbo)
         return fits
 
 
@@ -138,8 +149,9 @@ def bridge_fits():
 def test_trained_control_gives_the_bridge_variance(bridge_fits, hurst):
     fitted, trace = bridge_fits[hurst]
     assert trace[-100:].mean() > trace[:100].mean()
-    paths = fitted.sample_paths(jax.random.key(2), BRIDGE_TIMES, 4000, observed_index=[100],
-                                observed_values=[0.0])
+    paths = fitted.sample_paths(
+        jax.random.key(2), BRIDGE_TIMES, 4000, observed_index=[100], observed_values=[0.0]
+    )
     variance = float(np.var(np.asarray(paths[:, 50]), ddof=1))
     assert abs(variance / BRIDGE_VARIANCE[hurst] - 1.0) < 0.10, variance
     assert float(fitted.hurst) == pytest.approx(hurst)  # fixed, not learned
@@ -171,30 +183,77 @@ def test_variational_initial_state_kl_is_the_gaussian_kl():
         "log_diag": 0.2 * jax.random.normal(keys[3], (4,)),
     }
     features = jnp.array([0.5, -1.0])
-    _, kl = module._initial_state(params, speeds, features, jax.random.key(4))
+    _, kl = module.variational_initial_state(params, speeds, features, jax.random.key(4))
     prior = np.asarray(fbm.stationary_covariance(speeds))
     factor = np.linalg.cholesky(prior)
     lower = np.tril(np.asarray(params["lower"]), -1) + np.diag(np.exp(params["log_diag"]))
     mean = factor @ (np.asarray(features @ params["weights"] + params["bias"]))
     cov = factor @ lower @ lower.T @ factor.T
     precision = np.linalg.inv(prior)
-    want = 0.5 * (np.trace(precision @ cov) + mean @ precision @ mean - 4
-                  + np.linalg.slogdet(prior)[1] - np.linalg.slogdet(cov)[1])  # fmt: skip
+    want = 0.5 * (
+        np.trace(precision @ cov)
+        + mean @ precision @ mean
+        - 4
+        + np.linalg.slogdet(prior)[1]
+        - np.linalg.slogdet(cov)[1]
+    )
     assert float(kl) == pytest.approx(want, rel=1e-6)
 
 
-def test_variational_fit_takes_observations():
-    from inferax import variational
-
+def test_fit_runs_on_the_shared_loop_whatever_the_chunk_size():
     model = sde.fractional_sde(jax.random.key(0), hurst=0.6, kind="I", horizon=2.0)
-    data = sde.Observations(BRIDGE_TIMES, [50, 100], [0.3, 0.0], 0.1)
-    fitted = variational.fit(data, model, jax.random.key(1), optimizer=optax.adam(1e-2),
-                             num_steps=5, num_particles=2)  # fmt: skip
-    assert isinstance(fitted, sde.FractionalSDE)
-    from_data = fitted.elbo(jax.random.key(2), data, num_paths=4)
-    from_arrays = fitted.elbo(jax.random.key(2), BRIDGE_TIMES, [50, 100], [0.3, 0.0], 0.1,
-                              num_paths=4)  # fmt: skip
-    assert float(from_data) == float(from_arrays)
-    with pytest.raises(TypeError, match="sde.Observations"):
-        variational.fit(object(), model, jax.random.key(1), optimizer=optax.adam(1e-2),
-                        num_steps=5)  # fmt: skip
+    optimizer = optax.adam(1e-2)
+    settings = dict(optimizer=optimizer, num_steps=6, num_paths=2, progress=False)
+    result = sde.fit(
+        model, jax.random.key(1), BRIDGE_TIMES, [50, 100], [0.3, 0.0], 0.1, **settings
+    )
+    assert isinstance(result, sde.SDEFit) and isinstance(result.sde, sde.FractionalSDE)
+    assert result.elbo.shape == (6,) and np.all(np.isfinite(result.elbo))
+    # Step t draws its paths with fold_in(key, t): chunks of 4 give the same fit.
+    chunked = sde.fit(
+        model,
+        jax.random.key(1),
+        BRIDGE_TIMES,
+        [50, 100],
+        [0.3, 0.0],
+        0.1,
+        chunk_size=4,
+        **settings,
+    )
+    np.testing.assert_allclose(chunked.elbo, result.elbo, rtol=1e-10)
+    # Two series share the grid and the observation times.
+    two = sde.fit(
+        model,
+        jax.random.key(1),
+        BRIDGE_TIMES,
+        [50, 100],
+        [[0.3, 0.0], [0.1, 0.2]],
+        0.1,
+        **settings,
+    )
+    value = two.sde.elbo(
+        jax.random.key(2), BRIDGE_TIMES, [50, 100], [[0.3, 0.0], [0.1, 0.2]], 0.1, num_paths=4
+    )
+    assert np.isfinite(float(value))
+    with pytest.raises(TypeError, match="optimizer must be an optax"):
+        sde.fit(
+            model,
+            jax.random.key(1),
+            BRIDGE_TIMES,
+            [100],
+            [0.0],
+            0.1,
+            optimizer="adam",
+            num_steps=1,
+        )
+    with pytest.raises(TypeError, match="takes a FractionalSDE"):
+        sde.fit(
+            object(),
+            jax.random.key(1),
+            BRIDGE_TIMES,
+            [100],
+            [0.0],
+            0.1,
+            optimizer=optimizer,
+            num_steps=1,
+        )

@@ -14,17 +14,15 @@ import optax
 import pytest
 from scipy import integrate, stats
 
-from inferax import Target, variational
+from inferax import variational
+from inferax.compile_cache import compile_count
+from inferax.minibatch import minibatch_indices
 from inferax.variational import gp
+from inferax.variational.gp.data import Scaling
 from inferax.variational.gp.linalg import cholesky_with_jitter, report_jitter, whitening_solve
 from inferax.variational.gp.swsgp import nearest_inducing
-from inferax.variational.gp.training import Scaling
 
 FROZEN = ("inducing", "kernel", "likelihood")
-
-
-def standard_normal_target():
-    return Target.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +50,17 @@ def issue_problem():
 
 
 def fixed_fit(model, X, y, **settings):
-    return model.fit(jax.random.key(0), X, y, num_steps=1, learning_rate=0.0, fixed=FROZEN,
-                     progress=False, **settings)  # fmt: skip
+    return gp.fit(
+        model,
+        jax.random.key(0),
+        X,
+        y,
+        num_steps=1,
+        learning_rate=0.0,
+        fixed=FROZEN,
+        progress=False,
+        **settings,
+    )
 
 
 # --- kernels and likelihoods ------------------------------------------------------------
@@ -106,8 +113,7 @@ def test_expected_log_likelihoods_match_quadrature(likelihood, y):
     # Student-t integrands, to machine precision for the polynomial Gaussian one.
     np.testing.assert_allclose(value, reference, rtol=5e-4, atol=1e-8)
     predictive = integrate.trapezoid(np.exp(log_p) * density, grid)
-    log_pred = likelihood.predictive_log_prob(jnp.array([y]), jnp.array([mean]),
-                                              jnp.array([var]))  # fmt: skip
+    log_pred = likelihood.predictive_log_prob(jnp.array([y]), jnp.array([mean]), jnp.array([var]))
     # exp(log p) under 20 points is rougher for the heavy Student-t tail: ~3e-3.
     np.testing.assert_allclose(float(log_pred[0]), math.log(predictive), rtol=5e-3)
 
@@ -162,9 +168,10 @@ def test_whitened_kl_closed_form_and_minibatch_elbo_is_unbiased(issue_problem):
     @jax.jit
     def estimates(keys):
         def one(key):
-            index = jax.random.randint(key, (25,), 0, 500)
-            return model.elbo_with(Xj[index], yj[index], 500, model.mean,
-                                   scale_tril=model.scale_tril)[0]  # fmt: skip
+            index = minibatch_indices(key, 500, 25)
+            return model.elbo_with(
+                Xj[index], yj[index], 500, model.mean, scale_tril=model.scale_tril
+            )[0]
 
         return jax.vmap(one)(keys)
 
@@ -175,48 +182,93 @@ def test_whitened_kl_closed_form_and_minibatch_elbo_is_unbiased(issue_problem):
 
 def test_sgpr_learns_the_noise_and_minibatch_natural_gradients_reach_its_q(issue_problem):
     X, y, Z, _, _, _ = issue_problem
-    sgpr = gp.sgpr(Z).fit(jax.random.key(0), X, y, num_steps=200, learning_rate=0.05,
-                          progress=False)  # fmt: skip
+    sgpr = gp.fit(
+        gp.sgpr(Z), jax.random.key(0), X, y, num_steps=200, learning_rate=0.05, progress=False
+    )
     fitted = sgpr.model
     noise = float(fitted.likelihood.variance * fitted.scaling.y_scale**2)
     assert 0.03 < noise < 0.05  # the true noise variance is 0.04
     assert sgpr.losses[-1] < sgpr.losses[0]
-    # SVGP from scratch with SGPR's hyperparameters, on minibatches of 100: natural-gradient
-    # steps of 0.2 bring q(u) to SGPR's optimal q up to the minibatch noise.
-    model = gp.svgp(np.asarray(fitted.inducing), fitted.kernel, fitted.likelihood,
-                    standardize=False)  # fmt: skip
+    # SVGP from scratch with SGPR's hyperparameters, on minibatches of 200: natural-gradient
+    # steps of 0.05 bring q(u) to SGPR's optimal q up to the minibatch noise. The iterate's
+    # gap to the bound is random with a mean that grows with the step size and the batch
+    # noise: these settings keep it well inside both tolerances for any key (over 16 keys
+    # the gap stays below 0.35 and the mean's error below 0.035).
+    model = gp.svgp(
+        np.asarray(fitted.inducing), fitted.kernel, fitted.likelihood, standardize=False
+    )
     Xs = np.asarray(fitted.scaling.x(jnp.asarray(X)))
     ys = np.asarray(fitted.scaling.y(jnp.asarray(y)))
-    svgp = model.fit(jax.random.key(1), Xs, ys, num_steps=150, batch_size=100, fixed=FROZEN,
-                     natgrad_step_size=0.2, progress=False)  # fmt: skip
+    svgp = gp.fit(
+        model,
+        jax.random.key(1),
+        Xs,
+        ys,
+        num_steps=300,
+        batch_size=200,
+        fixed=FROZEN,
+        natgrad_step_size=0.05,
+        progress=False,
+    )
     bound = fitted.elbo(X, y)
     assert bound - 2.0 < svgp.model.elbo(Xs, ys) <= bound + 1e-9
     sgpr_mean = (fitted.predict(X[:20])[0] - fitted.scaling.y_shift) / fitted.scaling.y_scale
     np.testing.assert_allclose(svgp.predict(Xs[:20])[0], sgpr_mean, atol=0.05)
 
 
-def test_variational_fit_trains_a_sparse_gp_on_a_dataset(issue_problem):
+def test_fit_runs_on_the_shared_loop_whatever_the_chunk_size(issue_problem):
     X, y, Z, *_ = issue_problem
     optimizer = optax.adam(optax.cosine_decay_schedule(0.05, 30, alpha=0.1))
     model = gp.svgp(Z)
-    direct = model.fit(jax.random.key(0), X, y, num_steps=30, batch_size=50,
-                       optimizer=optimizer, progress=False)  # fmt: skip
-    engine = variational.fit(gp.Dataset(X, y), model, jax.random.key(0), optimizer=optimizer,
-                             num_steps=30, batch_size=50, progress=False)  # fmt: skip
-    assert isinstance(engine, gp.GPFit)
-    np.testing.assert_array_equal(engine.losses, direct.losses)
-    assert engine.losses[-1] < engine.losses[0]
-    with pytest.raises(TypeError, match=r"takes gp.Dataset\(X, y\)"):
-        variational.fit((X, y), model, jax.random.key(0), optimizer=optimizer, num_steps=1)
-    with pytest.raises(ValueError, match="num_particles"):
-        variational.fit(gp.Dataset(X, y), model, jax.random.key(0), optimizer=optimizer,
-                        num_steps=1, num_particles=8)  # fmt: skip
-    with pytest.raises(TypeError, match="unexpected keyword"):
-        variational.fit(standard_normal_target(), variational.meanfield_gaussian(),
-                        jax.random.key(0), optimizer=optimizer, num_steps=1,
-                        batch_size=50)  # fmt: skip
+    whole = gp.fit(
+        model,
+        jax.random.key(0),
+        X,
+        y,
+        num_steps=30,
+        batch_size=50,
+        optimizer=optimizer,
+        progress=False,
+    )
+    assert isinstance(whole, gp.GPFit)
+    assert whole.losses.shape == (30,) and whole.losses[-1] < whole.losses[0]
+    # Step t draws its batch with fold_in(key, t): chunks of 7 give the same fit.
+    chunked = gp.fit(
+        model,
+        jax.random.key(0),
+        X,
+        y,
+        num_steps=30,
+        batch_size=50,
+        optimizer=optimizer,
+        chunk_size=7,
+        progress=False,
+    )
+    np.testing.assert_allclose(chunked.losses, whole.losses, rtol=1e-10)
+    # The compiled chunks are kept: the same settings and shapes do not compile again.
+    before = compile_count()
+    again = gp.fit(
+        model,
+        jax.random.key(0),
+        X,
+        y,
+        num_steps=30,
+        batch_size=50,
+        optimizer=optimizer,
+        progress=False,
+    )
+    assert compile_count() == before
+    np.testing.assert_array_equal(again.losses, whole.losses)
     with pytest.raises(TypeError, match="optimizer must be an optax"):
-        model.fit(jax.random.key(0), X, y, num_steps=1, optimizer="adam")
+        gp.fit(model, jax.random.key(0), X, y, num_steps=1, optimizer="adam")
+    with pytest.raises(TypeError, match="gp.fit takes a sparse GP"):
+        gp.fit(variational.meanfield_gaussian(), jax.random.key(0), X, y, num_steps=1)
+    with pytest.raises(ValueError, match="batch_size=600 exceeds"):
+        gp.fit(model, jax.random.key(0), X, y, num_steps=1, batch_size=600)
+    with pytest.raises(ValueError, match="num_stages"):
+        gp.fit(model, jax.random.key(0), X, y, num_steps=4, num_stages=2)
+    with pytest.raises(TypeError, match="unexpected setting"):
+        gp.fit(gp.sgpr(Z), jax.random.key(0), X, y, num_steps=1, natgrad_step_size=0.5)
 
 
 # --- bad input ------------------------------------------------------------------------
@@ -229,23 +281,23 @@ def test_bad_input_gets_clear_errors(issue_problem):
     bad_x = X.copy()
     bad_x[3, 0] = np.nan
     with pytest.raises(ValueError, match="X has 1 row"):
-        model.fit(key, bad_x, y, num_steps=1)
+        gp.fit(model, key, bad_x, y, num_steps=1)
     bad_y = y.copy()
     bad_y[7] = np.inf
     with pytest.raises(ValueError, match="y has 1 NaN or infinite"):
-        model.fit(key, X, bad_y, num_steps=1)
+        gp.fit(model, key, X, bad_y, num_steps=1)
     with pytest.raises(ValueError, match="X has 500 rows but y has 499"):
-        model.fit(key, X, y[:-1], num_steps=1)
+        gp.fit(model, key, X, y[:-1], num_steps=1)
     with pytest.raises(ValueError, match="inducing must have shape"):
-        gp.svgp(np.zeros((5, 3))).fit(key, X, y, num_steps=1)
+        gp.fit(gp.svgp(np.zeros((5, 3))), key, X, y, num_steps=1)
     with pytest.raises(ValueError, match="needs a Gaussian likelihood"):
         gp.sgpr(Z, likelihood=gp.bernoulli())
     with pytest.raises(ValueError, match="labels in"):
-        gp.svgp(Z, likelihood=gp.bernoulli()).fit(key, X, y, num_steps=1)
+        gp.fit(gp.svgp(Z, likelihood=gp.bernoulli()), key, X, y, num_steps=1)
     with pytest.raises(ValueError, match="not fitted"):
         model.predict(X)
     with pytest.raises(ValueError, match="fixed: unknown"):
-        model.fit(key, X, y, num_steps=1, fixed=("noise",))
+        gp.fit(model, key, X, y, num_steps=1, fixed=("noise",))
 
 
 def test_cholesky_retries_with_growing_jitter_then_says_so(caplog, issue_problem):
@@ -259,7 +311,7 @@ def test_cholesky_retries_with_growing_jitter_then_says_so(caplog, issue_problem
     duplicated = np.concatenate([X[:5], X[:5]])
     model = gp.sgpr(duplicated, jitter=0.0, standardize=False)
     with pytest.raises(FloatingPointError, match="failed even after retrying with jitter"):
-        model.fit(jax.random.key(0), X, y, num_steps=1)
+        gp.fit(model, jax.random.key(0), X, y, num_steps=1)
 
 
 def test_whitening_solve_gradient_matches_the_factors_own():
@@ -280,8 +332,9 @@ def test_whitening_solve_gradient_matches_the_factors_own():
 
     point = jnp.array([0.7, 1.3])
     np.testing.assert_allclose(written_out(point), through_factor(point), rtol=1e-12)
-    np.testing.assert_allclose(jax.grad(written_out)(point), jax.grad(through_factor)(point),
-                               rtol=1e-8)  # fmt: skip
+    np.testing.assert_allclose(
+        jax.grad(written_out)(point), jax.grad(through_factor)(point), rtol=1e-8
+    )
 
 
 # --- SWSGP -------------------------------------------------------------------------------
@@ -291,20 +344,39 @@ def test_swsgp_with_all_inducing_points_as_neighbours_is_svgp(issue_problem):
     X, y, Z, kernel, likelihood, _ = issue_problem
     rng = np.random.default_rng(4)
     identity = Scaling.identity(1, jnp.float64)
-    model = gp.SWSGP(kernel, likelihood, jnp.asarray(Z), jnp.asarray(rng.normal(size=20)),
-                     jnp.asarray(rng.normal(size=20) - 1.0),
-                     jnp.asarray(0.3 * rng.normal(size=(20, 3))), identity, num_inducing=20,
-                     num_neighbours=20, rank=3, jitter=1e-6, standardize=False)  # fmt: skip
-    svgp = gp.SVGP(kernel, likelihood, jnp.asarray(Z), model.mean,
-                   jnp.linalg.cholesky(model.covariance()), identity, num_inducing=20,
-                   whiten=False, standardize=False)  # fmt: skip
+    model = gp.SWSGP(
+        kernel,
+        likelihood,
+        jnp.asarray(Z),
+        jnp.asarray(rng.normal(size=20)),
+        jnp.asarray(rng.normal(size=20) - 1.0),
+        jnp.asarray(0.3 * rng.normal(size=(20, 3))),
+        identity,
+        num_inducing=20,
+        num_neighbours=20,
+        rank=3,
+        jitter=1e-6,
+        standardize=False,
+    )
+    svgp = gp.SVGP(
+        kernel,
+        likelihood,
+        jnp.asarray(Z),
+        model.mean,
+        jnp.linalg.cholesky(model.covariance()),
+        identity,
+        num_inducing=20,
+        whiten=False,
+        standardize=False,
+    )
     np.testing.assert_allclose(model.elbo(X, y), svgp.elbo(X, y), rtol=1e-9)
     # K_aa + 1e-6 I has a condition number near 1e6: solves agree to ~1e-10 * 1e6.
     for got, want in zip(model.predict(X[:30]), svgp.predict(X[:30]), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-10)
     # With H < M each point reads only its neighbours: close to, but not, SVGP.
-    local = model.__class__(**{**{f: getattr(model, f) for f in model.__dataclass_fields__},
-                               "num_neighbours": 8})  # fmt: skip
+    local = model.__class__(
+        **{**{f: getattr(model, f) for f in model.__dataclass_fields__}, "num_neighbours": 8}
+    )
     assert abs(local.elbo(X, y) - svgp.elbo(X, y)) > 1e-6
 
 
@@ -324,8 +396,9 @@ def test_dklgp_dense_pattern_at_the_optimal_q_is_the_exact_evidence(issue_proble
     X, y, _, kernel, likelihood, _ = issue_problem
     X, y = X[:30], y[:30]
     jitter = 1e-6
-    model = gp.dklgp(kernel, likelihood, rho=1e6, max_set_size=30, jitter=jitter,
-                     standardize=False)  # fmt: skip
+    model = gp.dklgp(
+        kernel, likelihood, rho=1e6, max_set_size=30, jitter=jitter, standardize=False
+    )
     model = dataclasses.replace(model, scaling=Scaling.identity(1, jnp.float64))
     model = model.initialize(jax.random.key(0), X, y)
     sets = np.asarray(model.sets)
@@ -361,13 +434,26 @@ def test_dklgp_kl_vanishes_at_v_equals_u_and_training_improves_the_bound(issue_p
     start = start.initialize(jax.random.key(0), X, y)
     assert start.sets.shape[1] < 30  # a sparse pattern
     # V = U (zero offsets) and mu = 0: q is the prior
-    start = start.__class__(**{**{f: getattr(start, f) for f in start.__dataclass_fields__},
-                               "raw_factor": jnp.zeros_like(start.raw_factor),
-                               "raw_mean": jnp.zeros_like(start.raw_mean)})  # fmt: skip
+    start = start.__class__(
+        **{
+            **{f: getattr(start, f) for f in start.__dataclass_fields__},
+            "raw_factor": jnp.zeros_like(start.raw_factor),
+            "raw_mean": jnp.zeros_like(start.raw_mean),
+        }
+    )
     kl_part = np.asarray(start.column_terms(jnp.arange(500))[0])
     np.testing.assert_allclose(kl_part, 0.0, atol=1e-9)
-    trained = model.fit(jax.random.key(0), X, y, num_steps=100, batch_size=100,
-                        learning_rate=0.01, num_stages=2, progress=False)  # fmt: skip
+    trained = gp.fit(
+        model,
+        jax.random.key(0),
+        X,
+        y,
+        num_steps=100,
+        batch_size=100,
+        learning_rate=0.01,
+        num_stages=2,
+        progress=False,
+    )
     assert trained.model.elbo() > start.elbo() + 100
 
 
@@ -405,16 +491,27 @@ def test_bernoulli_classification_matches_the_exact_gp_laplace_baseline():
     Ks = np.asarray(kernel.matrix(jnp.asarray(Xte), jnp.asarray(Xtr)))
     p_laplace = laplace_probit(K, Ks, 2.0, ytr)
     model = gp.svgp(Xtr[::4], kernel, gp.bernoulli("probit"), standardize=False)
-    fit = model.fit(jax.random.key(0), Xtr, ytr, num_steps=60, learning_rate=0.0,
-                    fixed=("inducing", "kernel"), natgrad_step_size=0.5, progress=False)
+    fit = gp.fit(
+        model,
+        jax.random.key(0),
+        Xtr,
+        ytr,
+        num_steps=60,
+        learning_rate=0.0,
+        fixed=("inducing", "kernel"),
+        natgrad_step_size=0.5,
+        progress=False,
+    )
     p_svgp = np.asarray(fit.predict_y(Xte)[0])
-    accuracy = {name: np.mean((p > 0.5) == yte) for name, p in
-                (("svgp", p_svgp), ("laplace", p_laplace))}  # fmt: skip
+    accuracy = {
+        name: np.mean((p > 0.5) == yte) for name, p in (("svgp", p_svgp), ("laplace", p_laplace))
+    }
     assert accuracy["laplace"] > 0.8
     # 30 inducing points for 120: SVGP is as accurate as the exact GP (within 2 of 120)
     assert accuracy["svgp"] >= accuracy["laplace"] - 2 / 120
     # and as calibrated: Brier scores and the probabilities themselves agree closely
-    brier = {name: np.mean((p - yte) ** 2) for name, p in
-             (("svgp", p_svgp), ("laplace", p_laplace))}  # fmt: skip
+    brier = {
+        name: np.mean((p - yte) ** 2) for name, p in (("svgp", p_svgp), ("laplace", p_laplace))
+    }
     assert abs(brier["svgp"] - brier["laplace"]) < 0.02
     assert np.mean(np.abs(p_svgp - p_laplace)) < 0.05

@@ -1,17 +1,21 @@
-"""Sparse variational Gaussian processes: SGPR, SVGP, SWSGP and DKLGP, with their kernels
-and likelihoods."""
+"""Sparse variational Gaussian processes: SGPR, SVGP, SWSGP and DKLGP, with their
+covariances and likelihoods, fitted to data by ``fit(model, rng_key, X, y, ...)``."""
 
-from inferax.variational.gp.kernels import RBF as RBF
-from inferax.variational.gp.kernels import AbstractKernel as AbstractKernel
-from inferax.variational.gp.kernels import Matern12 as Matern12
-from inferax.variational.gp.kernels import Matern32 as Matern32
-from inferax.variational.gp.kernels import Matern52 as Matern52
-from inferax.variational.gp.kernels import Product as Product
-from inferax.variational.gp.kernels import Sum as Sum
-from inferax.variational.gp.kernels import matern12 as matern12
-from inferax.variational.gp.kernels import matern32 as matern32
-from inferax.variational.gp.kernels import matern52 as matern52
-from inferax.variational.gp.kernels import rbf as rbf
+from inferax.variational.gp.covariances import RBF as RBF
+from inferax.variational.gp.covariances import AbstractCovariance as AbstractCovariance
+from inferax.variational.gp.covariances import Matern12 as Matern12
+from inferax.variational.gp.covariances import Matern32 as Matern32
+from inferax.variational.gp.covariances import Matern52 as Matern52
+from inferax.variational.gp.covariances import Product as Product
+from inferax.variational.gp.covariances import Sum as Sum
+from inferax.variational.gp.covariances import matern12 as matern12
+from inferax.variational.gp.covariances import matern32 as matern32
+from inferax.variational.gp.covariances import matern52 as matern52
+from inferax.variational.gp.covariances import rbf as rbf
+from inferax.variational.gp.dklgp import DKLGP as DKLGP
+from inferax.variational.gp.dklgp import dklgp as dklgp
+from inferax.variational.gp.fitting import GPFit as GPFit
+from inferax.variational.gp.fitting import fit as fit
 from inferax.variational.gp.likelihoods import AbstractLikelihood as AbstractLikelihood
 from inferax.variational.gp.likelihoods import Bernoulli as Bernoulli
 from inferax.variational.gp.likelihoods import Gaussian as Gaussian
@@ -22,26 +26,24 @@ from inferax.variational.gp.likelihoods import gaussian as gaussian
 from inferax.variational.gp.likelihoods import poisson as poisson
 from inferax.variational.gp.likelihoods import student_t as student_t
 from inferax.variational.gp.model import AbstractSparseGP as AbstractSparseGP
-from inferax.variational.gp.model import GPFit as GPFit
-from inferax.variational.gp.training import Dataset as Dataset
 from inferax.variational.gp.sgpr import SGPR as SGPR
 from inferax.variational.gp.sgpr import sgpr as sgpr
 from inferax.variational.gp.svgp import SVGP as SVGP
 from inferax.variational.gp.svgp import natural_gradient_step as natural_gradient_step
 from inferax.variational.gp.svgp import svgp as svgp
-from inferax.variational.gp.dklgp import DKLGP as DKLGP
-from inferax.variational.gp.dklgp import dklgp as dklgp
 from inferax.variational.gp.swsgp import SWSGP as SWSGP
 from inferax.variational.gp.swsgp import swsgp as swsgp
 
 __all__ = [
+    "DKLGP",
     "RBF",
-    "AbstractKernel",
+    "SGPR",
+    "SVGP",
+    "SWSGP",
+    "AbstractCovariance",
     "AbstractLikelihood",
     "AbstractSparseGP",
     "Bernoulli",
-    "DKLGP",
-    "Dataset",
     "GPFit",
     "Gaussian",
     "Matern12",
@@ -49,13 +51,11 @@ __all__ = [
     "Matern52",
     "Poisson",
     "Product",
-    "SGPR",
-    "SVGP",
-    "SWSGP",
     "StudentT",
     "Sum",
     "bernoulli",
     "dklgp",
+    "fit",
     "gaussian",
     "matern12",
     "matern32",

@@ -5,26 +5,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, final
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.scipy.linalg import cho_solve, solve_triangular
 import scipy.sparse
 import scipy.sparse.linalg
+from jax.scipy.linalg import cho_solve, solve_triangular
 from scipy.spatial import cKDTree
 
-from inferax.validation import check_count, check_key
+from inferax.minibatch import minibatch_indices
 from inferax.pytree import pytree_dataclass, static_field
-from inferax.variational.gp.kernels import AbstractKernel, rbf
+from inferax.validation import check_count
+from inferax.variational.gp.covariances import AbstractCovariance, rbf
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
 from inferax.variational.gp.linalg import cholesky_with_jitter
-from inferax.variational.gp.model import AbstractSparseGP, GPFit, resolve_optimizer, stop_fixed
+from inferax.variational.gp.model import AbstractSparseGP, descend
 from inferax.variational.gp.ordering import maximin_order, neighbour_sets
-from inferax.variational.gp.training import Scaling, check_inputs, run_steps
 
 PREDICT_CHUNK = 512
 """Test points per compiled chunk of ``predict``."""
@@ -100,7 +99,7 @@ class DKLGP(AbstractSparseGP):
     mean ``b^T mu_c`` and variance ``k** - k*c b + |V_cc^-1 b|^2``, ``b = K_cc^-1 k_c*``.
     """
 
-    kernel: AbstractKernel
+    kernel: AbstractCovariance
     likelihood: AbstractLikelihood
     raw_mean: Any = None
     raw_factor: Any = None
@@ -119,26 +118,27 @@ class DKLGP(AbstractSparseGP):
 
     def initialize(self, rng_key, X, y):
         del rng_key
-        if self.raw_mean is not None:
-            raise ValueError("fit: the model is already fitted; build a new one to refit")
         return self.reordered(np.asarray(X), np.asarray(y), np.zeros(X.shape[0]))
 
     def reordered(self, X, y, mean_by_point) -> DKLGP:
         """The model ordered and patterned for the current lengthscales, with ``mu`` kept
         (``mean_by_point`` in the data's own order) and ``V`` restarted at ``U``."""
         order, lengths = maximin_order(_scaled(self.kernel, X))
-        sets = neighbour_sets(_scaled(self.kernel, X)[order], lengths, self.rho,
-                              self.max_set_size)  # fmt: skip
+        sets = neighbour_sets(_scaled(self.kernel, X)[order], lengths, self.rho, self.max_set_size)
         width = int(np.max(np.sum(sets >= 0, axis=1)))
         sets = jnp.asarray(sets[:, -width:])
         dtype = jnp.result_type(float)
         inputs = jnp.asarray(X[order], dtype)
         model = dataclasses.replace(
-            self, inputs=inputs, outputs=jnp.asarray(y[order], dtype), sets=sets,
-            order=jnp.asarray(order), raw_factor=jnp.zeros(sets.shape, dtype),
+            self,
+            inputs=inputs,
+            outputs=jnp.asarray(y[order], dtype),
+            sets=sets,
+            order=jnp.asarray(order),
+            raw_factor=jnp.zeros(sets.shape, dtype),
             ordering_lengthscales=jnp.asarray(self.kernel.lengthscales),
             raw_mean=jnp.zeros(order.shape, dtype),
-        )  # fmt: skip
+        )
         model = model.with_mean(jnp.asarray(mean_by_point[order], dtype))
         if self.likelihood.gaussian:
             model = model.gaussian_start()
@@ -161,8 +161,7 @@ class DKLGP(AbstractSparseGP):
         rhs = np.asarray(self.outputs) / noise
         diagonal = precision.diagonal()
         preconditioner = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda v: v / diagonal)
-        mean, _ = scipy.sparse.linalg.cg(precision, rhs, rtol=1e-8, maxiter=2000,
-                                         M=preconditioner)  # fmt: skip
+        mean, _ = scipy.sparse.linalg.cg(precision, rhs, rtol=1e-8, maxiter=2000, M=preconditioner)
         offset = np.zeros(sets.shape)
         offset[:, -1] = np.sqrt(prior[:, -1] ** 2 + 1.0 / noise) - prior[:, -1]
         dtype = jnp.result_type(float)
@@ -204,8 +203,7 @@ class DKLGP(AbstractSparseGP):
     def with_factor(self, values) -> DKLGP:
         """The model with ``V``'s values on the pattern set to ``values``."""
         prior, _ = _prior_columns(self.kernel, self.inputs, self.sets, self.jitter)
-        return dataclasses.replace(self, raw_factor=jnp.where(self.sets >= 0, values - prior,
-                                                              0.0))  # fmt: skip
+        return dataclasses.replace(self, raw_factor=jnp.where(self.sets >= 0, values - prior, 0.0))
 
     # --- the bound ---------------------------------------------------------------------
 
@@ -225,9 +223,12 @@ class DKLGP(AbstractSparseGP):
             inner_cov = jnp.sum(solve_triangular(factor, prior, lower=False) ** 2)
             inner_mean = jnp.sum(jnp.where(valid, prior * mean, 0.0)) ** 2
             kl_part = (
-                jnp.log(prior[-1]) - jnp.log(jnp.abs(factor[-1, -1]))
-                - 0.5 * inner_mean - 0.5 * inner_cov + 0.5
-            )  # fmt: skip
+                jnp.log(prior[-1])
+                - jnp.log(jnp.abs(factor[-1, -1]))
+                - 0.5 * inner_mean
+                - 0.5 * inner_cov
+                + 0.5
+            )
             return kl_part, mean[-1], var, used
 
         return jax.vmap(one)(columns)
@@ -238,11 +239,11 @@ class DKLGP(AbstractSparseGP):
         expected = self.likelihood.expected_log_prob(self.outputs[columns], f_mean, f_var)
         return (num_data / columns.shape[0]) * jnp.sum(kl_part + expected), jnp.max(used)
 
-    def elbo_standardized(self, rng_key, X, y, num_data):
-        del rng_key, X, y
+    def elbo_standardized(self, X, y, num_data):
+        del X, y
         return self.elbo_columns(jnp.arange(self.sets.shape[0]), num_data)
 
-    def elbo(self, X=None, y=None, rng_key=None) -> float:
+    def elbo(self, X=None, y=None) -> float:
         """The full ELBO on the training data the model holds (``X``, ``y`` are ignored:
         the bound is over the fitted points)."""
         self._check_fitted("elbo")
@@ -258,66 +259,24 @@ class DKLGP(AbstractSparseGP):
             optimizer=settings.pop("optimizer"),
             fixed=settings.pop("fixed"),
         )
-        settings.pop("num_stages", None)
-        settings.pop("reorder_tolerance", None)
         if settings:
-            raise TypeError(f"DKLGP.fit got unexpected setting(s) {sorted(settings)}")
-        params = step.trained(self)
-        return step, (self, step.optimizer.init(params)), lambda state: state[0]
+            raise TypeError(f"gp.fit: DKLGP got unexpected setting(s) {sorted(settings)}")
+        return step, (self, step.optimizer.init(step.trained(self)))
 
-    def fit(self, rng_key, X, y, *, num_steps, num_stages: int = 1,
-            reorder_tolerance: float = 0.2, **options) -> GPFit:  # fmt: skip
-        """Fits in ``num_stages`` stages of ``num_steps / num_stages`` steps; between stages
-        the ordering and pattern are rebuilt if a lengthscale moved by more than
-        ``reorder_tolerance`` (relative), keeping ``mu`` and restarting ``V`` at ``U``.
-        ``batch_size`` counts columns. Other options as ``AbstractSparseGP.fit``."""
-        check_count("num_stages", num_stages, minimum=1)
-        check_count("num_steps", num_steps, minimum=num_stages)
-        unknown = set(options) - {"batch_size", "learning_rate", "optimizer", "fixed",
-                                  "chunk_size", "progress"}  # fmt: skip
-        if unknown:
-            raise TypeError(f"DKLGP.fit got unexpected option(s) {sorted(unknown)}")
-        optimizer = resolve_optimizer(options.get("optimizer"), options.get("learning_rate", 0.01))
-        rng_key = check_key(rng_key)
-        X_checked, y_checked = check_inputs(X, y)
-        self.likelihood.check_y(y_checked)
-        dtype = jnp.result_type(float)
-        scaling = Scaling.from_data(
-            X_checked, y_checked, standardize_x=self.standardize,
-            standardize_y=self.standardize and self.likelihood.gaussian, dtype=dtype,
-        )  # fmt: skip
-        Xs = np.asarray(scaling.x(jnp.asarray(X_checked, dtype)))
-        ys = np.asarray(scaling.y(jnp.asarray(y_checked, dtype)))
-        model = dataclasses.replace(self, scaling=scaling).initialize(rng_key, Xs, ys)
-        losses, timing = [], {"compile": 0.0, "optimization": 0.0, "ordering": 0.0}
-        per_stage = [num_steps // num_stages + (s < num_steps % num_stages)
-                     for s in range(num_stages)]  # fmt: skip
-        for stage, steps in enumerate(per_stage):
-            if stage:
-                moved = jnp.max(jnp.abs(model.kernel.lengthscales / model.ordering_lengthscales
-                                        - 1.0))  # fmt: skip
-                if float(moved) > reorder_tolerance:
-                    start = time.perf_counter()
-                    by_point = np.empty(Xs.shape[0])
-                    by_point[np.asarray(model.order)] = np.asarray(model.mean)
-                    model = model.reordered(Xs, ys, by_point)
-                    timing["ordering"] += time.perf_counter() - start
-            settings = {
-                "num_data": Xs.shape[0], "batch_size": options.get("batch_size"),
-                "optimizer": optimizer,
-                "fixed": tuple(sorted(options.get("fixed", ()))),
-            }  # fmt: skip
-            step, state, unpack = model.training_step(settings)
-            state, stage_losses, stage_timing = run_steps(
-                step, state, jax.random.fold_in(rng_key, stage), None, num_steps=steps,
-                chunk_size=options.get("chunk_size", 500), progress=options.get("progress"),
-                jitter=self.jitter, where="DKLGP",
-            )  # fmt: skip
-            model = unpack(state)
-            losses.append(stage_losses)
-            for name, seconds in stage_timing.items():
-                timing[name] += seconds
-        return GPFit(model=model, losses=np.concatenate(losses), timing=timing)
+    @property
+    def reorders(self) -> bool:
+        return True
+
+    def reorder(self, X, y, tolerance):
+        """The model reordered and repatterned if a lengthscale moved by more than
+        ``tolerance`` (relative) since the ordering was built, keeping ``mu`` and
+        restarting ``V`` at ``U``; otherwise the model itself."""
+        moved = jnp.max(jnp.abs(self.kernel.lengthscales / self.ordering_lengthscales - 1.0))
+        if float(moved) <= tolerance:
+            return self
+        by_point = np.empty(X.shape[0])
+        by_point[np.asarray(self.order)] = np.asarray(self.mean)
+        return self.reordered(np.asarray(X), np.asarray(y), by_point)
 
     # --- prediction --------------------------------------------------------------------
 
@@ -360,7 +319,7 @@ def _prior_columns(kernel, inputs, sets, jitter):
 
 @jax.jit
 def _full_elbo(model):
-    return model.elbo_standardized(None, None, None, model.sets.shape[0])
+    return model.elbo_standardized(None, None, model.sets.shape[0])
 
 
 @jax.jit
@@ -381,11 +340,11 @@ def _predict_chunk(model, Xs, neighbours):
     return mean, var, jnp.max(used)
 
 
+@final
 @dataclasses.dataclass(frozen=True)
 class DKLGPStep:
     """One optimizer step (Adam by default) on ``mu``, ``V`` and the hyperparameters from a
-    minibatch of columns (drawn with replacement), ``U``'s columns recomputed from the
-    current kernel."""
+    minibatch of distinct columns, ``U``'s columns recomputed from the current kernel."""
 
     num_data: int
     batch_size: int | None
@@ -393,31 +352,25 @@ class DKLGPStep:
     fixed: tuple[str, ...]
 
     def trained(self, model):
-        return {"kernel": model.kernel, "likelihood": model.likelihood,
-                "raw_mean": model.raw_mean, "raw_factor": model.raw_factor}  # fmt: skip
+        """The parts the optimizer steps."""
+        names = ("kernel", "likelihood", "raw_mean", "raw_factor")
+        return {name: getattr(model, name) for name in names}
 
     def __call__(self, state, rng_key, data):
-        del data
+        del data  # the model holds its ordered training points
         model, opt_state = state
         if self.batch_size is None:
             columns = jnp.arange(self.num_data)
         else:
-            columns = jax.random.randint(rng_key, (self.batch_size,), 0, self.num_data)
-        params = self.trained(model)
-
-        def loss(params):
-            current = dataclasses.replace(model, **stop_fixed(params, self.fixed))
-            value, used = current.elbo_columns(columns, self.num_data)
-            return -value, used
-
-        (value, used), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return (dataclasses.replace(model, **params), opt_state), value, used
+            columns = minibatch_indices(rng_key, self.num_data, self.batch_size)
+        model, opt_state, metrics = descend(
+            self, model, opt_state, lambda current: current.elbo_columns(columns, self.num_data)
+        )
+        return (model, opt_state), metrics
 
 
 def dklgp(
-    kernel: AbstractKernel | None = None,
+    kernel: AbstractCovariance | None = None,
     likelihood: AbstractLikelihood | None = None,
     *,
     rho: float = 1.5,
@@ -429,7 +382,7 @@ def dklgp(
 
     Its parameters are per training point (``mu`` and ``V``'s columns), the cost per step is
     ``O(B m^3)`` for ``B`` columns with sets of up to ``m`` points, and nothing grows with
-    ``n`` but storage. ``fit`` takes ``num_stages`` (reorder between stages when the
+    ``n`` but storage. ``gp.fit`` takes ``num_stages`` (reorder between stages when the
     lengthscales moved) and ``batch_size`` in columns.
 
     Args:
@@ -453,8 +406,14 @@ def dklgp(
     check_count("max_set_size", max_set_size, minimum=1)
     kernel = rbf() if kernel is None else kernel
     likelihood = gaussian() if likelihood is None else likelihood
-    return DKLGP(kernel, likelihood, rho=float(rho), max_set_size=max_set_size,
-                 jitter=float(jitter), standardize=standardize)  # fmt: skip
+    return DKLGP(
+        kernel,
+        likelihood,
+        rho=float(rho),
+        max_set_size=max_set_size,
+        jitter=float(jitter),
+        standardize=standardize,
+    )
 
 
 __all__ = ["DKLGP", "DKLGPStep", "dklgp", "prior_column", "restricted_factor"]

@@ -16,7 +16,7 @@ import numpy as np
 from jax.scipy.special import gammaln, ndtr
 
 from inferax.pytree import pytree_dataclass, static_field
-from inferax.variational.gp.kernels import _positive, softplus_inverse
+from inferax.variational.gp.covariances import positive, softplus_inverse
 
 NUM_QUADRATURE = 20
 """Gauss-Hermite points for expectations that have no closed form."""
@@ -82,9 +82,7 @@ class Gaussian(AbstractLikelihood):
         return -0.5 * (_LOG_2PI + jnp.log(self.variance) + (y - f) ** 2 / self.variance)
 
     def expected_log_prob(self, y, mean, var):
-        return -0.5 * (
-            _LOG_2PI + jnp.log(self.variance) + ((y - mean) ** 2 + var) / self.variance
-        )
+        return -0.5 * (_LOG_2PI + jnp.log(self.variance) + ((y - mean) ** 2 + var) / self.variance)
 
     def predictive_log_prob(self, y, mean, var):
         total = var + self.variance
@@ -185,7 +183,7 @@ def gaussian(variance=1.0) -> Gaussian:
       ...                                   jnp.array(0.5))), 4)
       -2.0724
     """
-    return Gaussian(softplus_inverse(_positive("variance", variance)))
+    return Gaussian(softplus_inverse(positive("variance", variance)))
 
 
 def bernoulli(link: str = "probit") -> Bernoulli:
@@ -204,7 +202,7 @@ def student_t(scale=1.0, df: float = 4.0) -> StudentT:
     """A Student-t likelihood with ``df`` degrees of freedom (fixed) and a trained scale."""
     if not df > 0:
         raise ValueError(f"df must be positive, got {df}")
-    return StudentT(softplus_inverse(_positive("scale", scale)), float(df))
+    return StudentT(softplus_inverse(positive("scale", scale)), float(df))
 
 
 __all__ = [

@@ -58,8 +58,9 @@ def maximin_order(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(order, dtype=np.int64), np.asarray(lengths)
 
 
-def neighbour_sets(ordered: np.ndarray, lengths: np.ndarray, rho: float,
-                   max_size: int) -> np.ndarray:  # fmt: skip
+def neighbour_sets(
+    ordered: np.ndarray, lengths: np.ndarray, rho: float, max_size: int
+) -> np.ndarray:
     """For each column ``j`` of the ordered points, the set ``{i <= j : |x_i - x_j| <=
     rho min(l_i, l_j)}`` (``l_j <= l_i`` for ``i < j``, so the bound is ``rho l_j``), cut to
     ``j`` and its ``max_size - 1`` nearest earlier points.
@@ -76,8 +77,7 @@ def neighbour_sets(ordered: np.ndarray, lengths: np.ndarray, rho: float,
         if j < BRUTE_FORCE_COLUMNS:
             candidates = np.arange(j)
         else:
-            candidates = np.asarray(tree.query_ball_point(ordered[j], radius[j]),
-                                    dtype=np.int64)  # fmt: skip
+            candidates = np.asarray(tree.query_ball_point(ordered[j], radius[j]), dtype=np.int64)
             candidates = candidates[candidates < j]
         distance = np.sqrt(np.sum((ordered[candidates] - ordered[j]) ** 2, axis=1))
         keep = distance <= radius[j]

@@ -8,16 +8,19 @@ from typing import Any, final
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
 from inferax.pytree import pytree_dataclass, static_field
-from inferax.variational.gp.kernels import AbstractKernel, rbf
+from inferax.variational.gp.covariances import AbstractCovariance, rbf
+from inferax.variational.gp.inducing import (
+    inducing_inputs,
+    initial_inducing,
+    projected_marginals,
+    whitened_projection,
+)
 from inferax.variational.gp.likelihoods import AbstractLikelihood, Gaussian, gaussian
-from inferax.variational.gp.model import AbstractSparseGP, stop_fixed
-from inferax.variational.gp.svgp import _initial_inducing, _marginals, whitened_projection
-from inferax.variational.gp.training import minibatch
+from inferax.variational.gp.model import AbstractSparseGP, descend
 
 
 def _collapsed(model, X, y):
@@ -55,7 +58,7 @@ class SGPR(AbstractSparseGP):
     for prediction.
     """
 
-    kernel: AbstractKernel
+    kernel: AbstractCovariance
     likelihood: AbstractLikelihood
     inducing: Any
     mean: Any = None
@@ -67,12 +70,9 @@ class SGPR(AbstractSparseGP):
 
     def initialize(self, rng_key, X, y):
         del y
-        if self.mean is not None:
-            raise ValueError("fit: the model is already fitted; build a new one to refit")
-        return dataclasses.replace(self, inducing=_initial_inducing(rng_key, self, X))
+        return dataclasses.replace(self, inducing=initial_inducing(rng_key, self, X))
 
-    def elbo_standardized(self, rng_key, X, y, num_data):
-        del rng_key
+    def elbo_standardized(self, X, y, num_data):
         if X.shape[0] != num_data:
             raise ValueError("SGPR's collapsed bound needs the full data, not a minibatch")
         bound, _, _, used = _collapsed(self, X, y)
@@ -83,21 +83,18 @@ class SGPR(AbstractSparseGP):
 
     def latent(self, X):
         projection, used = whitened_projection(self.kernel, self.inducing, X, self.jitter)
-        mean, spread = _marginals(projection, self.mean, None, self.scale_tril)
+        mean, spread = projected_marginals(projection, self.mean, None, self.scale_tril)
         var = self.kernel.diag(X) - jnp.sum(projection**2, axis=0) + spread
         return mean, jnp.maximum(var, 1e-12), used
 
     def training_step(self, settings):
         if settings.pop("batch_size") is not None:
             raise ValueError("SGPR's collapsed bound uses the full data: leave batch_size None")
-        step = SGPRStep(
-            optimizer=settings.pop("optimizer"), fixed=settings.pop("fixed")
-        )
+        step = SGPRStep(optimizer=settings.pop("optimizer"), fixed=settings.pop("fixed"))
         settings.pop("num_data")
         if settings:
-            raise TypeError(f"SGPR.fit got unexpected setting(s) {sorted(settings)}")
-        params = step.trained(self)
-        return step, (self, step.optimizer.init(params)), lambda state: state[0]
+            raise TypeError(f"gp.fit: SGPR got unexpected setting(s) {sorted(settings)}")
+        return step, (self, step.optimizer.init(step.trained(self)))
 
 
 @jax.jit
@@ -112,37 +109,32 @@ def _optimal_q(model, X, y):
     )
 
 
+@final
 @dataclasses.dataclass(frozen=True)
 class SGPRStep:
     """One optimizer step (Adam by default) on the kernel, the noise and ``Z`` against the
-    collapsed bound."""
+    collapsed bound, on the full data."""
 
     optimizer: optax.GradientTransformation
     fixed: tuple[str, ...]
 
     def trained(self, model):
-        return {"kernel": model.kernel, "likelihood": model.likelihood,
-                "inducing": model.inducing}  # fmt: skip
+        """The parts the optimizer steps."""
+        return {"kernel": model.kernel, "likelihood": model.likelihood, "inducing": model.inducing}
 
     def __call__(self, state, rng_key, data):
+        del rng_key
         model, opt_state = state
-        X, y = minibatch(rng_key, data, None)
-        params = self.trained(model)
-
-        def loss(params):
-            current = dataclasses.replace(model, **stop_fixed(params, self.fixed))
-            bound, _, _, used = _collapsed(current, X, y)
-            return -bound, used
-
-        (value, used), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return (dataclasses.replace(model, **params), opt_state), value, used
+        X, y = data
+        model, opt_state, metrics = descend(
+            self, model, opt_state, lambda current: current.elbo_standardized(X, y, X.shape[0])
+        )
+        return (model, opt_state), metrics
 
 
 def sgpr(
     inducing,
-    kernel: AbstractKernel | None = None,
+    kernel: AbstractCovariance | None = None,
     likelihood: AbstractLikelihood | None = None,
     *,
     jitter: float = 1e-6,
@@ -165,9 +157,10 @@ def sgpr(
       >>> from inferax.variational import gp
       >>> X = np.linspace(-3, 3, 200)[:, None]
       >>> y = np.sin(2 * X[:, 0]) + 0.1 * np.random.default_rng(0).normal(size=200)
-      >>> fit = gp.sgpr(np.linspace(-3, 3, 15)[:, None]).fit(
-      ...     jax.random.key(0), X, y, num_steps=300, learning_rate=0.05, progress=False)
-      >>> mean, var = fit.predict(np.array([[0.5]]))
+      >>> model = gp.sgpr(np.linspace(-3, 3, 15)[:, None])
+      >>> result = gp.fit(model, jax.random.key(0), X, y, num_steps=300, learning_rate=0.05,
+      ...                 progress=False)
+      >>> mean, var = result.predict(np.array([[0.5]]))
       >>> bool(abs(float(mean[0]) - np.sin(1.0)) < 0.1)
       True
 
@@ -182,19 +175,15 @@ def sgpr(
             f"SGPR's collapsed bound needs a Gaussian likelihood, got "
             f"{type(likelihood).__name__}; use svgp(...) for other likelihoods"
         )
-    if isinstance(inducing, (int, np.integer)) and not isinstance(inducing, bool):
-        if inducing < 1:
-            raise ValueError(f"inducing: the number of inducing points must be >= 1, "
-                             f"got {inducing}")  # fmt: skip
-        return SGPR(kernel, likelihood, None, num_inducing=int(inducing), jitter=float(jitter),
-                    standardize=standardize)  # fmt: skip
-    Z = np.asarray(inducing, dtype=float)
-    if Z.ndim == 1:
-        Z = Z[:, None]
-    if Z.ndim != 2 or not np.all(np.isfinite(Z)):
-        raise ValueError(f"inducing must be a finite (M, D) array or an int, got shape {Z.shape}")
-    return SGPR(kernel, likelihood, Z, num_inducing=Z.shape[0], jitter=float(jitter),
-                standardize=standardize)  # fmt: skip
+    Z, size = inducing_inputs(inducing)
+    return SGPR(
+        kernel,
+        likelihood,
+        Z,
+        num_inducing=size,
+        jitter=float(jitter),
+        standardize=standardize,
+    )
 
 
 __all__ = ["SGPR", "SGPRStep", "sgpr"]

@@ -8,28 +8,21 @@ from typing import Any, final
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
 from inferax.pytree import pytree_dataclass, static_field
-from inferax.variational.gp.kernels import AbstractKernel, rbf
+from inferax.variational.gp.covariances import AbstractCovariance, rbf
+from inferax.variational.gp.inducing import (
+    inducing_inputs,
+    inducing_projection,
+    initial_inducing,
+    projected_marginals,
+    whitened_projection,
+)
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
-from inferax.variational.gp.linalg import cholesky_with_jitter, whitening_solve
-from inferax.variational.gp.model import AbstractSparseGP, stop_fixed
-from inferax.variational.gp.training import minibatch
-
-
-def inducing_projection(kernel, Z, X, jitter):
-    """``(A, L, jitter)``: ``L = chol(Kuu + jitter I)`` and ``A = L^-1 Kuf``."""
-    factor, used = cholesky_with_jitter(kernel.matrix(Z, Z), jitter)
-    return solve_triangular(factor, kernel.matrix(Z, X), lower=True), factor, used
-
-
-def whitened_projection(kernel, Z, X, jitter):
-    """``(A, jitter)``: ``A = L^-1 Kuf``, ``L = chol(Kuu + jitter I)``, when ``L`` itself is
-    not needed (its gradient is then cheaper: ``linalg.whitening_solve``)."""
-    return whitening_solve(kernel.matrix(Z, Z), kernel.matrix(Z, X), jitter)
+from inferax.variational.gp.linalg import cholesky_with_jitter
+from inferax.variational.gp.model import AbstractSparseGP, descend, stop_fixed, training_batch
 
 
 def gaussian_kl_whitened(mean, cov=None, scale_tril=None):
@@ -56,14 +49,6 @@ def gaussian_kl(mean, prior_factor, cov=None, scale_tril=None):
     return gaussian_kl_whitened(white_mean, cov=0.5 * (white_cov + white_cov.T))
 
 
-def _marginals(projection, mean, cov, scale_tril):
-    if scale_tril is not None:
-        spread = jnp.sum((scale_tril.T @ projection) ** 2, axis=0)
-    else:
-        spread = jnp.sum(projection * (cov @ projection), axis=0)
-    return projection.T @ mean, spread
-
-
 @final
 @pytree_dataclass
 class SVGP(AbstractSparseGP):
@@ -77,7 +62,7 @@ class SVGP(AbstractSparseGP):
     ``fit``.
     """
 
-    kernel: AbstractKernel
+    kernel: AbstractCovariance
     likelihood: AbstractLikelihood
     inducing: Any
     mean: Any = None
@@ -90,9 +75,7 @@ class SVGP(AbstractSparseGP):
 
     def initialize(self, rng_key, X, y):
         del y
-        if self.mean is not None:
-            raise ValueError("fit: the model is already fitted; build a new one to refit")
-        Z = _initial_inducing(rng_key, self, X)
+        Z = initial_inducing(rng_key, self, X)
         size = Z.shape[0]
         if self.whiten:
             scale = jnp.eye(size, dtype=X.dtype)
@@ -100,8 +83,9 @@ class SVGP(AbstractSparseGP):
             scale = jnp.linalg.cholesky(
                 self.kernel.matrix(Z, Z) + self.jitter * jnp.eye(size, dtype=X.dtype)
             )
-        return dataclasses.replace(self, inducing=Z, mean=jnp.zeros(size, X.dtype),
-                                   scale_tril=scale)  # fmt: skip
+        return dataclasses.replace(
+            self, inducing=Z, mean=jnp.zeros(size, X.dtype), scale_tril=scale
+        )
 
     def _projection(self, X):
         """``(projection, factor, jitter)``; ``factor`` (``chol(Kuu)``) is ``None`` when
@@ -109,8 +93,7 @@ class SVGP(AbstractSparseGP):
         if self.whiten:
             projection, used = whitened_projection(self.kernel, self.inducing, X, self.jitter)
             return projection, None, used
-        projection, factor, used = inducing_projection(self.kernel, self.inducing, X,
-                                                       self.jitter)  # fmt: skip
+        projection, factor, used = inducing_projection(self.kernel, self.inducing, X, self.jitter)
         return solve_triangular(factor.T, projection, lower=False), factor, used
 
     def latent(self, X):
@@ -122,8 +105,9 @@ class SVGP(AbstractSparseGP):
         """``(ELBO, jitter)`` on the batch ``(X, y)`` for ``q(u) = N(mean, S)``, with ``S``
         given as ``cov`` or as its Cholesky factor ``scale_tril``."""
         expected, used = self.expected_log_likelihood(X, y, num_data, mean, cov, scale_tril)
-        return expected - self.kl(mean, scale_tril if scale_tril is not None else cov,
-                                  factored=scale_tril is not None), used  # fmt: skip
+        return expected - self.kl(
+            mean, scale_tril if scale_tril is not None else cov, factored=scale_tril is not None
+        ), used
 
     def expected_log_likelihood(self, X, y, num_data, mean, cov=None, scale_tril=None):
         """``((n / |B|) sum_B E_q log p(y_i | f_i), jitter)``."""
@@ -135,7 +119,7 @@ class SVGP(AbstractSparseGP):
         """``(mean, var, projection, jitter)`` of ``q(f)`` at standardised ``X``, with the
         ``(M, |B|)`` projection through which ``f``'s marginals read ``q(u)``."""
         projection, factor, used = self._projection(X)
-        f_mean, spread = _marginals(projection, mean, cov, scale_tril)
+        f_mean, spread = projected_marginals(projection, mean, cov, scale_tril)
         if self.whiten:
             prior_part = jnp.sum(projection**2, axis=0)
         else:
@@ -165,8 +149,7 @@ class SVGP(AbstractSparseGP):
         )
         return cho_solve((factor, True), eye)
 
-    def elbo_standardized(self, rng_key, X, y, num_data):
-        del rng_key
+    def elbo_standardized(self, X, y, num_data):
         return self.elbo_with(X, y, num_data, self.mean, scale_tril=jnp.tril(self.scale_tril))
 
     def training_step(self, settings):
@@ -181,36 +164,19 @@ class SVGP(AbstractSparseGP):
         if settings:
             raise TypeError(f"SVGP.fit got unexpected setting(s) {sorted(settings)}")
         if not 0 < step.natgrad_step_size <= 1:
-            raise ValueError(
-                f"natgrad_step_size must be in (0, 1], got {step.natgrad_step_size}"
-            )
+            raise ValueError(f"natgrad_step_size must be in (0, 1], got {step.natgrad_step_size}")
         precision = None
         if step.natural_gradient:
-            inverse_factor = solve_triangular(jnp.tril(self.scale_tril),
-                                              jnp.eye(self.mean.shape[0], dtype=self.mean.dtype),
-                                              lower=True)  # fmt: skip
-            precision = inverse_factor.T @ inverse_factor
-        state = (self, step.optimizer.init(step.trained(self)), precision)
-        return step, state, lambda state: state[0]
-
-
-def _initial_inducing(rng_key, model, X):
-    if model.inducing is None:
-        n = X.shape[0]
-        if model.num_inducing > n:
-            raise ValueError(
-                f"num_inducing={model.num_inducing} exceeds the {n} data points"
+            inverse_factor = solve_triangular(
+                jnp.tril(self.scale_tril),
+                jnp.eye(self.mean.shape[0], dtype=self.mean.dtype),
+                lower=True,
             )
-        index = jax.random.choice(rng_key, n, (model.num_inducing,), replace=False)
-        return X[index]
-    Z = jnp.asarray(model.inducing, X.dtype)
-    if Z.ndim != 2 or Z.shape[1] != X.shape[1]:
-        raise ValueError(
-            f"inducing must have shape (M, {X.shape[1]}) to match X, got {Z.shape}"
-        )
-    return model.scaling.x(Z)
+            precision = inverse_factor.T @ inverse_factor
+        return step, (self, step.optimizer.init(step.trained(self)), precision)
 
 
+@final
 @dataclasses.dataclass(frozen=True)
 class SVGPStep:
     """One SVGP step: a minibatch, then a natural-gradient step for ``q(u)`` in its natural
@@ -226,61 +192,67 @@ class SVGPStep:
     natgrad_step_size: float
 
     def trained(self, model):
-        parts = {"kernel": model.kernel, "likelihood": model.likelihood,
-                 "inducing": model.inducing}  # fmt: skip
+        """The parts the optimizer steps."""
+        parts = {
+            "kernel": model.kernel,
+            "likelihood": model.likelihood,
+            "inducing": model.inducing,
+        }
         if not self.natural_gradient:
             parts.update(mean=model.mean, scale_tril=model.scale_tril)
         return parts
 
     def __call__(self, state, rng_key, data):
         model, opt_state, precision = state
-        X, y = minibatch(rng_key, data, self.batch_size)
+        X, y = training_batch(rng_key, data, self.batch_size)
         params = self.trained(model)
+        if not self.natural_gradient:
+            model, opt_state, metrics = descend(
+                self,
+                model,
+                opt_state,
+                lambda current: current.elbo_with(
+                    X, y, self.num_data, current.mean, scale_tril=jnp.tril(current.scale_tril)
+                ),
+            )
+            return (model, opt_state, precision), metrics
 
-        if self.natural_gradient:
-            scale_tril = jnp.tril(model.scale_tril)
-            zeros = jnp.zeros(X.shape[0], X.dtype)
+        scale_tril = jnp.tril(model.scale_tril)
+        zeros = jnp.zeros(X.shape[0], X.dtype)
 
-            # The likelihood term reads q(u) only through the batch's marginals, so its
-            # gradients in (m, S) are g = A dm and G = A diag(dv) A^T for its gradients
-            # (dm, dv) in the marginals' means and variances: O(|B| M^2), not the O(M^3)
-            # of differentiating through S = L L^T.
-            def objective(params, mean_shift, var_shift):
-                current = dataclasses.replace(model, **stop_fixed(params, self.fixed))
-                f_mean, f_var, projection, used = current.batch_marginals(
-                    X, model.mean, scale_tril=scale_tril
-                )
-                expected = jnp.sum(current.likelihood.expected_log_prob(
-                    y, f_mean + mean_shift, f_var + var_shift))  # fmt: skip
-                kl = current.kl(model.mean, scale_tril)
-                elbo = (self.num_data / X.shape[0]) * expected - kl
-                return elbo, (used, jax.lax.stop_gradient(projection))
+        # The likelihood term reads q(u) only through the batch's marginals, so its
+        # gradients in (m, S) are g = A dm and G = A diag(dv) A^T for its gradients (dm, dv)
+        # in the marginals' means and variances: O(|B| M^2), not the O(M^3) of
+        # differentiating through S = L L^T.
+        def objective(params, mean_shift, var_shift):
+            current = dataclasses.replace(model, **stop_fixed(params, self.fixed))
+            f_mean, f_var, projection, used = current.batch_marginals(
+                X, model.mean, scale_tril=scale_tril
+            )
+            expected = jnp.sum(
+                current.likelihood.expected_log_prob(y, f_mean + mean_shift, f_var + var_shift)
+            )
+            kl = current.kl(model.mean, scale_tril)
+            elbo = (self.num_data / X.shape[0]) * expected - kl
+            return elbo, (used, jax.lax.stop_gradient(projection))
 
-            (elbo, (used, projection)), grads = jax.value_and_grad(
-                objective, argnums=(0, 1, 2), has_aux=True
-            )(params, zeros, zeros)
-            hyper_grads, mean_shift_grad, var_shift_grad = grads
-            mean, scale_tril, precision = natural_gradient_step(
-                model.mean, precision, projection @ mean_shift_grad,
-                (projection * var_shift_grad[None, :]) @ projection.T, model.prior_precision(),
-                self.natgrad_step_size,
-            )  # fmt: skip
-            variational = {"mean": mean, "scale_tril": scale_tril}
-        else:
-
-            def objective(params):
-                params = stop_fixed(params, self.fixed)
-                current = dataclasses.replace(model, **params)
-                return current.elbo_with(X, y, self.num_data, current.mean,
-                                         scale_tril=jnp.tril(current.scale_tril))  # fmt: skip
-
-            (elbo, used), hyper_grads = jax.value_and_grad(objective, has_aux=True)(params)
-            variational = {}
+        (elbo, (used, projection)), grads = jax.value_and_grad(
+            objective, argnums=(0, 1, 2), has_aux=True
+        )(params, zeros, zeros)
+        hyper_grads, mean_shift_grad, var_shift_grad = grads
+        mean, scale_tril, precision = natural_gradient_step(
+            model.mean,
+            precision,
+            projection @ mean_shift_grad,
+            (projection * var_shift_grad[None, :]) @ projection.T,
+            model.prior_precision(),
+            self.natgrad_step_size,
+        )
         neg = jax.tree.map(jnp.negative, hyper_grads)
         updates, opt_state = self.optimizer.update(neg, opt_state, params)
         params = optax.apply_updates(params, updates)
-        params.update(variational)
-        return (dataclasses.replace(model, **params), opt_state, precision), -elbo, used
+        model = dataclasses.replace(model, **params, mean=mean, scale_tril=scale_tril)
+        return (model, opt_state, precision), {"loss": -elbo, "jitter": used}
 
 
 def natural_gradient_step(mean, precision, mean_grad, cov_grad, prior_precision, step_size):
@@ -320,7 +292,7 @@ def natural_gradient_step(mean, precision, mean_grad, cov_grad, prior_precision,
 
 def svgp(
     inducing,
-    kernel: AbstractKernel | None = None,
+    kernel: AbstractCovariance | None = None,
     likelihood: AbstractLikelihood | None = None,
     *,
     whiten: bool = True,
@@ -353,22 +325,23 @@ def svgp(
       Salimbeni, Eleftheriadis, Hensman, "Natural Gradients in Practice: Non-Conjugate
       Variational Inference in Gaussian Process Models", 2018.
     """
-    kernel = rbf() if kernel is None else kernel
-    likelihood = gaussian() if likelihood is None else likelihood
-    if isinstance(inducing, (int, np.integer)) and not isinstance(inducing, bool):
-        if inducing < 1:
-            raise ValueError(f"inducing: the number of inducing points must be >= 1, "
-                             f"got {inducing}")  # fmt: skip
-        return SVGP(kernel, likelihood, None, num_inducing=int(inducing), whiten=whiten,
-                    jitter=float(jitter), standardize=standardize)  # fmt: skip
-    Z = np.asarray(inducing, dtype=float)
-    if Z.ndim == 1:
-        Z = Z[:, None]
-    if Z.ndim != 2 or not np.all(np.isfinite(Z)):
-        raise ValueError(f"inducing must be a finite (M, D) array or an int, got shape {Z.shape}")
-    return SVGP(kernel, likelihood, Z, num_inducing=Z.shape[0], whiten=whiten,
-                jitter=float(jitter), standardize=standardize)  # fmt: skip
+    Z, size = inducing_inputs(inducing)
+    return SVGP(
+        rbf() if kernel is None else kernel,
+        gaussian() if likelihood is None else likelihood,
+        Z,
+        num_inducing=size,
+        whiten=whiten,
+        jitter=float(jitter),
+        standardize=standardize,
+    )
 
 
-__all__ = ["SVGP", "SVGPStep", "gaussian_kl", "gaussian_kl_whitened", "inducing_projection",
-           "natural_gradient_step", "svgp", "whitened_projection"]
+__all__ = [
+    "SVGP",
+    "SVGPStep",
+    "gaussian_kl",
+    "gaussian_kl_whitened",
+    "natural_gradient_step",
+    "svgp",
+]

@@ -168,8 +168,15 @@ def ou_transition(speeds: jax.Array, dt: float):
     return jnp.exp(-g * dt), jnp.linalg.cholesky(covariance + jitter)
 
 
-def sample_paths(rng_key, hurst, speeds, times: jax.Array, num_paths: int, kind: str = "I",
-                 horizon: float | None = None) -> jax.Array:  # fmt: skip
+def sample_paths(
+    rng_key,
+    hurst,
+    speeds,
+    times: jax.Array,
+    num_paths: int,
+    kind: str = "I",
+    horizon: float | None = None,
+) -> jax.Array:
     """MA-fBM paths ``sum_k omega_k (Y_k(t) - Y_k(0))`` at ``times`` (increasing, starting
     at 0), with ``Y`` stepped by its exact Gaussian transition; ``omega`` is fitted on
     ``[0, horizon]`` (default: the last time). Shape ``(num_paths, len(times))``."""

@@ -26,14 +26,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from inferax.flows.mlp import mlp_apply, mlp_init
 from inferax.pytree import pytree_dataclass, static_field
+from inferax.training import train
+from inferax.typing import PRNGKey
+from inferax.validation import check_count, check_key
 from inferax.variational.sde import fbm
 
 STABILITY_LIMIT = 0.5
@@ -51,25 +55,6 @@ DATA_FEATURES = 2 + CONTEXT_SIZE + len(BRIDGE_OFFSETS)
 """The length of ``_data_features``: ``t``, ``X``, the context's entries, the bridges."""
 
 
-def mlp_init(rng_key, sizes, zero_last: bool) -> list:
-    """Weights of a tanh perceptron, ``[(W, b), ...]``; the last layer zero when asked."""
-    params = []
-    keys = jax.random.split(rng_key, len(sizes) - 1)
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        weight = jax.random.normal(keys[i], (fan_in, fan_out)) / math.sqrt(fan_in)
-        if zero_last and i == len(sizes) - 2:
-            weight = jnp.zeros_like(weight)
-        params.append((weight, jnp.zeros(fan_out)))
-    return params
-
-
-def mlp_apply(params, inputs):
-    for weight, bias in params[:-1]:
-        inputs = jnp.tanh(inputs @ weight + bias)
-    weight, bias = params[-1]
-    return inputs @ weight + bias
-
-
 def zero_drift(params, t, x):
     """``b = 0``."""
     del params, t
@@ -82,15 +67,17 @@ def unit_diffusion(params, t, x):
     return jnp.ones_like(x)
 
 
+@final
 @pytree_dataclass
 class FractionalSDE:
     """A one-dimensional SDE driven by MA-fBM, with a variational control.
 
-    Build it with ``fractional_sde``. ``drift(drift_params, t, x)`` and
-    ``diffusion(diffusion_params, t, x)`` are the prior's ``b`` and ``s``. The control is a
-    tanh perceptron, whose last layer starts at zero so that the posterior starts at the
-    prior, of ``t``, ``X``, ``sqrt(2 gamma_k) Y_k`` and what the series' observations ahead
-    say (``_data_features``), so each series' posterior is steered by its own data. For
+    Build it with ``fractional_sde`` and fit it with ``sde.fit``.
+    ``drift(drift_params, t, x)`` and ``diffusion(diffusion_params, t, x)`` are the prior's
+    ``b`` and ``s``. The control is a tanh perceptron (``flows.mlp``), whose last layer
+    starts at zero so that the posterior starts at the prior, of ``t``, ``X``,
+    ``sqrt(2 gamma_k) Y_k`` and what the series' observations ahead say
+    (``_data_features``), so each series' posterior is steered by its own data. For
     type I, ``Y(0)`` has a Gaussian variational law, ``C (m + L z)`` with ``C`` the
     Cholesky factor of the stationary covariance, ``m`` linear in the data features at
     ``t = 0`` and ``L`` lower triangular (``initial_params``; at the start ``m = 0`` and
@@ -157,7 +144,9 @@ class FractionalSDE:
         context = context.astype(dtype)
         if controlled and self.kind == "I":
             features = _data_features(times[0], self.x0, context[0], reach)
-            y0, start_cost = _initial_state(self.initial_params, speeds, features, start_key)
+            y0, start_cost = variational_initial_state(
+                self.initial_params, speeds, features, start_key
+            )
         else:
             y0 = fbm.initial_state(start_key, speeds, self.kind)
             start_cost = jnp.zeros_like(self.x0)
@@ -167,20 +156,30 @@ class FractionalSDE:
             t, dt, dw, ahead = xs
             if controlled:
                 features = jnp.concatenate([_data_features(t, x, ahead, reach), scale * y])
-                u = mlp_apply(self.control_params, features)[0] / reach
+                u = mlp_apply(self.control_params, features, jnp.tanh)[0] / reach
             else:
                 u = jnp.zeros_like(x)
             dy = (-speeds * y + u) * dt + dw
-            x = x + self.drift(self.drift_params, t, x) * dt + self.diffusion(
-                self.diffusion_params, t, x) * (weights @ dy)  # fmt: skip
+            x = (
+                x
+                + self.drift(self.drift_params, t, x) * dt
+                + self.diffusion(self.diffusion_params, t, x) * (weights @ dy)
+            )
             return (x, y + dy, cost + 0.5 * u**2 * dt), x
 
         start = (self.x0, y0, start_cost)
         (_, _, cost), path = jax.lax.scan(step, start, (times[:-1], steps, noises, context))
         return jnp.concatenate([self.x0[None], path]), cost
 
-    def sample_paths(self, rng_key, times, num_paths: int, posterior: bool = True,
-                     observed_index=None, observed_values=None) -> jax.Array:  # fmt: skip
+    def sample_paths(
+        self,
+        rng_key,
+        times,
+        num_paths: int,
+        posterior: bool = True,
+        observed_index=None,
+        observed_values=None,
+    ) -> jax.Array:
         """``num_paths`` paths of ``X`` on the increasing grid ``times`` (starting at 0),
         under the posterior (controlled, given one series' observations, as in ``fit``)
         or the prior; shape ``(num_paths, len(times))``."""
@@ -193,78 +192,25 @@ class FractionalSDE:
             context, reach = _observation_context(times, index, values), _reach(times, index)
         return _sample(self, keys, times, context, reach, posterior)
 
-    def elbo(self, rng_key, times, observed_index=None, observed_values=None,
-             noise_sd: float | None = None, num_paths: int = 32) -> jax.Array:  # fmt: skip
+    def elbo(
+        self,
+        rng_key: PRNGKey,
+        times,
+        observed_index,
+        observed_values,
+        noise_sd: float,
+        num_paths: int = 32,
+    ) -> jax.Array:
         """The ELBO on ``num_paths`` paths per series: ``E_q sum_i log N(o_i; X(t_i),
         noise_sd^2) - KL(q(Y0) || p(Y0)) - E_q 1/2 int u^2 dt``, summed over series;
         ``observed_index`` indexes ``times``; ``observed_values`` is ``(num_obs,)`` for one
-        series or ``(num_series, num_obs)``. ``elbo(key, observations)`` takes all four
-        from an ``Observations``."""
-        if isinstance(times, Observations):
-            if not (observed_index is None and observed_values is None and noise_sd is None):
-                raise ValueError("elbo: give either an Observations or the four arrays, not both")
-            times, observed_index, observed_values, noise_sd = (
-                times.times, times.observed_index, times.observed_values, times.noise_sd
-            )  # fmt: skip
-        if noise_sd is None:
-            raise ValueError("elbo: noise_sd is required with times and observations")
+        series or ``(num_series, num_obs)``."""
         times = jnp.asarray(self._check_grid(times))
         observed_index, observed_values = _check_observations(
             times, observed_index, observed_values, noise_sd
         )
-        return _elbo(self, jax.random.split(rng_key, num_paths), times, observed_index,
-                     observed_values, float(noise_sd))  # fmt: skip
-
-    def fit(self, rng_key, times, observed_index, observed_values, noise_sd: float, *,
-            optimizer: optax.GradientTransformation, num_steps: int,
-            num_paths: int = 32) -> tuple[FractionalSDE, np.ndarray]:  # fmt: skip
-        """Maximises the ELBO over the control, the drift and diffusion parameters, and the
-        Hurst index when ``learn_hurst``; returns the fitted SDE and the ELBO trace. Step
-        ``t`` uses ``fold_in(rng_key, t)``; the loop is one compiled ``fori_loop``."""
-        times = jnp.asarray(self._check_grid(times))
-        observed_index, observed_values = _check_observations(
-            times, observed_index, observed_values, noise_sd
-        )
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-        state = optimizer.init(self)
-        fitted, _, trace = _fit(self, state, rng_key, times, observed_index, observed_values,
-                                float(noise_sd), jnp.int32(num_steps), optimizer, num_paths,
-                                num_steps)  # fmt: skip
-        return fitted, np.asarray(trace)
-
-    def fit_by_engine(self, target: Observations, rng_key, *, optimizer, num_steps: int,
-                      num_particles: int = 32, progress=None) -> FractionalSDE:  # fmt: skip
-        """What ``variational.fit(observations, sde, key, optimizer=..., num_steps=...,
-        num_particles=...)`` does: ``fit`` on those ``Observations``, with
-        ``num_particles`` paths per series; returns the fitted SDE (``fit`` also returns
-        the ELBO trace). ``progress`` is accepted for the engine's signature; the loop is
-        one compiled program, with no bar."""
-        del progress
-        if not isinstance(target, Observations):
-            raise TypeError(
-                "variational.fit with a FractionalSDE takes sde.Observations as its target, "
-                f"got {type(target).__name__}"
-            )
-        if not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
-        fitted, _ = self.fit(rng_key, target.times, target.observed_index,
-                             target.observed_values, target.noise_sd, optimizer=optimizer,
-                             num_steps=num_steps, num_paths=num_particles)  # fmt: skip
-        return fitted
-
-
-@dataclasses.dataclass(frozen=True)
-class Observations:
-    """Noisy observations of one or several series of ``X``, for ``variational.fit``:
-    ``observed_values`` (``(num_obs,)`` or ``(num_series, num_obs)``) at
-    ``times[observed_index]``, with Gaussian noise of sd ``noise_sd``. ``times`` is the
-    solver's grid, increasing from 0."""
-
-    times: Any
-    observed_index: Any
-    observed_values: Any
-    noise_sd: float
+        keys = jax.random.split(rng_key, num_paths)
+        return _elbo(self, keys, times, observed_index, observed_values, float(noise_sd))
 
 
 def _check_observations(times, observed_index, observed_values, noise_sd):
@@ -279,8 +225,11 @@ def _check_observations(times, observed_index, observed_values, noise_sd):
         raise ValueError("observed_index must hold at least one observation")
     if np.any(np.diff(index) <= 0):
         raise ValueError("observed_index must be increasing")
-    if not np.issubdtype(index.dtype, np.integer) or np.any(index < 0) or np.any(
-            index >= times.shape[0]):  # fmt: skip
+    if (
+        not np.issubdtype(index.dtype, np.integer)
+        or np.any(index < 0)
+        or np.any(index >= times.shape[0])
+    ):
         raise ValueError(f"observed_index must be integers in [0, {times.shape[0]})")
     if not np.all(np.isfinite(values)):
         raise ValueError("observed_values must be finite")
@@ -301,16 +250,26 @@ def _data_features(t, x, ahead, reach):
     return jnp.concatenate([jnp.stack([t, x, to_next, any_ahead]), distances, bridges])
 
 
-def _initial_state(params, speeds, features, rng_key):
-    """``Y(0) = C (m + L z)`` and ``KL(q(Y0) || p(Y0))``, in the whitened coordinates
-    ``C^-1 Y(0)`` where the prior is ``N(0, I)``, so the ill-conditioned stationary
-    covariance is never inverted."""
+def variational_initial_state(params, speeds, features, rng_key):
+    """A draw of ``Y(0) = C (m + L z)`` from the type I variational ``q(Y0)``, and
+    ``KL(q(Y0) || p(Y0))``.
+
+    ``C`` is the Cholesky factor of the OU processes' stationary covariance (at ``speeds``),
+    ``m = features @ params["weights"] + params["bias"]`` and ``L`` lower triangular with
+    off-diagonal ``params["lower"]`` and diagonal ``exp(params["log_diag"])``. The KL is
+    computed in the whitened coordinates ``C^-1 Y(0)``, where the prior is ``N(0, I)``, so
+    the ill-conditioned stationary covariance is never inverted.
+
+    Returns:
+      ``(Y(0), KL)``.
+    """
     factor = fbm.stationary_factor(speeds)
     mean = features @ params["weights"] + params["bias"]
     lower = jnp.tril(params["lower"], -1) + jnp.diag(jnp.exp(params["log_diag"]))
     whitened = mean + lower @ jax.random.normal(rng_key, speeds.shape, speeds.dtype)
     kl = 0.5 * (jnp.sum(lower**2) + jnp.sum(mean**2) - speeds.shape[0]) - jnp.sum(
-        params["log_diag"])  # fmt: skip
+        params["log_diag"]
+    )
     return factor @ whitened, kl
 
 
@@ -344,8 +303,11 @@ def _observation_context(times, observed_index, values):
         weights = jnp.exp(-from_next / (window * spacing))
         mean = (weights @ values) / jnp.maximum(weights.sum(axis=1), 1.0)
         means.append(jnp.where(any_ahead[:, 0], mean, values[-1]))
-    features = [*means, jnp.where(any_ahead, to_next / spacing, 0.0)[:, 0],
-                any_ahead[:, 0].astype(values.dtype)]  # fmt: skip
+    features = [
+        *means,
+        jnp.where(any_ahead, to_next / spacing, 0.0)[:, 0],
+        any_ahead[:, 0].astype(values.dtype),
+    ]
     return jnp.stack(features, axis=1)
 
 
@@ -367,17 +329,20 @@ def _elbo_value(sde, keys, times, observed_index, series_context, noise_sd):
     values, contexts, reach = series_context
 
     def one_series(series_values, context, series_keys):
-        paths, costs = jax.vmap(lambda k: sde._solve(k, times, True, context, reach))(
-            series_keys
-        )
+        paths, costs = jax.vmap(lambda k: sde._solve(k, times, True, context, reach))(series_keys)
         residual = (paths[:, observed_index] - series_values[None, :]) / noise_sd
-        log_lik = jnp.sum(-0.5 * residual**2 - math.log(noise_sd) - 0.5 * math.log(2 * math.pi),
-                          axis=1)  # fmt: skip
+        log_lik = jnp.sum(
+            -0.5 * residual**2 - math.log(noise_sd) - 0.5 * math.log(2 * math.pi), axis=1
+        )
         return jnp.mean(log_lik - costs)
 
     num_series = values.shape[0]
-    series_keys = jnp.stack([jax.random.split(jax.random.fold_in(keys[0], i), keys.shape[0])
-                             for i in range(num_series)])  # fmt: skip
+    series_keys = jnp.stack(
+        [
+            jax.random.split(jax.random.fold_in(keys[0], i), keys.shape[0])
+            for i in range(num_series)
+        ]
+    )
     return jnp.sum(jax.vmap(one_series)(values, contexts, series_keys))
 
 
@@ -387,24 +352,133 @@ def _elbo(sde, keys, times, observed_index, observed_values, noise_sd):
     return _elbo_value(sde, keys, times, observed_index, series_context, noise_sd)
 
 
-@jax.jit(static_argnames=("optimizer", "num_paths", "trace_length", "noise_sd"))
-def _fit(sde, state, rng_key, times, observed_index, observed_values, noise_sd, num_steps,
-         optimizer, num_paths, trace_length):  # fmt: skip
-    series_context = _series_context(times, observed_index, observed_values)
+@final
+@dataclasses.dataclass(frozen=True)
+class SDEFit:
+    """The result of ``sde.fit``.
 
-    def loss(sde, key):
-        keys = jax.random.split(key, num_paths)
-        return -_elbo_value(sde, keys, times, observed_index, series_context, noise_sd)
+    Attributes:
+      sde: the fitted ``FractionalSDE``.
+      elbo: the ELBO estimate at each step.
+      timing: seconds spent compiling and optimising.
+    """
 
-    def one(i, carry):
-        sde, state, trace = carry
-        value, grads = jax.value_and_grad(loss)(sde, jax.random.fold_in(rng_key, i))
-        updates, state = optimizer.update(grads, state, sde)
-        return optax.apply_updates(sde, updates), state, trace.at[i].set(-value)
+    sde: FractionalSDE
+    elbo: np.ndarray
+    timing: dict[str, float]
 
-    trace = jnp.zeros(trace_length)
-    # A traced trip count: a loop of fixed length would be unrolled by XLA on CPU.
-    return jax.lax.fori_loop(0, num_steps, one, (sde, state, trace))
+
+@final
+@dataclasses.dataclass(frozen=True)
+class SDEStep:
+    """One optimizer step on the negative ELBO of ``num_paths`` paths per series; the data
+    are ``(times, observed_index, _series_context(...))``."""
+
+    optimizer: optax.GradientTransformation
+    num_paths: int
+    noise_sd: float
+
+    def __call__(self, state, rng_key, data):
+        sde, opt_state = state
+        times, observed_index, series_context = data
+
+        def loss(sde):
+            keys = jax.random.split(rng_key, self.num_paths)
+            return -_elbo_value(sde, keys, times, observed_index, series_context, self.noise_sd)
+
+        value, grads = jax.value_and_grad(loss)(sde)
+        updates, opt_state = self.optimizer.update(grads, opt_state, sde)
+        return (optax.apply_updates(sde, updates), opt_state), {"loss": value}
+
+
+def fit(
+    sde: FractionalSDE,
+    rng_key: PRNGKey,
+    times,
+    observed_index,
+    observed_values,
+    noise_sd: float,
+    *,
+    optimizer: optax.GradientTransformation,
+    num_steps: int,
+    num_paths: int = 32,
+    chunk_size: int = 500,
+    progress: bool | None = None,
+) -> SDEFit:
+    """Fits a ``FractionalSDE`` to noisy observations by maximising its ELBO.
+
+    The ELBO (``FractionalSDE.elbo``) is maximised over the control, ``q(Y0)``, the drift
+    and diffusion parameters, and the Hurst index when ``learn_hurst``, on the core's
+    training loop: step ``t`` draws its paths with ``fold_in(rng_key, t)``, so the fit does
+    not depend on ``chunk_size``; a non-finite ELBO stops the fit. The compiled chunks are
+    kept with the class, so a refit with the same optimizer object and shapes does not
+    compile again.
+
+    Args:
+      sde: the model, from ``fractional_sde``.
+      rng_key: the key for the paths.
+      times: the solver's grid, increasing from 0.
+      observed_index: increasing indices into ``times`` of the observations.
+      observed_values: ``(num_obs,)`` for one series or ``(num_series, num_obs)``.
+      noise_sd: the observation noise's standard deviation.
+      optimizer: an optax optimizer.
+      num_steps: optimisation steps.
+      num_paths: paths per series in each step's ELBO estimate.
+      chunk_size: steps per compiled chunk.
+      progress: show a progress bar; ``None``: on an interactive terminal, not under CI.
+
+    Returns:
+      An ``SDEFit``: the fitted SDE and the ELBO trace.
+
+    Examples:
+      >>> import jax, numpy as np, optax
+      >>> from inferax.variational import sde
+      >>> model = sde.fractional_sde(jax.random.key(0), hurst=0.7)
+      >>> result = sde.fit(model, jax.random.key(1), np.linspace(0.0, 1.0, 51), [25, 50],
+      ...                  [0.3, 0.0], 0.1, optimizer=optax.adam(1e-2), num_steps=20,
+      ...                  num_paths=4, progress=False)
+      >>> result.elbo.shape
+      (20,)
+    """
+    if not isinstance(sde, FractionalSDE):
+        raise TypeError(f"sde.fit takes a FractionalSDE, got {type(sde).__name__}")
+    rng_key = check_key(rng_key)
+    check_count("num_steps", num_steps, minimum=1)
+    check_count("num_paths", num_paths, minimum=1)
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
+        )
+    times = jnp.asarray(sde._check_grid(times))
+    observed_index, observed_values = _check_observations(
+        times, observed_index, observed_values, noise_sd
+    )
+    data = (times, observed_index, _series_context(times, observed_index, observed_values))
+    step = SDEStep(optimizer, num_paths, float(noise_sd))
+    result = train(
+        step,
+        (sde, optimizer.init(sde)),
+        rng_key,
+        data,
+        num_steps=num_steps,
+        chunk_size=chunk_size,
+        progress=progress,
+        description="FractionalSDE",
+        owner=FractionalSDE,
+        on_chunk=_check_finite,
+    )
+    return SDEFit(sde=result.state[0], elbo=-result.trace["loss"], timing=result.timing)
+
+
+def _check_finite(first: int, state: Any, metrics: dict) -> None:
+    # The host hook between chunks: stop on a non-finite ELBO.
+    del state
+    finite = np.isfinite(metrics["loss"])
+    if not np.all(finite):
+        raise FloatingPointError(
+            f"sde.fit: the ELBO is not finite at step {first + int(np.argmin(finite))}; "
+            "lower the learning rate or refine the grid"
+        )
 
 
 def fractional_sde(
@@ -456,7 +530,7 @@ def fractional_sde(
     return FractionalSDE(
         drift_params=drift_params,
         diffusion_params=diffusion_params,
-        control_params=mlp_init(rng_key, sizes, zero_last=True),
+        control_params=mlp_init(rng_key, sizes, zero_last=True, hidden_bias="zero"),
         initial_params=initial_params,
         hurst_logit=jnp.asarray(math.log(hurst / (1.0 - hurst))),
         x0=jnp.asarray(float(x0)),
@@ -470,4 +544,13 @@ def fractional_sde(
     )
 
 
-__all__ = ["FractionalSDE", "Observations", "fractional_sde", "unit_diffusion", "zero_drift"]
+__all__ = [
+    "FractionalSDE",
+    "SDEFit",
+    "SDEStep",
+    "fit",
+    "fractional_sde",
+    "unit_diffusion",
+    "variational_initial_state",
+    "zero_drift",
+]

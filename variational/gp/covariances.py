@@ -1,5 +1,8 @@
-"""Covariance kernels for the sparse GPs: RBF and Matérn 1/2, 3/2, 5/2 with ARD
-lengthscales, and their sums and products. Hyperparameters are positive through softplus."""
+"""Covariance functions for the sparse GPs: RBF and Matérn 1/2, 3/2, 5/2 with ARD
+lengthscales, and their sums and products. Hyperparameters are positive through softplus.
+
+These are GP covariances (``AbstractCovariance``), not MCMC kernels (``inferax.kernel``);
+the constructors keep the field's names (``rbf``, ``matern32``, ...)."""
 
 from __future__ import annotations
 
@@ -19,14 +22,16 @@ def softplus_inverse(x) -> jax.Array:
     return x + jnp.log(-jnp.expm1(-x))
 
 
-def _positive(name: str, value) -> jax.Array:
+def positive(name: str, value) -> jax.Array:
+    """``value`` as a float array, or a ``ValueError`` naming ``name`` unless every entry is
+    positive and finite."""
     value = jnp.asarray(value, dtype=jnp.result_type(float))
     if not bool(jnp.all(jnp.isfinite(value))) or not bool(jnp.all(value > 0)):
         raise ValueError(f"{name} must be positive and finite, got {value}")
     return value
 
 
-class AbstractKernel(abc.ABC):
+class AbstractCovariance(abc.ABC):
     """A covariance function ``k(x, x')`` of ``D``-dimensional inputs, with matrix forms."""
 
     @abc.abstractmethod
@@ -42,14 +47,14 @@ class AbstractKernel(abc.ABC):
     def lengthscales(self) -> jax.Array:
         """ARD lengthscales (or a scalar): the input scaling used for neighbour searches."""
 
-    def __add__(self, other: AbstractKernel) -> Sum:
+    def __add__(self, other: AbstractCovariance) -> Sum:
         return Sum(self, other)
 
-    def __mul__(self, other: AbstractKernel) -> Product:
+    def __mul__(self, other: AbstractCovariance) -> Product:
         return Product(self, other)
 
 
-class AbstractStationaryKernel(AbstractKernel):
+class AbstractStationaryCovariance(AbstractCovariance):
     """``variance * g(r)``, ``r`` the distance between inputs scaled by the lengthscales."""
 
     raw_lengthscale: jax.Array
@@ -70,11 +75,7 @@ class AbstractStationaryKernel(AbstractKernel):
     def matrix(self, x1: jax.Array, x2: jax.Array) -> jax.Array:
         scale = jnp.broadcast_to(self.lengthscales, x1.shape[-1:])[None, :]
         a, b = x1 / scale, x2 / scale
-        sq = (
-            jnp.sum(a**2, axis=-1)[:, None]
-            + jnp.sum(b**2, axis=-1)[None, :]
-            - 2.0 * a @ b.T
-        )
+        sq = jnp.sum(a**2, axis=-1)[:, None] + jnp.sum(b**2, axis=-1)[None, :] - 2.0 * a @ b.T
         return self.variance * self.profile(jnp.maximum(sq, 0.0))
 
     def diag(self, x: jax.Array) -> jax.Array:
@@ -89,7 +90,7 @@ def _distance(squared_distance: jax.Array) -> jax.Array:
 
 @final
 @pytree_dataclass
-class RBF(AbstractStationaryKernel):
+class RBF(AbstractStationaryCovariance):
     """``k(x, x') = s^2 exp(-r^2 / 2)``, the squared exponential."""
 
     raw_lengthscale: jax.Array
@@ -101,7 +102,7 @@ class RBF(AbstractStationaryKernel):
 
 @final
 @pytree_dataclass
-class Matern12(AbstractStationaryKernel):
+class Matern12(AbstractStationaryCovariance):
     """``k(x, x') = s^2 exp(-r)``, the exponential kernel."""
 
     raw_lengthscale: jax.Array
@@ -113,7 +114,7 @@ class Matern12(AbstractStationaryKernel):
 
 @final
 @pytree_dataclass
-class Matern32(AbstractStationaryKernel):
+class Matern32(AbstractStationaryCovariance):
     """``k(x, x') = s^2 (1 + sqrt(3) r) exp(-sqrt(3) r)``."""
 
     raw_lengthscale: jax.Array
@@ -126,7 +127,7 @@ class Matern32(AbstractStationaryKernel):
 
 @final
 @pytree_dataclass
-class Matern52(AbstractStationaryKernel):
+class Matern52(AbstractStationaryCovariance):
     """``k(x, x') = s^2 (1 + sqrt(5) r + 5 r^2 / 3) exp(-sqrt(5) r)``."""
 
     raw_lengthscale: jax.Array
@@ -139,11 +140,11 @@ class Matern52(AbstractStationaryKernel):
 
 @final
 @pytree_dataclass
-class Sum(AbstractKernel):
+class Sum(AbstractCovariance):
     """``k1 + k2``."""
 
-    first: AbstractKernel
-    second: AbstractKernel
+    first: AbstractCovariance
+    second: AbstractCovariance
 
     def matrix(self, x1, x2):
         return self.first.matrix(x1, x2) + self.second.matrix(x1, x2)
@@ -158,11 +159,11 @@ class Sum(AbstractKernel):
 
 @final
 @pytree_dataclass
-class Product(AbstractKernel):
+class Product(AbstractCovariance):
     """``k1 * k2``, elementwise."""
 
-    first: AbstractKernel
-    second: AbstractKernel
+    first: AbstractCovariance
+    second: AbstractCovariance
 
     def matrix(self, x1, x2):
         return self.first.matrix(x1, x2) * self.second.matrix(x1, x2)
@@ -178,14 +179,14 @@ class Product(AbstractKernel):
 _STATIONARY = {"rbf": RBF, "matern12": Matern12, "matern32": Matern32, "matern52": Matern52}
 
 
-def _stationary(kind: str, lengthscale, variance) -> AbstractStationaryKernel:
-    lengthscale = _positive("lengthscale", lengthscale)
+def _stationary(kind: str, lengthscale, variance) -> AbstractStationaryCovariance:
+    lengthscale = positive("lengthscale", lengthscale)
     if lengthscale.ndim > 1:
         raise ValueError(
             f"lengthscale must be a scalar or a vector of ARD lengthscales, "
             f"got shape {lengthscale.shape}"
         )
-    variance = _positive("variance", variance)
+    variance = positive("variance", variance)
     if variance.ndim != 0:
         raise ValueError(f"variance must be a scalar, got shape {variance.shape}")
     return _STATIONARY[kind](softplus_inverse(lengthscale), softplus_inverse(variance))
@@ -228,8 +229,8 @@ def matern52(lengthscale=1.0, variance=1.0) -> Matern52:
 
 __all__ = [
     "RBF",
-    "AbstractKernel",
-    "AbstractStationaryKernel",
+    "AbstractCovariance",
+    "AbstractStationaryCovariance",
     "Matern12",
     "Matern32",
     "Matern52",
@@ -238,6 +239,7 @@ __all__ = [
     "matern12",
     "matern32",
     "matern52",
+    "positive",
     "rbf",
     "softplus_inverse",
 ]
