@@ -26,7 +26,7 @@ MODULES_WITH_EXAMPLES = [
     "inferax.variational.objectives",
     "inferax.flows.planar",
     "inferax.flows.radial",
-    "inferax.variational.gp.kernels",
+    "inferax.variational.gp.covariances",
     "inferax.variational.gp.likelihoods",
 ]
 

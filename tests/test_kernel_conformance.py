@@ -18,8 +18,8 @@ from blackjax.base import SamplingAlgorithm
 
 import inferax
 from inferax import samplers
-from inferax.samplers import federated
 from inferax.kernel import AbstractKernel
+from inferax.samplers import federated
 
 ARVIZ_STATS = {
     "lp",
