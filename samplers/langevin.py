@@ -69,7 +69,18 @@ def ula_algorithm(logdensity_fn, step_size) -> SamplingAlgorithm:
 
 
 @dataclasses.dataclass(frozen=True)
-class ula(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels)
+class AbstractLangevinKernel(AbstractKernel):
+    """A Langevin kernel on the target's log density with one fixed step size ``h`` > 0,
+    checked when the config is made. Warmup is plain burn-in at that step."""
+
+    step_size: float
+
+    def __post_init__(self):
+        check_step_size(self.name, self.step_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ula(AbstractLangevinKernel):  # noqa: N801  (lower case, like blackjax's kernels)
     """The unadjusted Langevin algorithm: ``x' = x + h grad log p(x) + sqrt(2h) xi``.
 
     It never rejects, so its draws carry an O(h) bias in the step size ``h``; it is the
@@ -93,12 +104,7 @@ class ula(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels)
       discrete approximations", Bernoulli 1996.
     """
 
-    step_size: float
-
     name = "ula"
-
-    def __post_init__(self):
-        check_step_size(self.name, self.step_size)
 
     def build(self, target: Target) -> SamplingAlgorithm:
         return ula_algorithm(target.logdensity, self.step_size)
@@ -112,7 +118,7 @@ class ula(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels)
 
 
 @dataclasses.dataclass(frozen=True)
-class mala(AbstractKernel):  # noqa: N801  (lower case, like blackjax.mala)
+class mala(AbstractLangevinKernel):  # noqa: N801  (lower case, like blackjax.mala)
     """The Metropolis-adjusted Langevin algorithm: blackjax's MALA.
 
     A Langevin step ``x + h grad log p(x) + sqrt(2h) xi`` is proposed and accepted with the
@@ -136,12 +142,7 @@ class mala(AbstractKernel):  # noqa: N801  (lower case, like blackjax.mala)
       discrete approximations", Bernoulli 1996.
     """
 
-    step_size: float
-
     name = "mala"
-
-    def __post_init__(self):
-        check_step_size(self.name, self.step_size)
 
     def build(self, target: Target) -> SamplingAlgorithm:
         return blackjax.mala(target.logdensity, self.step_size)

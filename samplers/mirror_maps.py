@@ -98,9 +98,23 @@ class AbstractSeparableMirrorMap(AbstractMirrorMap):
         return jnp.sqrt(self.hess(x))
 
 
-def _check_interval(name: str, lo, hi) -> None:
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"{name}: need finite lo < hi, got lo={lo}, hi={hi}")
+class AbstractIntervalMirrorMap(AbstractSeparableMirrorMap):
+    """A separable mirror map whose domain is the box ``lo < x_i < hi``, with the bounds
+    checked when the map is made."""
+
+    lo: float
+    hi: float
+
+    domain = "lo < x < hi"
+
+    def __post_init__(self):
+        if not (np.isfinite(self.lo) and np.isfinite(self.hi) and self.lo < self.hi):
+            raise ValueError(
+                f"{type(self).__name__}: need finite lo < hi, got lo={self.lo}, hi={self.hi}"
+            )
+
+    def bounds(self):
+        return self.lo, self.hi
 
 
 @pytree_dataclass
@@ -155,7 +169,7 @@ class Entropy(AbstractSeparableMirrorMap):
 
 
 @pytree_dataclass
-class FermiDirac(AbstractSeparableMirrorMap):
+class FermiDirac(AbstractIntervalMirrorMap):
     """The Fermi-Dirac entropy on the box ``lo < x < hi``:
     ``phi(x) = w sum u_i log u_i + (1 - u_i) log(1 - u_i)``, ``u = (x - lo)/w``,
     ``w = hi - lo``; ``grad phi`` is the logit of ``u`` and ``grad phi*`` the sigmoid.
@@ -167,14 +181,6 @@ class FermiDirac(AbstractSeparableMirrorMap):
 
     lo: float = static_field(default=0.0)
     hi: float = static_field(default=1.0)
-
-    domain = "lo < x < hi"
-
-    def __post_init__(self):
-        _check_interval("FermiDirac", self.lo, self.hi)
-
-    def bounds(self):
-        return self.lo, self.hi
 
     def _u(self, x):
         return (x - self.lo) / (self.hi - self.lo)
@@ -196,7 +202,7 @@ class FermiDirac(AbstractSeparableMirrorMap):
 
 
 @pytree_dataclass
-class LogBarrierBox(AbstractSeparableMirrorMap):
+class LogBarrierBox(AbstractIntervalMirrorMap):
     """The log barrier of the box: ``phi(x) = -sum log(x_i - lo) + log(hi - x_i)``.
 
     ``grad phi*`` solves a quadratic in closed form, in the form that does not cancel.
@@ -208,14 +214,6 @@ class LogBarrierBox(AbstractSeparableMirrorMap):
 
     lo: float = static_field(default=0.0)
     hi: float = static_field(default=1.0)
-
-    domain = "lo < x < hi"
-
-    def __post_init__(self):
-        _check_interval("LogBarrierBox", self.lo, self.hi)
-
-    def bounds(self):
-        return self.lo, self.hi
 
     def value(self, x):
         return -jnp.sum(jnp.log(x - self.lo) + jnp.log(self.hi - x))

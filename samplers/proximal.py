@@ -200,8 +200,30 @@ def _left_support(g: AbstractNonsmooth, position) -> jax.Array:
     return ~jnp.isfinite(g.value(position))
 
 
+class AbstractMoreauYosidaKernel(AbstractKernel):
+    """A Langevin kernel on the Moreau-Yosida envelope of the target's nonsmooth part: a step
+    size and a smoothing, both checked when the config is made, and a target that must have
+    a nonsmooth term."""
+
+    step_size: float
+    smoothing: float
+
+    def __post_init__(self):
+        check_step_size(self.name, self.step_size)
+        check_smoothing(self.name, self.smoothing)
+
+    def check_target(self, target: Target) -> None:
+        check_nonsmooth_target(self.name, target)
+
+    def smoothed_logdensity(self, target: Target) -> Callable[[jax.Array], jax.Array]:
+        """The target's log density with its nonsmooth part replaced by its envelope."""
+        return moreau_yosida_logdensity(
+            smooth_logdensity(target), target.nonsmooth, self.smoothing
+        )
+
+
 @dataclasses.dataclass(frozen=True)
-class myula(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels)
+class myula(AbstractMoreauYosidaKernel):  # noqa: N801  (lower case, like blackjax's kernels)
     """The Moreau-Yosida unadjusted Langevin algorithm (MYULA).
 
     ``x' = x - h grad f(x) - (h / lam)(x - prox_{lam g}(x)) + sqrt(2h) xi``: the Langevin
@@ -236,17 +258,8 @@ class myula(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels
 
     name = "myula"
 
-    def __post_init__(self):
-        check_step_size(self.name, self.step_size)
-        check_smoothing(self.name, self.smoothing)
-
-    def check_target(self, target: Target) -> None:
-        check_nonsmooth_target(self.name, target)
-
     def build(self, target: Target) -> SamplingAlgorithm:
-        smoothed = moreau_yosida_logdensity(
-            smooth_logdensity(target), target.nonsmooth, self.smoothing
-        )
+        smoothed = self.smoothed_logdensity(target)
         algorithm = ula_algorithm(smoothed, self.step_size)
         nonsmooth = target.nonsmooth
 
@@ -269,7 +282,7 @@ class myula(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels
 
 
 @dataclasses.dataclass(frozen=True)
-class mymala(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels)
+class mymala(AbstractMoreauYosidaKernel):  # noqa: N801  (lower case, like blackjax's kernels)
     """The Moreau-Yosida regularised Metropolis-adjusted Langevin algorithm (MYMALA,
     Pereyra's P-MALA).
 
@@ -304,17 +317,8 @@ class mymala(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernel
 
     name = "mymala"
 
-    def __post_init__(self):
-        check_step_size(self.name, self.step_size)
-        check_smoothing(self.name, self.smoothing)
-
-    def check_target(self, target: Target) -> None:
-        check_nonsmooth_target(self.name, target)
-
     def build(self, target: Target) -> SamplingAlgorithm:
-        smoothed = moreau_yosida_logdensity(
-            smooth_logdensity(target), target.nonsmooth, self.smoothing
-        )
+        smoothed = self.smoothed_logdensity(target)
         return mymala_algorithm(target.logdensity, smoothed, self.step_size)
 
     def sample_stats(self, state: Any, info: MYMALAInfo, tuned: dict) -> dict[str, jax.Array]:
