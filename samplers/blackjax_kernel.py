@@ -69,7 +69,7 @@ class from_blackjax(AbstractKernel):  # noqa: N801  (lower case, like the other 
       >>> post = inferax.sample(target, kernel, jax.random.key(0), num_chains=2,
       ...                       num_warmup=200, num_samples=100)
       >>> sorted(post.stats)
-      ['acceptance_rate', 'lp', 'step_size']
+      ['acceptance_rate', 'diverging', 'lp', 'step_size']
     """
 
     build_fn: Callable[..., SamplingAlgorithm]
