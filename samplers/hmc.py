@@ -30,19 +30,14 @@ def _check_adaptation(name: str, target_acceptance_rate: float, initial_step_siz
     check_step_size(name, initial_step_size)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class AbstractHMCKernel(AbstractKernel):
     """An HMC-family kernel: built from a step size and an inverse mass matrix, both tuned
-    by window adaptation, with the adaptation's settings (keyword-only). Subclasses give the
-    blackjax algorithm and their own settings."""
+    by window adaptation. Subclasses give the blackjax algorithm and their settings
+    (``target_acceptance_rate``, ``is_mass_matrix_diagonal``, ``initial_step_size``)."""
 
-    target_acceptance_rate: float = 0.8
-    is_mass_matrix_diagonal: bool = True
-    divergence_threshold: float = 1000.0
-    initial_step_size: float = 1.0
-
-    def __post_init__(self):
-        _check_adaptation(self.name, self.target_acceptance_rate, self.initial_step_size)
+    target_acceptance_rate: float
+    is_mass_matrix_diagonal: bool
+    initial_step_size: float
 
     @abc.abstractmethod
     def blackjax_algorithm(
@@ -107,6 +102,10 @@ class nuts(AbstractHMCKernel):  # noqa: N801  (lower case, like blackjax.nuts)
     """
 
     max_num_doublings: int = 10
+    target_acceptance_rate: float = 0.8
+    is_mass_matrix_diagonal: bool = True
+    divergence_threshold: float = 1000.0
+    initial_step_size: float = 1.0
 
     name = "nuts"
 
@@ -115,7 +114,7 @@ class nuts(AbstractHMCKernel):  # noqa: N801  (lower case, like blackjax.nuts)
             raise ValueError(
                 f"nuts: max_num_doublings must be an integer >= 1, got {self.max_num_doublings}"
             )
-        super().__post_init__()
+        _check_adaptation(self.name, self.target_acceptance_rate, self.initial_step_size)
 
     def blackjax_algorithm(self, target: Target, step_size, inverse_mass_matrix):
         return blackjax.nuts(
@@ -162,6 +161,10 @@ class hmc(AbstractHMCKernel):  # noqa: N801  (lower case, like blackjax.hmc)
     """
 
     num_integration_steps: int
+    target_acceptance_rate: float = 0.8
+    is_mass_matrix_diagonal: bool = True
+    divergence_threshold: float = 1000.0
+    initial_step_size: float = 1.0
 
     name = "hmc"
 
@@ -169,7 +172,7 @@ class hmc(AbstractHMCKernel):  # noqa: N801  (lower case, like blackjax.hmc)
         steps = self.num_integration_steps
         if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"hmc: num_integration_steps must be an integer >= 1, got {steps}")
-        super().__post_init__()
+        _check_adaptation(self.name, self.target_acceptance_rate, self.initial_step_size)
 
     def blackjax_algorithm(self, target: Target, step_size, inverse_mass_matrix):
         return blackjax.hmc(
