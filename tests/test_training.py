@@ -1,0 +1,48 @@
+"""The core's one training loop: results do not depend on the chunk size, a second run
+does not compile again, the host hook sees every chunk, and bad settings are refused."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inferax.compile_cache import compile_count
+from inferax.training import train
+
+
+def noisy_descent(x, rng_key, data):
+    """A step whose result depends on its key: chunking must not change the keys."""
+    noise = 0.01 * jax.random.normal(rng_key, x.shape, x.dtype)
+    return x - 0.1 * (x - data) + noise, {"loss": jnp.sum((x - data) ** 2), "noise": noise[0]}
+
+
+def test_the_fit_does_not_depend_on_the_chunk_size_and_is_compiled_once():
+    data = jnp.arange(3.0)
+    whole = train(noisy_descent, jnp.zeros(3), jax.random.key(0), data, num_steps=25)
+    before = compile_count()
+    seen = []
+    chunked = train(
+        noisy_descent,
+        jnp.zeros(3),
+        jax.random.key(0),
+        data,
+        num_steps=25,
+        chunk_size=10,
+        on_chunk=lambda first, state, metrics: seen.append((first, metrics["loss"].size)),
+    )
+    np.testing.assert_array_equal(whole.state, chunked.state)
+    np.testing.assert_array_equal(whole.trace["noise"], chunked.trace["noise"])
+    assert whole.trace["loss"].shape == (25,)
+    assert seen == [(0, 10), (10, 10), (20, 5)]
+    assert compile_count() == before + 1  # one program for every chunk of 10
+    train(noisy_descent, jnp.ones(3), jax.random.key(1), data + 1, num_steps=7, chunk_size=10)
+    assert compile_count() == before + 1  # new values, same shapes: no new program
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"num_steps": 0}, "num_steps"), ({"num_steps": 5, "chunk_size": 0}, "chunk_size")],
+)
+def test_bad_settings_are_refused_by_name(settings, message):
+    with pytest.raises(ValueError, match=message):
+        train(noisy_descent, jnp.zeros(3), jax.random.key(0), jnp.zeros(3), **settings)
