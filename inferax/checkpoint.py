@@ -22,13 +22,14 @@ import hashlib
 import json
 import os
 import pathlib
-import pickle
 import shutil
 import warnings
 from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from inferax.kernel import SETTING_CLASSES
 
 MANIFEST = "manifest.json"
 STATES_KEPT = 2
@@ -250,13 +251,74 @@ def _read_draws(path: pathlib.Path) -> tuple[dict, dict]:
     return groups["draws"], groups["stats"]
 
 
-def encode_kernel(kernel) -> str | None:
-    """The kernel config, pickled, for ``resume`` to rebuild; ``None`` if it cannot be."""
+class UnsavableSetting(TypeError):
+    """A config value that cannot be written as data (a function, an array)."""
+
+
+def encode_setting(value) -> Any:
+    """A kernel config (or any value it holds) as JSON data: numbers, strings, tuples and
+    registered setting classes with their fields.
+
+    Raises:
+      UnsavableSetting: the value holds something else, such as a schedule function.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        value = float(value)
+        return value if np.isfinite(value) else {"float": repr(value)}
+    if isinstance(value, tuple | list):
+        return {"tuple": [encode_setting(item) for item in value]}
+    name = f"{type(value).__module__}.{type(value).__qualname__}"
+    if SETTING_CLASSES.get(name) is type(value) and dataclasses.is_dataclass(value):
+        fields = {
+            field.name: encode_setting(getattr(value, field.name))
+            for field in dataclasses.fields(value)
+            if field.init
+        }
+        return {"setting": name, "fields": fields}
+    raise UnsavableSetting(f"{type(value).__name__} cannot be saved as data")
+
+
+def decode_setting(data) -> Any:
+    """The value ``encode_setting`` wrote. Only classes in ``inferax.kernel.SETTING_CLASSES``
+    are built, through their own constructors (which check every field); nothing else runs.
+
+    Raises:
+      ValueError: the data names a class inferax does not know, or is malformed.
+    """
+    if data is None or isinstance(data, bool | int | float | str):
+        return data
+    if isinstance(data, dict) and set(data) == {"float"}:
+        if data["float"] not in ("nan", "inf", "-inf"):
+            raise ValueError(f"a saved setting is malformed: {str(data)[:80]}")
+        return float(data["float"])
+    if isinstance(data, dict) and set(data) == {"tuple"} and isinstance(data["tuple"], list):
+        return tuple(decode_setting(item) for item in data["tuple"])
+    if isinstance(data, dict) and set(data) == {"setting", "fields"}:
+        cls = SETTING_CLASSES.get(data["setting"])
+        if cls is None:
+            raise ValueError(
+                f"the saved setting {data['setting']!r} is not a class inferax knows (import "
+                "the module that defines it, such as inferax.samplers, or pass it again)"
+            )
+        if not isinstance(data["fields"], dict):
+            raise ValueError(f"the saved setting {data['setting']!r} has malformed fields")
+        return cls(**{name: decode_setting(value) for name, value in data["fields"].items()})
+    raise ValueError(f"a saved setting is malformed: {str(data)[:80]}")
+
+
+def encode_kernel(kernel) -> dict | None:
+    """The kernel config as data, for ``resume`` to rebuild; ``None`` if it holds something
+    that is not data (a schedule function, a blackjax build function)."""
     try:
-        return pickle.dumps(kernel).hex()
-    except Exception:  # noqa: BLE001  (closures and lambdas in a config do not pickle)
+        return encode_setting(kernel)
+    except UnsavableSetting:
         return None
 
 
-def decode_kernel(encoded: str):
-    return pickle.loads(bytes.fromhex(encoded))  # noqa: S301  (our own file)
+def decode_kernel(encoded: dict):
+    """The kernel ``encode_kernel`` saved."""
+    return decode_setting(encoded)

@@ -82,7 +82,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="sample a NumPyro model file; write posterior.nc, summary.csv and report.html",
         description="Sample MODEL.py, which defines a NumPyro `model` and `data` (a dict of "
         "the model's arguments; optionally `data_args`, the names of the arguments that hold "
-        "data points, for stochastic-gradient samplers).",
+        "data points, for stochastic-gradient samplers). MODEL.py is your own Python file "
+        "and runs as Python does; --resume runs nothing from the run directory.",
     )
     run.add_argument("model_file", metavar="MODEL.py")
     run.add_argument(
@@ -299,6 +300,7 @@ def _load_model_file(path: pathlib.Path):
     if not path.is_file():
         raise CLIError(f"{path} is not a file")
     try:
+        # The user's own model file: running it is what `inferax run` is for.
         namespace = runpy.run_path(str(path), run_name="inferax_model")
     except SyntaxError as error:
         raise CLIError(f"{path}, line {error.lineno}: syntax error: {error.msg}") from error

@@ -45,7 +45,22 @@ class BurnInState(NamedTuple):
     chain: Any
 
 
-class AbstractKernel(abc.ABC):
+SETTING_CLASSES: dict[str, type] = {}
+"""Every class whose values may be saved as settings in a run directory, by qualified name:
+kernel configs and the values they hold (mirror maps). A run directory names one of these
+and its fields; ``inferax.resume`` rebuilds it from this table and nothing else."""
+
+
+class AbstractSetting:
+    """A config value that a checkpoint saves as data: its class's qualified name and its
+    dataclass fields. Subclasses register themselves in ``SETTING_CLASSES``."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        SETTING_CLASSES[f"{cls.__module__}.{cls.__qualname__}"] = cls
+
+
+class AbstractKernel(AbstractSetting, abc.ABC):
     """A sampler configuration. Subclasses are frozen dataclasses, so a config is hashable
     and a compiled program is reused for the same config.
 

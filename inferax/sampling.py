@@ -141,7 +141,7 @@ def sample(
             "settings": dataclasses.asdict(settings),
             "key": _encode_key(rng_key),
             "kernel": repr(kernel),
-            "kernel_pickle": encode_kernel(kernel),
+            "kernel_config": encode_kernel(kernel),
             "fingerprint": target_fingerprint(target),
             "x64": bool(jax.config.jax_enable_x64),
         }
@@ -205,23 +205,30 @@ def resume(
         for name, value in settings.items()
         if manifest["settings"][name] != value
     ]
-    if kernel is None:
-        if manifest["kernel_pickle"] is None:
-            raise ValueError(
-                f"resume: the run's kernel {manifest['kernel']} could not be saved; pass it"
-            )
-        kernel = decode_kernel(manifest["kernel_pickle"])
-    elif repr(kernel) != manifest["kernel"]:
-        differences.append(f"kernel: the run has {manifest['kernel']}, got {kernel!r}")
+    if not isinstance(target, Target):
+        raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
+    # The target is compared first; the kernel is rebuilt from data, never unpickled.
+    differences += compare_fingerprints(manifest["fingerprint"], target_fingerprint(target))
     if rng_key is not None and _encode_key(check_key(rng_key)) != manifest["key"]:
         differences.append("rng_key: the run was started with another key")
     if bool(jax.config.jax_enable_x64) != manifest["x64"]:
         differences.append(f"jax_enable_x64: the run has {manifest['x64']}")
-    _check_run_inputs(target, kernel, saved_settings)
-    target = kernel.prepare_target(target)
-    differences += compare_fingerprints(manifest["fingerprint"], target_fingerprint(target))
+    if kernel is None and not differences:
+        if manifest.get("kernel_config") is None:
+            raise ValueError(
+                f"resume: the run's kernel {manifest['kernel']} holds something that is not "
+                "data (a function), so it was not saved; pass it as kernel="
+            )
+        try:
+            kernel = decode_kernel(manifest["kernel_config"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"resume: the run's kernel cannot be rebuilt: {error}") from error
+    if kernel is not None and repr(kernel) != manifest["kernel"]:
+        differences.append(f"kernel: the run has {manifest['kernel']}, got {kernel!r}")
     if differences:
         raise ValueError("resume: refused, this is not the same run: " + "; ".join(differences))
+    _check_run_inputs(target, kernel, saved_settings)
+    target = kernel.prepare_target(target)
     check_count("checkpoint_every", checkpoint_every, minimum=1)
     rng_key = _decode_key(manifest["key"])
     saved = store.latest()

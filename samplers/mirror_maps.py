@@ -35,10 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from inferax.kernel import AbstractSetting
 from inferax.pytree import pytree_dataclass, static_field
 
 
-class AbstractMirrorMap(abc.ABC):
+class AbstractMirrorMap(AbstractSetting, abc.ABC):
     """A Legendre function ``phi`` on an open convex domain."""
 
     is_diagonal: ClassVar[bool] = True

@@ -238,3 +238,83 @@ def test_saved_posterior_file_is_written_atomically(tmp_path, reference):
     reference.save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["posterior.nc"]
     assert os.path.getsize(path) > 0
+
+
+class _Planted:
+    """What an attacker plants: unpickling it would create ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_resume_runs_nothing_from_the_run_directory(tmp_path, finished_run, reference):
+    import json
+    import pickle
+    import shutil
+
+    run_dir = tmp_path / "sent-to-you"
+    shutil.copytree(finished_run, run_dir)
+    sentinel = tmp_path / "code-ran"
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["kernel_pickle"] = pickle.dumps(_Planted(sentinel)).hex()
+    manifest_path.write_text(json.dumps(manifest))
+    assert_same_draws(inferax.resume(run_dir, TARGET), reference)
+    assert not sentinel.exists()
+
+    manifest["kernel_config"] = {"setting": "posix.system", "fields": {"command": "true"}}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="'posix.system' is not a class inferax knows"):
+        inferax.resume(run_dir, TARGET)
+    # The target is compared before the kernel is rebuilt.
+    other = inferax.Target.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
+    with pytest.raises(ValueError, match="not the same run: model"):
+        inferax.resume(run_dir, other)
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        samplers.nuts(max_num_doublings=6, target_acceptance_rate=0.9),
+        samplers.hmc(num_integration_steps=5, divergence_threshold=500.0),
+        samplers.mala(0.1),
+        samplers.sghmc(1e-3, batch_size=8, friction=2.0, integrator="euler"),
+        samplers.sgld_cv(1e-3, batch_size=8, centre="init"),
+        samplers.structured_sgld(1e-3, batch_size=8, groups=[["a"], ["b", "c"]], buffer_size=3),
+        samplers.mirror_langevin(samplers.LogBarrierBox(-1.0, 2.0), 0.01, scheme="mla"),
+        samplers.bregman_moreau_langevin(samplers.Hypentropy(0.5), 0.01, smoothing=0.1),
+        samplers.dsgld(1e-3, batch_size=4, local_steps=3, client_probs=(0.25, 0.75)),
+    ],
+    ids=lambda kernel: kernel.name,
+)
+def test_kernel_configs_are_saved_as_data_and_rebuilt(kernel):
+    import json
+
+    saved = json.loads(json.dumps(checkpoint.encode_kernel(kernel)))
+    rebuilt = checkpoint.decode_kernel(saved)
+    assert rebuilt == kernel and repr(rebuilt) == repr(kernel)
+
+
+def test_a_kernel_holding_a_function_is_not_saved_and_must_be_passed_again(tmp_path):
+    import optax
+
+    kernel = samplers.sgld(1e-3, batch_size=2, schedule=optax.constant_schedule(1.0))
+    assert checkpoint.encode_kernel(kernel) is None
+    target = inferax.Target(
+        log_prior=lambda p: -0.5 * jnp.sum(p**2),
+        log_likelihood=lambda p, batch: -0.5 * jnp.sum((batch - p[0]) ** 2),
+        data=jnp.arange(4.0),
+        init=jnp.zeros(1),
+    )
+    settings = dict(num_chains=1, num_warmup=0, num_samples=5, progress=False)
+    first = inferax.sample(
+        target, kernel, jax.random.key(0), checkpoint=tmp_path / "run", **settings
+    )
+    with pytest.raises(ValueError, match="not data .a function.*pass it as kernel="):
+        inferax.resume(tmp_path / "run", target)
+    again = inferax.resume(tmp_path / "run", target, kernel)
+    np.testing.assert_array_equal(again.draws["x"], first.draws["x"])
