@@ -34,6 +34,7 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
 """The default of every keyword argument of ``check``."""
 
 _ORDER = (
+    "nonfinite",
     "diverging",
     "stuck_chain",
     "khat",
@@ -46,6 +47,8 @@ _ORDER = (
 )
 
 _ADVICE = {
+    "nonfinite": "the model computes NaN or infinity there (such as the log of a negative "
+    "number, or an overflow): fix the model or its constraints; the draws cannot be used",
     "r_hat": "the chains disagree: run longer warmup and more draws, or reparameterise "
     "(for example non-centred)",
     "ess_bulk": "too few effective draws for means and sds: draw more samples or improve mixing",
@@ -78,7 +81,7 @@ class Finding:
     Attributes:
       severity: ``"error"`` (do not use these draws as they are) or ``"warning"`` (use with
         care).
-      check: which check failed: ``"stuck_chain"``, ``"r_hat"``, ``"ess_bulk"``,
+      check: which check failed: ``"nonfinite"``, ``"stuck_chain"``, ``"r_hat"``, ``"ess_bulk"``,
         ``"ess_tail"``, ``"diverging"``, ``"tree_depth"``, ``"e_bfmi"``, ``"khat"`` or
         ``"loo"``.
       variable: the worst element, such as ``"theta[3]"``; ``None`` for a check on the whole
@@ -193,7 +196,9 @@ def check(
     if var_names is not None:
         posterior = posterior[list(var_names)]
     num_chains = posterior.sizes.get("chain", 1)
-    findings: list[Finding] = []
+    findings: list[Finding] = [
+        finding for name in posterior.data_vars if (finding := _nonfinite(posterior[name]))
+    ]
     varying = {name: _varies(posterior[name]) for name in posterior.data_vars}
 
     def per_element(
@@ -282,9 +287,36 @@ def as_datatree(data) -> xr.DataTree:
 
 
 def _varies(da: xr.DataArray) -> xr.DataArray:
-    """True for elements whose draws are not all equal (and not all NaN)."""
+    """True for elements whose draws are all finite and not all equal."""
     sample_dims = [d for d in ("chain", "draw") if d in da.dims]
-    return (da.max(sample_dims) > da.min(sample_dims)).fillna(False)
+    finite = np.isfinite(da).all(sample_dims)
+    return ((da.max(sample_dims) > da.min(sample_dims)) & finite).fillna(False)
+
+
+def _nonfinite(da: xr.DataArray) -> Finding | None:
+    """An error naming the element of ``da`` with the most NaN or infinite draws, if any."""
+    sample_dims = [d for d in ("chain", "draw") if d in da.dims]
+    if not np.issubdtype(da.dtype, np.number):
+        return None
+    counts = np.asarray((~np.isfinite(da)).sum(sample_dims))
+    if not counts.any():
+        return None
+    index = np.unravel_index(np.argmax(counts), counts.shape)
+    label = element_label(da, index)
+    draws = int(np.prod([da.sizes[d] for d in sample_dims]))
+    bad, total = int(np.count_nonzero(counts)), int(counts.size)
+    where = f" ({bad} of {total} elements of {da.name})" if total > 1 else ""
+    return Finding(
+        severity="error",
+        check="nonfinite",
+        variable=label,
+        value=float(counts[index]) / draws,
+        threshold=0.0,
+        message=f"{label} is NaN or infinite in {int(counts[index])} of {draws} draws{where}",
+        advice=_ADVICE["nonfinite"],
+        count=bad,
+        total=total,
+    )
 
 
 def element_label(da: xr.DataArray, index: tuple[int, ...]) -> str:

@@ -17,7 +17,8 @@ def summary(dt, *, ess_tail_prob: tuple[float, float] | None = None) -> pd.DataF
     """ArviZ's summary table, with tail ESS at the quantiles that ``check`` uses.
 
     Columns: mean, sd, the 89% HDI (``hdi89_lb``, ``hdi89_ub``), ``mcse_mean``,
-    ``mcse_sd``, ``ess_bulk``, ``ess_tail`` and ``r_hat``, one row per scalar quantity
+    ``mcse_sd``, ``ess_bulk``, ``ess_tail``, ``r_hat`` and ``n_nonfinite`` (how many draws
+    are NaN or infinite: any is an error, which ``check`` reports), one row per scalar quantity
     (``theta[3]``), unrounded. ``arviz_stats.summary`` computes everything but the tail ESS,
     which ``arviz_stats.ess`` computes at ``ess_tail_prob`` (Stan's 5%/95% by default; ArviZ's
     own summary uses 11%/89%).
@@ -47,6 +48,12 @@ def summary(dt, *, ess_tail_prob: tuple[float, float] | None = None) -> pd.DataF
     table = pd.DataFrame(table).astype(float)
     values = {label: float(value) for label, value in flat_elements(tail)}
     table["ess_tail"] = [values.get(label, np.nan) for label in table.index]
+    nonfinite = {
+        label: int((~np.isfinite(element)).sum())
+        for label, element in flat_elements(posterior)
+        if np.issubdtype(element.dtype, np.number)
+    }
+    table["n_nonfinite"] = [nonfinite.get(label, 0) for label in table.index]
     return table
 
 

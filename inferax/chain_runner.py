@@ -126,9 +126,16 @@ class ChainRunner:
         )
         nonfinite = posterior.fault_counts()["nonfinite_draws"]
         if nonfinite:
+            sites = {
+                name: int((~np.isfinite(values)).reshape(*values.shape[:2], -1).any(-1).sum())
+                for name, values in posterior.draws.items()
+                if np.issubdtype(values.dtype, np.inexact)
+            }
+            named = ", ".join(f"{name} in {count}" for name, count in sites.items() if count)
             warnings.warn(
-                f"{nonfinite} of {settings.num_chains * num_samples} draws have non-finite "
-                "values; the chains left the region where the log density is finite",
+                f"{nonfinite} of {settings.num_chains * num_samples} draws have NaN or "
+                f"infinite values ({named}): the model computes a non-finite value there, "
+                "such as the log of a negative number in a deterministic site",
                 stacklevel=3,
             )
         return posterior

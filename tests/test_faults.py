@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import inferax
-from inferax import samplers
+from inferax import diagnostics, samplers
 
 DATA = jnp.zeros((20, 2))
 
@@ -113,7 +113,7 @@ def test_non_finite_draws_are_never_returned_silently():
         jnp.zeros(1),
         constrain=lambda x: {"y": jnp.exp(1e3 * x)},
     )
-    with pytest.warns(UserWarning, match="draws have non-finite values"):
+    with pytest.warns(UserWarning, match=r"draws have NaN or infinite values \(y in \d+\)"):
         post = inferax.sample(
             target,
             samplers.ula(step_size=0.1),
@@ -123,3 +123,11 @@ def test_non_finite_draws_are_never_returned_silently():
             num_samples=50,
         )
     assert post.fault_counts()["nonfinite_draws"] > 0
+    # The checks, the summary and the report say so too: an error, never "all passed".
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        findings = diagnostics.check(post.to_datatree())
+        table = diagnostics.summary(post.to_datatree())
+    assert findings[0].severity == "error" and findings[0].check == "nonfinite"
+    assert findings[0].variable == "y[0]" and "NaN or infinite" in findings[0].message
+    assert table.loc["y[0]", "n_nonfinite"] == post.fault_counts()["nonfinite_draws"]
