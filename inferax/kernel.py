@@ -148,9 +148,29 @@ class AbstractKernel(AbstractSetting, abc.ABC):
         return algorithm.final(warmup_state)
 
 
-def check_step_size(name: str, step_size: float) -> None:
-    """Raises ValueError unless ``step_size`` is a finite positive number."""
-    if not isinstance(step_size, int | float) or isinstance(step_size, bool):
-        raise TypeError(f"{name}: step_size must be a number, got {type(step_size).__name__}")
-    if not np.isfinite(step_size) or step_size <= 0:
-        raise ValueError(f"{name}: step_size must be finite and > 0, got {step_size}")
+def as_number(name: str, what: str, value) -> float:
+    """``value`` as a Python float: a Python, NumPy or JAX real scalar is accepted, a bool,
+    a string or an array with elements is refused with a message that names ``what``."""
+    dtype = getattr(value, "dtype", None)
+    scalar = isinstance(value, int | float | np.integer | np.floating) or (
+        getattr(value, "shape", None) == ()
+        and dtype is not None
+        and np.issubdtype(dtype, np.number)
+    )
+    if not scalar or isinstance(value, bool | np.bool_) or np.iscomplexobj(value):
+        raise TypeError(f"{name}: {what} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_step_size(kernel: AbstractKernel, field: str = "step_size") -> None:
+    """Checks that ``kernel.<field>`` is a finite number > 0 and stores it as a Python float
+    (a NumPy or JAX scalar would make the frozen config unhashable).
+
+    Raises:
+      TypeError: not a real number.
+      ValueError: not finite, or not > 0.
+    """
+    value = as_number(kernel.name, field, getattr(kernel, field))
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{kernel.name}: {field} must be finite and > 0, got {value}")
+    object.__setattr__(kernel, field, value)

@@ -94,7 +94,7 @@ class from_blackjax(AbstractKernel):  # noqa: N801  (lower case, like the other 
                 "from_blackjax: target_acceptance_rate must lie in (0, 1), "
                 f"got {self.target_acceptance_rate}"
             )
-        check_step_size("from_blackjax", self.initial_step_size)
+        check_step_size(self, "initial_step_size")
 
     def build(self, target: Target, **tuned) -> SamplingAlgorithm:
         if self.adaptation == "window" and not tuned:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.base import SamplingAlgorithm
 
-from inferax.kernel import AbstractKernel, WarmupAlgorithm, check_step_size
+from inferax.kernel import AbstractKernel, WarmupAlgorithm, as_number, check_step_size
 from inferax.samplers.adaptation import (
     unit_inverse_mass_matrix,
     window_adaptation_of,
@@ -22,12 +22,27 @@ from inferax.samplers.adaptation import (
 from inferax.target import Target
 
 
-def _check_adaptation(name: str, target_acceptance_rate: float, initial_step_size: float):
-    if not 0.0 < target_acceptance_rate < 1.0:
+def _check_adaptation(kernel) -> None:
+    """Checks the settings every HMC kernel shares, each by type and range."""
+    name = kernel.name
+    rate = as_number(name, "target_acceptance_rate", kernel.target_acceptance_rate)
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"{name}: target_acceptance_rate must lie in (0, 1), got {rate}")
+    threshold = as_number(name, "divergence_threshold", kernel.divergence_threshold)
+    if not np.isfinite(threshold) or threshold <= 0:
         raise ValueError(
-            f"{name}: target_acceptance_rate must lie in (0, 1), got {target_acceptance_rate}"
+            f"{name}: divergence_threshold must be finite and > 0 (an energy error above it "
+            f"marks a divergence), got {threshold}"
         )
-    check_step_size(name, initial_step_size)
+    if not isinstance(kernel.is_mass_matrix_diagonal, bool | np.bool_):
+        raise TypeError(
+            f"{name}: is_mass_matrix_diagonal must be True or False, got "
+            f"{kernel.is_mass_matrix_diagonal!r}"
+        )
+    object.__setattr__(kernel, "target_acceptance_rate", rate)
+    object.__setattr__(kernel, "divergence_threshold", threshold)
+    object.__setattr__(kernel, "is_mass_matrix_diagonal", bool(kernel.is_mass_matrix_diagonal))
+    check_step_size(kernel, "initial_step_size")
 
 
 class AbstractHMCKernel(AbstractKernel):
@@ -114,7 +129,7 @@ class nuts(AbstractHMCKernel):  # noqa: N801  (lower case, like blackjax.nuts)
             raise ValueError(
                 f"nuts: max_num_doublings must be an integer >= 1, got {self.max_num_doublings}"
             )
-        _check_adaptation(self.name, self.target_acceptance_rate, self.initial_step_size)
+        _check_adaptation(self)
 
     def blackjax_algorithm(self, target: Target, step_size, inverse_mass_matrix):
         return blackjax.nuts(
@@ -172,7 +187,7 @@ class hmc(AbstractHMCKernel):  # noqa: N801  (lower case, like blackjax.hmc)
         steps = self.num_integration_steps
         if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"hmc: num_integration_steps must be an integer >= 1, got {steps}")
-        _check_adaptation(self.name, self.target_acceptance_rate, self.initial_step_size)
+        _check_adaptation(self)
 
     def blackjax_algorithm(self, target: Target, step_size, inverse_mass_matrix):
         return blackjax.hmc(

@@ -76,7 +76,7 @@ class AbstractLangevinKernel(AbstractKernel):
     step_size: float
 
     def __post_init__(self):
-        check_step_size(self.name, self.step_size)
+        check_step_size(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -185,7 +185,7 @@ class mirror_langevin(AbstractKernel):  # noqa: N801  (lower case, like blackjax
 
     def __post_init__(self):
         _check_mirror(self.name, self.mirror)
-        check_step_size(self.name, self.step_size)
+        check_step_size(self)
         _check_scheme(self.name, self.scheme, self.num_substeps)
 
     def check_target(self, target: Target) -> None:
@@ -281,7 +281,7 @@ class bregman_moreau_langevin(AbstractKernel):  # noqa: N801  (lower case, like 
 
     def __post_init__(self):
         _check_mirror(self.name, self.mirror)
-        check_step_size(self.name, self.step_size)
+        check_step_size(self)
         check_smoothing(self.name, self.smoothing)
         if self.envelope not in ("left", "right"):
             raise ValueError(

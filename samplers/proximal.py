@@ -209,7 +209,7 @@ class AbstractMoreauYosidaKernel(AbstractKernel):
     smoothing: float
 
     def __post_init__(self):
-        check_step_size(self.name, self.step_size)
+        check_step_size(self)
         check_smoothing(self.name, self.smoothing)
 
     def check_target(self, target: Target) -> None:

@@ -147,3 +147,27 @@ def test_target_validation():
         inferax.Target(log_prior=lambda p: 0.0, init=jnp.zeros(1, dtype=jnp.int32))
     with pytest.raises(TypeError, match="log_prior must be callable"):
         inferax.Target(log_prior=3.0, init=jnp.zeros(1))
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: samplers.nuts(divergence_threshold=float("nan")), ValueError, "divergence_thr"),
+        (lambda: samplers.nuts(divergence_threshold=-1.0), ValueError, "divergence_threshold"),
+        (lambda: samplers.hmc(5, is_mass_matrix_diagonal="no"), TypeError, "True or False"),
+        (lambda: samplers.nuts(target_acceptance_rate="0.8"), TypeError, "real number"),
+        (lambda: samplers.mala(step_size=True), TypeError, "step_size must be a real number"),
+        (lambda: samplers.ula(step_size=jnp.ones(2)), TypeError, "step_size must be a real"),
+    ],
+    ids=["nan-threshold", "negative-threshold", "string-flag", "string-rate", "bool", "array"],
+)
+def test_kernel_options_are_checked_by_type_and_range(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_numpy_and_jax_scalars_are_numbers():
+    for step_size in (np.float32(0.1), jnp.float32(0.1), np.int64(1)):
+        kernel = samplers.mala(step_size=step_size)
+        assert type(kernel.step_size) is float and hash(kernel) == hash(kernel)
+    assert samplers.nuts(initial_step_size=np.float32(0.5)) == samplers.nuts(initial_step_size=0.5)
