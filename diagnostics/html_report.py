@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from inferax.checkpoint import write_atomically
 from inferax.diagnostics.checks import (
     DEFAULT_THRESHOLDS,
     Finding,
@@ -132,7 +133,7 @@ def report(
     page = _PAGE.format(title=_e(title), style=_STYLE, body="\n".join(body))
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    write_atomically(path, lambda temporary: temporary.write_text(page, encoding="utf-8"))
     return path
 
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import pathlib
+import secrets
 import shutil
 import warnings
 from typing import Any
@@ -60,9 +61,15 @@ def _fsync_directory(path: pathlib.Path) -> None:
             os.close(descriptor)
 
 
+TEMPORARY_MARK = ".tmp-"
+"""Temporary files are named ``.<name>.tmp-<pid>-<random>`` next to their target."""
+
+
 def write_atomically(path: pathlib.Path, write) -> None:
-    """``write(temporary_path)``, then fsync and rename onto ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """``write(temporary_path)``, then fsync and rename onto ``path``. The temporary name
+    holds the pid and a random part, so two writers of one path never share it."""
+    path = pathlib.Path(path)
+    temporary = path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}-{secrets.token_hex(6)}")
     try:
         write(temporary)
         with open(temporary, "rb+") as handle:
@@ -72,6 +79,25 @@ def write_atomically(path: pathlib.Path, write) -> None:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
     _fsync_directory(path.parent)
+
+
+def _remove_stale_temporaries(run_dir: pathlib.Path) -> None:
+    """Removes the temporary files of killed writes: those whose writing process is gone."""
+    for path in run_dir.glob(f".*{TEMPORARY_MARK}*"):
+        pid = path.name.rpartition(TEMPORARY_MARK)[2].split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _checksum(leaves: list[np.ndarray]) -> str:
@@ -129,6 +155,7 @@ class CheckpointStore:
             raise CheckpointError(
                 f"resume: cannot read '{run_dir / MANIFEST}': {error}"
             ) from error
+        _remove_stale_temporaries(run_dir)
         return cls(run_dir, manifest)
 
     def _state_paths(self) -> list[pathlib.Path]:

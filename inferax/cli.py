@@ -262,12 +262,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_tables(tree, folder: pathlib.Path) -> None:
+    """``posterior.nc`` and ``summary.csv``, each written to a temporary file and renamed, so
+    a reader never sees half a file."""
+    from inferax import diagnostics
+    from inferax.checkpoint import write_atomically
+
+    write_atomically(folder / "posterior.nc", lambda path: tree.to_netcdf(path, engine="h5netcdf"))
+    table = diagnostics.summary(tree)
+    write_atomically(folder / "summary.csv", lambda path: table.to_csv(path, float_format="%.6g"))
+
+
 def _write_outputs(tree, out: pathlib.Path, args: argparse.Namespace, *, title: str) -> list:
     from inferax import diagnostics
 
     out.mkdir(parents=True, exist_ok=True)
-    tree.to_netcdf(out / "posterior.nc", engine="h5netcdf")
-    diagnostics.summary(tree).to_csv(out / "summary.csv", float_format="%.6g")
+    _write_tables(tree, out)
     findings = diagnostics.check(tree)
     diagnostics.report(tree, out / "report.html", title=title, **_plot_settings(args))
     _print_findings(findings)
@@ -551,8 +561,7 @@ def _demo(args: argparse.Namespace) -> int:
             _record(tree, seed=args.seed, model=model_name, command=_command_line())
             folder = out / f"{model_name}-{kernel.name}"
             folder.mkdir(parents=True, exist_ok=True)
-            tree.to_netcdf(folder / "posterior.nc", engine="h5netcdf")
-            diagnostics.summary(tree).to_csv(folder / "summary.csv", float_format="%.6g")
+            _write_tables(tree, folder)
             trees[name] = tree
 
     print("\nfindings:")

@@ -318,3 +318,37 @@ def test_a_kernel_holding_a_function_is_not_saved_and_must_be_passed_again(tmp_p
         inferax.resume(tmp_path / "run", target)
     again = inferax.resume(tmp_path / "run", target, kernel)
     np.testing.assert_array_equal(again.draws["x"], first.draws["x"])
+
+
+def test_concurrent_saves_of_one_path_never_collide(tmp_path):
+    import concurrent.futures
+
+    path = tmp_path / "out.txt"
+    contents = [f"writer {i}\n" * 1000 for i in range(40)]
+
+    def save(text):
+        checkpoint.write_atomically(path, lambda temporary: temporary.write_text(text))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(save, contents))  # any collision raises here
+    assert path.read_text() in contents
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_opening_a_run_removes_the_temporaries_of_killed_writes(tmp_path, finished_run):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    killed = run_dir / f".state-00000003.npz.tmp-{int(dead.stdout)}-0a1b2c"
+    running = run_dir / f".draws-00000000.nc.tmp-{os.getpid()}-3d4e5f"
+    killed.write_bytes(b"half a file")
+    running.write_bytes(b"being written")
+    checkpoint.CheckpointStore.open(run_dir)
+    assert not killed.exists() and running.exists()
