@@ -18,7 +18,12 @@ from inferax.posterior import Posterior
 from inferax.predictive import log_likelihood_groups
 from inferax.target import Target
 from inferax.typing import ArrayLikeTree, PRNGKey
-from inferax.validation import check_count, check_key, check_logdensity_shape
+from inferax.validation import (
+    check_count,
+    check_key,
+    check_logdensity_shape,
+    check_target_for_output,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +132,7 @@ def sample(
         raise ValueError(
             "restart_stuck_chains: restarted chains are not checkpointed; pass one or the other"
         )
+    check_target_for_output(target)
     kernel.check_target(target)
     target = kernel.prepare_target(target)
     check_logdensity_shape(target)

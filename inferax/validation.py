@@ -47,4 +47,40 @@ def check_logdensity_shape(target: Target) -> None:
         raise TypeError(f"the log density must return a float, got dtype {out.dtype}")
 
 
-__all__ = ["check_count", "check_key", "check_logdensity_shape"]
+RESERVED_SITE_NAMES = ("chain", "draw")
+"""ArviZ's sample dims: a site of that name would be lost in the DataTree."""
+
+SUPPORTED_DTYPES = (jnp.float32, jnp.float64)
+"""Position dtypes the samplers compute in; half precision loses the gradient's digits."""
+
+
+def check_target_for_output(target: Target) -> None:
+    """The position is float32 or float64, and ``constrain`` returns a dict of arrays whose
+    names can be DataTree variables; traced, not compiled.
+
+    Raises:
+      TypeError: a half-precision position, or ``constrain`` returning something else.
+      ValueError: a site named ``chain`` or ``draw``, or a name with ``/``.
+    """
+    for leaf in jax.tree.leaves(target.init):
+        dtype = jnp.result_type(leaf)
+        if dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"init: positions must be float32 or float64, got {dtype}; cast the example "
+                "position, for example jnp.zeros(2, jnp.float32)"
+            )
+    sites = jax.eval_shape(target.constrain, target.init)
+    if not isinstance(sites, dict) or not all(isinstance(name, str) for name in sites):
+        raise TypeError(
+            "constrain must return a dict of named arrays, such as {'x': x}, "
+            f"got {type(sites).__name__}"
+        )
+    for name in sites:
+        if name in RESERVED_SITE_NAMES or "/" in name:
+            raise ValueError(
+                f"site name {name!r}: 'chain' and 'draw' are the sample dims of the output, "
+                "and '/' separates groups in it; rename the site"
+            )
+
+
+__all__ = ["check_count", "check_key", "check_logdensity_shape", "check_target_for_output"]

@@ -171,3 +171,47 @@ def test_numpy_and_jax_scalars_are_numbers():
         kernel = samplers.mala(step_size=step_size)
         assert type(kernel.step_size) is float and hash(kernel) == hash(kernel)
     assert samplers.nuts(initial_step_size=np.float32(0.5)) == samplers.nuts(initial_step_size=0.5)
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "message"),
+    [
+        (
+            inferax.Target.from_logdensity(lambda x: -jnp.sum(x**2), jnp.zeros(2, jnp.float16)),
+            TypeError,
+            "float32 or float64, got float16",
+        ),
+        (
+            inferax.Target.from_logdensity(lambda x: -jnp.sum(x**2), jnp.zeros(2, jnp.bfloat16)),
+            TypeError,
+            "float32 or float64, got bfloat16",
+        ),
+        (
+            inferax.Target.from_logdensity(
+                lambda x: -jnp.sum(x**2), jnp.zeros(2), constrain=lambda x: x
+            ),
+            TypeError,
+            "constrain must return a dict",
+        ),
+        (
+            inferax.Target.from_logdensity(
+                lambda p: -jnp.sum(p["chain"] ** 2), {"chain": jnp.zeros(2)}
+            ),
+            ValueError,
+            "site name 'chain'",
+        ),
+        (
+            inferax.Target.from_logdensity(
+                lambda x: -jnp.sum(x**2), jnp.zeros(2), constrain=lambda x: {"a/b": x}
+            ),
+            ValueError,
+            "site name 'a/b'",
+        ),
+    ],
+    ids=["float16", "bfloat16", "constrain-not-a-dict", "site-chain", "site-slash"],
+)
+def test_targets_whose_output_cannot_be_written_are_refused_before_compiling(
+    target, error, message
+):
+    with pytest.raises(error, match=message):
+        inferax.sample(target, samplers.mala(0.1), jax.random.key(0), num_samples=5)
