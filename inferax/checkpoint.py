@@ -24,6 +24,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import socket
 import warnings
 from typing import Any
 
@@ -108,12 +109,68 @@ def _checksum(leaves: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-class CheckpointStore:
-    """One run directory."""
+LOCK = "lock"
+"""The run directory's lock file: the pid and host of the process that writes the run."""
 
-    def __init__(self, run_dir: pathlib.Path, manifest: dict[str, Any]):
+
+def acquire_lock(run_dir: pathlib.Path, what: str) -> pathlib.Path:
+    """Takes the run directory's exclusive lock for this process, or refuses.
+
+    The lock is a file created with ``O_EXCL``, holding this process's pid and host. A lock
+    whose process is gone (same host, pid not running) is stale: a killed run left it, and it
+    is taken over.
+
+    Raises:
+      CheckpointError: another live process holds the lock.
+    """
+    path = run_dir / LOCK
+    owner = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            stale = holder.get("host") == owner["host"] and not _process_alive(
+                int(holder.get("pid", -1))
+            )
+            if not stale:
+                raise CheckpointError(
+                    f"{what}: '{run_dir}' is in use by process {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')}; one run directory takes one writer at a time "
+                    f"(delete '{path}' only if that process is gone)"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(owner, handle)
+        return path
+    raise CheckpointError(f"{what}: cannot take the lock '{path}'")
+
+
+class CheckpointStore:
+    """One run directory, locked by this process while it is open."""
+
+    def __init__(self, run_dir: pathlib.Path, manifest: dict[str, Any], lock: pathlib.Path):
         self.run_dir = run_dir
         self.manifest = manifest
+        self._lock = lock
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Gives the run directory's lock back."""
+        if self._lock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._lock.unlink()
+            self._lock = None
 
     @classmethod
     def create(cls, run_dir, manifest: dict[str, Any], expected_bytes: int) -> CheckpointStore:
@@ -124,24 +181,35 @@ class CheckpointStore:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise CheckpointError(f"checkpoint: cannot create '{run_dir}': {error}") from error
-        if (run_dir / MANIFEST).exists():
-            raise CheckpointError(
-                f"checkpoint: '{run_dir}' already holds a run; continue it with "
-                "inferax.resume, or give an empty directory"
-            )
-        free = shutil.disk_usage(run_dir).free
-        if free < expected_bytes:
-            raise CheckpointError(
-                f"checkpoint: '{run_dir}' has {free / 1e6:.1f} MB free, and this run needs "
-                f"about {expected_bytes / 1e6:.1f} MB for its draws and states"
-            )
-        store = cls(run_dir, manifest)
         try:
-            write_atomically(
-                run_dir / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=1))
-            )
+            lock = acquire_lock(run_dir, "checkpoint")
         except OSError as error:
             raise CheckpointError(f"checkpoint: cannot write to '{run_dir}': {error}") from error
+        store = cls(run_dir, manifest, lock)
+        try:
+            if (run_dir / MANIFEST).exists():
+                raise CheckpointError(
+                    f"checkpoint: '{run_dir}' already holds a run; continue it with "
+                    "inferax.resume, or give an empty directory"
+                )
+            free = shutil.disk_usage(run_dir).free
+            if free < expected_bytes:
+                raise CheckpointError(
+                    f"checkpoint: '{run_dir}' has {free / 1e6:.1f} MB free, and this run "
+                    f"needs about {expected_bytes / 1e6:.1f} MB for its draws and states"
+                )
+            try:
+                write_atomically(
+                    run_dir / MANIFEST,
+                    lambda path: path.write_text(json.dumps(manifest, indent=1)),
+                )
+            except OSError as error:
+                raise CheckpointError(
+                    f"checkpoint: cannot write to '{run_dir}': {error}"
+                ) from error
+        except BaseException:
+            store.release()
+            raise
         return store
 
     @classmethod
@@ -155,8 +223,9 @@ class CheckpointStore:
             raise CheckpointError(
                 f"resume: cannot read '{run_dir / MANIFEST}': {error}"
             ) from error
+        lock = acquire_lock(run_dir, "resume")
         _remove_stale_temporaries(run_dir)
-        return cls(run_dir, manifest)
+        return cls(run_dir, manifest, lock)
 
     def _state_paths(self) -> list[pathlib.Path]:
         return sorted(self.run_dir.glob("state-*.npz"))

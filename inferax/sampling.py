@@ -155,7 +155,11 @@ def sample(
             checkpoint, manifest, _expected_bytes(target, kernel, settings)
         )
     run = ChainRunner(target, kernel, settings, rng_key, store, checkpoint_every, progress)
-    posterior = run.execute(saved=None, positions=positions)
+    try:
+        posterior = run.execute(saved=None, positions=positions)
+    finally:
+        if store is not None:
+            store.release()
     if restart_stuck_chains and posterior.stuck_chains():
         posterior = _restarted(posterior, target, kernel, settings, rng_key, progress)
     _warn_stuck_chains(posterior, restarted=restart_stuck_chains)
@@ -200,21 +204,41 @@ def resume(
       ValueError: the directory holds no run, or the target, kernel or settings differ
         from the run's; the message says what differs.
     """
-    store = CheckpointStore.open(run_dir)
-    manifest = store.manifest
-    saved_settings = RunSettings(**manifest["settings"])
+    with CheckpointStore.open(run_dir) as store:
+        manifest = store.manifest
+        saved_settings = RunSettings(**manifest["settings"])
+        kernel = _same_run(manifest, target, kernel, rng_key, settings)
+        _check_run_inputs(target, kernel, saved_settings)
+        target = kernel.prepare_target(target)
+        check_count("checkpoint_every", checkpoint_every, minimum=1)
+        run_key = _decode_key(manifest["key"])
+        saved = store.latest()
+        run = ChainRunner(
+            target, kernel, saved_settings, run_key, store, checkpoint_every, progress
+        )
+        posterior = run.execute(saved=saved, positions=None)
+        _warn_stuck_chains(posterior, restarted=False)
+    return log_likelihood_groups(target, posterior, log_likelihood)
+
+
+def _same_run(manifest: dict, target, kernel, rng_key, settings: dict):
+    """The run's kernel, once the target, key and settings are found to be the run's (the
+    target first); the kernel is rebuilt from data, never unpickled.
+
+    Raises:
+      ValueError: what differs from the run, or a kernel that cannot be rebuilt.
+    """
     unknown = set(settings) - set(manifest["settings"])
     if unknown:
         raise TypeError(f"resume: unknown settings {sorted(unknown)}")
-    differences = [
+    if not isinstance(target, Target):
+        raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
+    differences = compare_fingerprints(manifest["fingerprint"], target_fingerprint(target))
+    differences += [
         f"{name}: the run has {manifest['settings'][name]}, got {value}"
         for name, value in settings.items()
         if manifest["settings"][name] != value
     ]
-    if not isinstance(target, Target):
-        raise TypeError(f"target must be an inferax.Target, got {type(target).__name__}")
-    # The target is compared first; the kernel is rebuilt from data, never unpickled.
-    differences += compare_fingerprints(manifest["fingerprint"], target_fingerprint(target))
     if rng_key is not None and _encode_key(check_key(rng_key)) != manifest["key"]:
         differences.append("rng_key: the run was started with another key")
     if bool(jax.config.jax_enable_x64) != manifest["x64"]:
@@ -233,15 +257,7 @@ def resume(
         differences.append(f"kernel: the run has {manifest['kernel']}, got {kernel!r}")
     if differences:
         raise ValueError("resume: refused, this is not the same run: " + "; ".join(differences))
-    _check_run_inputs(target, kernel, saved_settings)
-    target = kernel.prepare_target(target)
-    check_count("checkpoint_every", checkpoint_every, minimum=1)
-    rng_key = _decode_key(manifest["key"])
-    saved = store.latest()
-    run = ChainRunner(target, kernel, saved_settings, rng_key, store, checkpoint_every, progress)
-    posterior = run.execute(saved=saved, positions=None)
-    _warn_stuck_chains(posterior, restarted=False)
-    return log_likelihood_groups(target, posterior, log_likelihood)
+    return kernel
 
 
 RESTART_KEY_TAG = 0x5EED

@@ -352,3 +352,66 @@ def test_opening_a_run_removes_the_temporaries_of_killed_writes(tmp_path, finish
     running.write_bytes(b"being written")
     checkpoint.CheckpointStore.open(run_dir)
     assert not killed.exists() and running.exists()
+
+
+RACE = """
+import json
+import os
+import sys
+import time
+
+from inferax.checkpoint import CheckpointError, CheckpointStore
+
+root = sys.argv[1]
+outcomes = []
+for trial in range(20):
+    run_dir = os.path.join(root, f"run-{trial}")
+    start = time.time() + 0.05
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(max(0.0, start - time.time()))
+            try:
+                CheckpointStore.create(run_dir, {"trial": trial}, 0)
+            except CheckpointError:
+                os._exit(3)
+            time.sleep(0.2)  # hold the run while the other writer tries
+            os._exit(0)
+        children.append(pid)
+    codes = sorted(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children)
+    outcomes.append(codes)
+print(json.dumps(outcomes))
+"""
+
+
+def test_two_writers_started_together_on_one_run_directory_one_is_refused(tmp_path):
+    script = tmp_path / "race.py"
+    script.write_text(RACE)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    import json
+
+    assert json.loads(result.stdout) == [[0, 3]] * 20
+
+
+def test_a_run_directory_in_use_is_refused_and_a_killed_runs_lock_is_taken_over(
+    tmp_path, finished_run
+):
+    import json
+    import shutil
+    import socket
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    lock = run_dir / checkpoint.LOCK
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(ValueError, match=f"in use by process {os.getpid()}"):
+        inferax.resume(run_dir, TARGET)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    inferax.resume(run_dir, TARGET)
+    assert not lock.exists()  # released when the resume ends
