@@ -151,6 +151,32 @@ def acquire_lock(run_dir: pathlib.Path, what: str) -> pathlib.Path:
     raise CheckpointError(f"{what}: cannot take the lock '{path}'")
 
 
+RUN_FILES = (MANIFEST, "state-*.npz", "draws-*.nc", f".*{TEMPORARY_MARK}*")
+"""What a run writes in its directory; ``remove_run`` deletes these and nothing else."""
+
+
+def remove_run(run_dir) -> None:
+    """Deletes the files a run wrote in ``run_dir`` (its manifest, states, draws and
+    temporaries), under the run's lock; anything else in the directory stays.
+
+    Raises:
+      CheckpointError: the directory holds no inferax run, or a live process is using it.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / MANIFEST).is_file():
+        raise CheckpointError(
+            f"'{run_dir}' holds no inferax run (no {MANIFEST}); nothing in it is deleted"
+        )
+    lock = acquire_lock(run_dir, "replacing the run")
+    try:
+        for pattern in RUN_FILES:
+            for path in run_dir.glob(pattern):
+                path.unlink()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
 class CheckpointStore:
     """One run directory, locked by this process while it is open."""
 

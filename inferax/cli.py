@@ -14,7 +14,6 @@ import inspect
 import os
 import pathlib
 import runpy
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -109,8 +108,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the run saved in OUT/checkpoint (after a crash or a kill); the model, "
-        "data, sampler and settings must be the run's. Without it, a run starts afresh and "
-        "replaces OUT/checkpoint.",
+        "data, sampler and settings must be the run's",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the run saved in OUT/checkpoint (only the files that run wrote are "
+        "deleted); without it, a previous run there is refused",
     )
     _plot_options(run)
     run.set_defaults(handler=_run)
@@ -246,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise CLIError(str(error)) from error
     else:
-        shutil.rmtree(checkpoint, ignore_errors=True)
+        _clear_previous_run(checkpoint, force=args.force)
         print(f"inferax run: {path.name} with {kernel!r}", flush=True)
         post = inferax.sample(
             target,
@@ -260,6 +264,28 @@ def _run(args: argparse.Namespace) -> int:
     _record(tree, seed=args.seed, model_file=str(path), command=_command_line())
     _write_outputs(tree, out, args, title=f"inferax run: {path.name}")
     return 0
+
+
+def _clear_previous_run(checkpoint: pathlib.Path, *, force: bool) -> None:
+    """Makes way for a new run in ``checkpoint``: a previous inferax run is replaced only
+    with ``--force``, and a directory that holds something else is never touched."""
+    from inferax.checkpoint import CheckpointError, remove_run
+
+    if not checkpoint.exists() or (checkpoint.is_dir() and not any(checkpoint.iterdir())):
+        return
+    if not (checkpoint / "manifest.json").is_file():
+        raise CLIError(
+            f"{checkpoint} exists and holds no inferax run; move it away or choose another --out"
+        )
+    if not force:
+        raise CLIError(
+            f"{checkpoint} holds a previous run: continue it with --resume, or replace it "
+            "with --force"
+        )
+    try:
+        remove_run(checkpoint)
+    except CheckpointError as error:
+        raise CLIError(str(error)) from error
 
 
 def _write_tables(tree, folder: pathlib.Path) -> None:

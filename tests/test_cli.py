@@ -138,6 +138,13 @@ def test_run_writes_posterior_summary_and_report(demo, tmp_path, env):
     assert refused.returncode == 1
     assert "num_samples: the run has 100, got 50" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+    # Without --resume, the previous run is neither continued nor silently deleted.
+    fresh = inferax_cli("run", "schools.py", *SMALL, "--out", "res", env=env, cwd=tmp_path)
+    assert fresh.returncode == 1
+    assert "holds a previous run: continue it with --resume, or replace it with --force" in (
+        fresh.stderr
+    )
+    assert (tmp_path / "res" / "checkpoint" / "manifest.json").exists()
 
 
 def test_fit_writes_the_variational_report(tmp_path, env):
@@ -231,3 +238,21 @@ def test_samplers_are_found_by_name_and_their_settings_checked():
         cli._make_kernel("nuts", None, cli._parse_settings(["bogus=1"]))
     kernel = cli._make_kernel("hmc", None, cli._parse_settings(["num_integration_steps=4"]))
     assert kernel.num_integration_steps == 4
+
+
+def test_replacing_a_run_deletes_only_what_the_run_wrote(tmp_path):
+    from inferax import checkpoint, cli
+
+    run_dir = tmp_path / "checkpoint"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(cli.CLIError, match="holds no inferax run"):
+        cli._clear_previous_run(run_dir, force=True)
+    for name in ("manifest.json", "state-000001.npz", "draws-00000000-00000010.nc"):
+        (run_dir / name).write_text("{}")
+    with pytest.raises(cli.CLIError, match="replace it with --force"):
+        cli._clear_previous_run(run_dir, force=False)
+    cli._clear_previous_run(run_dir, force=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
+    with pytest.raises(checkpoint.CheckpointError, match="holds no inferax run"):
+        checkpoint.remove_run(run_dir)
