@@ -11,6 +11,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import math
 import os
 import pathlib
 import runpy
@@ -474,6 +475,12 @@ def _fit(args: argparse.Namespace) -> int:
     import inferax
     from inferax import flows, variational
 
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise CLIError(f"--learning-rate must be finite and > 0, got {args.learning_rate}")
+    if args.draws < 2:
+        raise CLIError(f"--draws must be at least 2, got {args.draws}")
+    if args.steps < 1:
+        raise CLIError(f"--steps must be at least 1, got {args.steps}")
     settings = _parse_settings(args.family_arg)
     name = VI_FAMILIES.get(args.family, args.family)
     maker = getattr(variational, name, None) or getattr(flows, name, None)

@@ -110,6 +110,8 @@ def from_numpyro(
       >>> sorted(target.constrain(target.init))
       ['mu']
     """
+    if isinstance(data, str):
+        data = (data,)  # one name, not its letters
     info = _initialize(model, args, kwargs)
     trace = info.model_trace
     enumerated = _enumerated_sites(trace)

@@ -25,6 +25,9 @@ from inferax.validation import (
     check_target_for_output,
 )
 
+MAX_STEPS = 2**31 - 1
+"""Steps of one run: the step index that keys ``fold_in`` is a 32-bit integer."""
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
@@ -41,6 +44,12 @@ class RunSettings:
         check_count("num_warmup", self.num_warmup, minimum=0)
         check_count("num_samples", self.num_samples, minimum=1)
         check_count("thinning", self.thinning, minimum=1)
+        steps = self.num_warmup + self.num_samples * self.thinning
+        if steps >= MAX_STEPS:
+            raise ValueError(
+                f"num_warmup + num_samples * thinning is {steps} steps; a run takes fewer than "
+                f"{MAX_STEPS} (step indices are 32-bit): run it in parts with checkpoints"
+            )
         check_count("chunk_size", self.chunk_size, minimum=1)
 
 
@@ -141,6 +150,7 @@ def sample(
         positions = None
     else:
         positions = check_init(target, init, num_chains)
+    _check_memory(_expected_bytes(target, kernel, settings))
     store = None
     if checkpoint is not None:
         manifest = {
@@ -341,6 +351,24 @@ def _decode_key(encoded: dict):
     return jax.random.wrap_key_data(
         np.asarray(encoded["data"], dtype=np.uint32), impl=encoded["impl"]
     )
+
+
+def _check_memory(expected: int) -> None:
+    """Refuses, before compiling, a run whose draws and states will not fit in the memory
+    this machine has available (``INFERAX_MEMORY_LIMIT`` bytes, if set, lowers the limit)."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    limit = os.environ.get("INFERAX_MEMORY_LIMIT")
+    if limit is not None and limit.isdigit():
+        available = min(available, int(limit))
+    if expected > available:
+        raise MemoryError(
+            f"this run's draws and states need about {expected / 1e9:.2f} GB and "
+            f"{available / 1e9:.2f} GB is available; keep fewer draws (thinning=, "
+            "num_samples=, num_chains=) or fewer sites"
+        )
 
 
 def _expected_bytes(target: Target, kernel, settings: RunSettings) -> int:

@@ -198,6 +198,11 @@ BAD_INPUTS = {
     "syntax error": (["run", "broken.py"], "line 2: syntax error"),
     "unknown sampler": (["run", "schools.py", "--sampler", "nope"], "unknown sampler 'nope'"),
     "corrupt .nc": (["report", "corrupt.nc"], "cannot read corrupt.nc"),
+    "nan learning rate": (
+        ["fit", "schools.py", "--learning-rate", "nan"],
+        "--learning-rate must be finite and > 0, got nan",
+    ),
+    "no draws": (["fit", "schools.py", "--draws", "0"], "--draws must be at least 2, got 0"),
 }
 
 

@@ -215,3 +215,27 @@ def test_targets_whose_output_cannot_be_written_are_refused_before_compiling(
 ):
     with pytest.raises(error, match=message):
         inferax.sample(target, samplers.mala(0.1), jax.random.key(0), num_samples=5)
+
+
+def test_runs_too_long_or_too_large_are_refused_before_compiling(monkeypatch):
+    target = inferax.Target.from_logdensity(lambda x: -jnp.sum(x**2), jnp.zeros(2))
+    with pytest.raises(ValueError, match="step indices are 32-bit"):
+        inferax.sample(target, samplers.mala(0.1), jax.random.key(0), thinning=2**31)
+    with pytest.raises(MemoryError, match=r"need about \d+\.\d\d GB and"):
+        inferax.sample(target, samplers.mala(0.1), jax.random.key(0), num_chains=10**7)
+    monkeypatch.setenv("INFERAX_MEMORY_LIMIT", "1000")
+    with pytest.raises(MemoryError, match="0.00 GB is available"):
+        inferax.sample(target, samplers.mala(0.1), jax.random.key(0), num_samples=10)
+
+
+def test_a_data_name_is_one_name():
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model(obs):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("n", obs.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, 1.0), obs=obs)
+
+    target = inferax.from_numpyro(model, data="obs", obs=jnp.ones(4))
+    assert target.num_data == 4
