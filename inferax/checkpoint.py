@@ -41,6 +41,10 @@ class CheckpointError(ValueError):
     """A run directory cannot be created, written or resumed from."""
 
 
+class ManifestChanged(CheckpointError):
+    """The manifest is not the one the run's states were saved with: resume refuses."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SavedPoint:
     """A point the run can continue from."""
@@ -101,13 +105,31 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _checksum(leaves: list[np.ndarray]) -> str:
+def _state_checksum(leaves: list[np.ndarray], meta: dict) -> str:
+    """SHA-256 of a state's arrays and of every metadata entry but the checksum itself."""
     digest = hashlib.sha256()
     for leaf in leaves:
         digest.update(str((leaf.dtype.str, leaf.shape)).encode())
         digest.update(np.ascontiguousarray(leaf).tobytes())
+    recorded = {key: value for key, value in meta.items() if key != "checksum"}
+    digest.update(json.dumps(recorded, sort_keys=True).encode())
     return digest.hexdigest()
 
+
+def _file_checksum(path: pathlib.Path) -> str:
+    """SHA-256 of a file's bytes; an unreadable file has none and fails every comparison."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return "unreadable"
+    return digest.hexdigest()
+
+
+MANIFEST_KEYS = frozenset({"settings", "key", "kernel", "fingerprint", "x64"})
+"""What every manifest holds."""
 
 LOCK = "lock"
 """The run directory's lock file: the pid and host of the process that writes the run."""
@@ -184,6 +206,8 @@ class CheckpointStore:
         self.run_dir = run_dir
         self.manifest = manifest
         self._lock = lock
+        self.manifest_checksum = _file_checksum(run_dir / MANIFEST)
+        self.draw_checksums: dict[str, str] = {}
 
     def __enter__(self) -> CheckpointStore:
         return self
@@ -211,7 +235,6 @@ class CheckpointStore:
             lock = acquire_lock(run_dir, "checkpoint")
         except OSError as error:
             raise CheckpointError(f"checkpoint: cannot write to '{run_dir}': {error}") from error
-        store = cls(run_dir, manifest, lock)
         try:
             if (run_dir / MANIFEST).exists():
                 raise CheckpointError(
@@ -233,10 +256,11 @@ class CheckpointStore:
                 raise CheckpointError(
                     f"checkpoint: cannot write to '{run_dir}': {error}"
                 ) from error
+            return cls(run_dir, manifest, lock)
         except BaseException:
-            store.release()
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
             raise
-        return store
 
     @classmethod
     def open(cls, run_dir) -> CheckpointStore:
@@ -249,6 +273,12 @@ class CheckpointStore:
             raise CheckpointError(
                 f"resume: cannot read '{run_dir / MANIFEST}': {error}"
             ) from error
+        missing = MANIFEST_KEYS - set(manifest) if isinstance(manifest, dict) else MANIFEST_KEYS
+        if missing:
+            raise CheckpointError(
+                f"resume: '{run_dir / MANIFEST}' is not an inferax manifest (it lacks "
+                f"{sorted(missing)})"
+            )
         lock = acquire_lock(run_dir, "resume")
         _remove_stale_temporaries(run_dir)
         return cls(run_dir, manifest, lock)
@@ -278,6 +308,7 @@ class CheckpointStore:
             write_atomically(
                 self.run_dir / name, lambda path: dataset.to_netcdf(path, engine="h5netcdf")
             )
+            self.draw_checksums[name] = _file_checksum(self.run_dir / name)
             draw_files.append(name)
         leaves = [np.asarray(leaf) for leaf in leaves]
         meta = {
@@ -285,8 +316,10 @@ class CheckpointStore:
             "next_index": int(next_index),
             "timing": timing,
             "draw_files": draw_files,
-            "checksum": _checksum(leaves),
+            "draw_checksums": {name: self.draw_checksums[name] for name in draw_files},
+            "manifest_checksum": self.manifest_checksum,
         }
+        meta["checksum"] = _state_checksum(leaves, meta)
         existing = self._state_paths()
         number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         path = self.run_dir / f"state-{number:06d}.npz"
@@ -303,6 +336,26 @@ class CheckpointStore:
                 old.unlink()
         return draw_files
 
+    def check_manifest(self) -> None:
+        """Refuses a manifest other than the one the run's newest readable state was saved
+        with, before anything in it is used.
+
+        Raises:
+          ManifestChanged: the checksums differ.
+        """
+        for path in reversed(self._state_paths()):
+            try:
+                with np.load(path, allow_pickle=False) as archive:
+                    recorded = json.loads(archive["meta"].tobytes().decode())["manifest_checksum"]
+            except Exception:  # noqa: BLE001, S112  (an unreadable state is latest()'s to report)
+                continue
+            if recorded != self.manifest_checksum:
+                raise ManifestChanged(
+                    f"resume: refused, '{self.run_dir / MANIFEST}' is not the manifest the run "
+                    "saved (its checksum differs)"
+                )
+            return
+
     def latest(self) -> SavedPoint | None:
         """The newest saved point that reads back whole, warning about each one skipped."""
         skipped = []
@@ -311,6 +364,8 @@ class CheckpointStore:
                 point = self._read_state(path)
                 for name in point.draw_files:
                     _read_draws(self.run_dir / name)
+            except ManifestChanged:
+                raise
             except Exception as error:  # noqa: BLE001  (any unreadable file means: go back one)
                 skipped.append(f"{path.name} ({type(error).__name__}: {error})")
                 continue
@@ -333,8 +388,17 @@ class CheckpointStore:
             meta = json.loads(archive["meta"].tobytes().decode())
             names = sorted(name for name in archive.files if name.startswith("leaf_"))
             leaves = [archive[name] for name in names]
-        if _checksum(leaves) != meta["checksum"]:
+        if _state_checksum(leaves, meta) != meta["checksum"]:
             raise CheckpointError("checksum mismatch")
+        if meta["manifest_checksum"] != self.manifest_checksum:
+            raise ManifestChanged(
+                f"resume: refused, '{self.run_dir / MANIFEST}' is not the manifest the run "
+                "saved (its checksum differs)"
+            )
+        for name in meta["draw_files"]:
+            if _file_checksum(self.run_dir / name) != meta["draw_checksums"][name]:
+                raise CheckpointError(f"{name}: checksum mismatch")
+        self.draw_checksums = dict(meta["draw_checksums"])
         return SavedPoint(
             phase=meta["phase"],
             next_index=meta["next_index"],

@@ -215,6 +215,7 @@ def resume(
         from the run's; the message says what differs.
     """
     with CheckpointStore.open(run_dir) as store:
+        store.check_manifest()
         manifest = store.manifest
         saved_settings = RunSettings(**manifest["settings"])
         kernel = _same_run(manifest, target, kernel, rng_key, settings)
