@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
+from inferax.kernel import as_number
 from inferax.minibatch import draw_minibatch, first_points
 from inferax.samplers.guarded import guarded, tree_norm
 from inferax.samplers.integrators import preconditioned_langevin_move
@@ -286,9 +287,11 @@ class psgld(AbstractSGMCMCKernel):  # noqa: N801  (lower case, like blackjax's k
 
     def __post_init__(self):
         self._check_config()
-        if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"psgld: decay must lie in [0, 1), got {self.decay}")
+        decay = as_number(self.name, "decay", self.decay)
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"psgld: decay must lie in [0, 1), got {decay}")
         check_positive(self.name, "eps", self.eps)
+        object.__setattr__(self, "decay", decay)
 
     def build(self, target: Target) -> SamplingAlgorithm:
         return psgld_algorithm(

@@ -174,3 +174,53 @@ def test_wrong_argument_types():
         inferax.sample(lambda x: x, KERNEL, jax.random.key(0))
     with pytest.raises(TypeError, match="kernel must be a sampler"):
         inferax.sample(TARGET, "nuts", jax.random.key(0))
+
+
+KERNEL_OPTIONS = {
+    "nuts": (
+        samplers.nuts,
+        {},
+        [
+            "max_num_doublings",
+            "target_acceptance_rate",
+            "divergence_threshold",
+            "initial_step_size",
+            "is_mass_matrix_diagonal",
+        ],
+    ),
+    "hmc": (samplers.hmc, {"num_integration_steps": 5}, ["num_integration_steps"]),
+    "mala": (samplers.mala, {"step_size": 0.1}, ["step_size"]),
+    "sgld": (samplers.sgld, {"step_size": 0.1, "batch_size": 2}, ["step_size", "batch_size"]),
+    "sghmc": (samplers.sghmc, {"step_size": 0.1, "batch_size": 2, "friction": 1.0}, ["friction"]),
+    "psgld": (samplers.psgld, {"step_size": 0.1, "batch_size": 2}, ["decay", "eps"]),
+    "myula": (samplers.myula, {"step_size": 0.1, "smoothing": 0.1}, ["smoothing"]),
+    "mirror_langevin": (
+        samplers.mirror_langevin,
+        {"mirror": samplers.Entropy(), "step_size": 0.1},
+        ["num_substeps"],
+    ),
+    "dsgld": (
+        samplers.dsgld,
+        {"step_size": 0.1, "batch_size": 2, "local_steps": 2},
+        ["local_steps"],
+    ),
+}
+OPTIONS = [
+    (name, option) for name, (_, _, options) in KERNEL_OPTIONS.items() for option in options
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(which=st.sampled_from(OPTIONS), value=junk | st.floats() | st.integers(-3, 3))
+def test_kernel_options_are_refused_by_name_or_are_sound(which, value):
+    name, option = which
+    make, required, _ = KERNEL_OPTIONS[name]
+    try:
+        kernel = make(**{**required, option: value})
+    except (TypeError, ValueError) as error:
+        assert option in str(error), f"{name}({option}={value!r}): {error}"
+        return
+    stored = getattr(kernel, option)
+    assert isinstance(stored, bool | int | float), (name, option, value)
+    assert np.isfinite(stored), (name, option, stored)  # never a silent nan or inf
+    hash(kernel)
