@@ -136,3 +136,27 @@ def test_chains_start_apart():
 def test_progress_bar_runs(capsys):
     inferax.sample(TARGET, KERNEL, jax.random.key(0), progress=True, **SETTINGS)
     assert "draw/s" in capsys.readouterr().err
+
+
+@jax.custom_jvp
+def _kink(x):
+    return 0.0 * x
+
+
+@_kink.defjvp
+def _kink_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _kink(x), jnp.where(x > 0.5, jnp.nan, 0.0) * t
+
+
+def test_chains_start_where_the_gradient_is_finite_too():
+    # The log density is finite everywhere; its gradient is NaN above 0.5.
+    target = inferax.Target.from_logdensity(
+        lambda x: -0.5 * jnp.sum(x**2) + jnp.sum(_kink(x)), jnp.zeros(1)
+    )
+    from inferax.chain_starts import jittered_positions
+
+    positions = jittered_positions(target, jax.random.key(0), 16)
+    _, grads = jax.vmap(target.logdensity_and_grad)(positions)
+    assert np.all(positions <= 0.5) and np.all(np.isfinite(grads))
+    assert np.unique(np.asarray(positions)).size == 16  # jittered, not all at init
