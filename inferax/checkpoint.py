@@ -199,6 +199,29 @@ def remove_run(run_dir) -> None:
             lock.unlink()
 
 
+def clear_for_new_run(run_dir, *, force: bool) -> None:
+    """Makes way for a new run in ``run_dir``: an empty or missing directory is fine, a
+    previous inferax run is replaced only with ``force`` (``remove_run``), and a directory
+    that holds anything else is never touched.
+
+    Raises:
+      CheckpointError: what stands in the way, and how to proceed.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return
+    if not (run_dir / MANIFEST).is_file():
+        raise CheckpointError(
+            f"{run_dir} exists and holds no inferax run; move it away or choose another --out"
+        )
+    if not force:
+        raise CheckpointError(
+            f"{run_dir} holds a previous run: continue it with --resume, or replace it "
+            "with --force"
+        )
+    remove_run(run_dir)
+
+
 class CheckpointStore:
     """One run directory, locked by this process while it is open."""
 

@@ -14,12 +14,13 @@ import inspect
 import math
 import os
 import pathlib
-import runpy
 import sys
 import time
-from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from inferax.checkpoint import CheckpointError, clear_for_new_run
+from inferax.model_file import ModelFileError, load_model_file
 
 DEFAULT_KERNEL_ARGS: dict[str, dict[str, Any]] = {"hmc": {"num_integration_steps": 16}}
 """Settings the command line gives a sampler that has no default of its own."""
@@ -251,7 +252,10 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise CLIError(str(error)) from error
     else:
-        _clear_previous_run(checkpoint, force=args.force)
+        try:
+            clear_for_new_run(checkpoint, force=args.force)
+        except CheckpointError as error:
+            raise CLIError(str(error)) from error
         print(f"inferax run: {path.name} with {kernel!r}", flush=True)
         post = inferax.sample(
             target,
@@ -265,28 +269,6 @@ def _run(args: argparse.Namespace) -> int:
     _record(tree, seed=args.seed, model_file=str(path), command=_command_line())
     _write_outputs(tree, out, args, title=f"inferax run: {path.name}")
     return 0
-
-
-def _clear_previous_run(checkpoint: pathlib.Path, *, force: bool) -> None:
-    """Makes way for a new run in ``checkpoint``: a previous inferax run is replaced only
-    with ``--force``, and a directory that holds something else is never touched."""
-    from inferax.checkpoint import CheckpointError, remove_run
-
-    if not checkpoint.exists() or (checkpoint.is_dir() and not any(checkpoint.iterdir())):
-        return
-    if not (checkpoint / "manifest.json").is_file():
-        raise CLIError(
-            f"{checkpoint} exists and holds no inferax run; move it away or choose another --out"
-        )
-    if not force:
-        raise CLIError(
-            f"{checkpoint} holds a previous run: continue it with --resume, or replace it "
-            "with --force"
-        )
-    try:
-        remove_run(checkpoint)
-    except CheckpointError as error:
-        raise CLIError(str(error)) from error
 
 
 def _write_tables(tree, folder: pathlib.Path) -> None:
@@ -332,31 +314,10 @@ def _print_findings(findings: list, indent: str = "") -> None:
 
 def _load_model_file(path: pathlib.Path):
     """``(model, data, data_args)`` from a model file, or a one-line CLIError."""
-    if not path.exists():
-        raise CLIError(f"model file {path} does not exist")
-    if not path.is_file():
-        raise CLIError(f"{path} is not a file")
     try:
-        # The user's own model file: running it is what `inferax run` is for.
-        namespace = runpy.run_path(str(path), run_name="inferax_model")
-    except SyntaxError as error:
-        raise CLIError(f"{path}, line {error.lineno}: syntax error: {error.msg}") from error
-    except Exception as error:
-        raise CLIError(f"{path} failed while loading: {type(error).__name__}: {error}") from error
-    model = namespace.get("model")
-    if model is None:
-        raise CLIError(f"{path} defines no `model` (a NumPyro model function)")
-    if not callable(model):
-        raise CLIError(f"{path}: `model` must be a function, got {type(model).__name__}")
-    data = namespace.get("data", {})
-    if not isinstance(data, Mapping):
-        raise CLIError(
-            f"{path}: `data` must be a dict of the model's arguments, got {type(data).__name__}"
-        )
-    data_args = namespace.get("data_args")
-    if data_args is not None:
-        data_args = [str(name) for name in data_args]
-    return model, dict(data), data_args
+        return load_model_file(path)
+    except ModelFileError as error:
+        raise CLIError(str(error)) from error
 
 
 def sampler_names() -> dict[str, type]:

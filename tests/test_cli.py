@@ -246,18 +246,18 @@ def test_samplers_are_found_by_name_and_their_settings_checked():
 
 
 def test_replacing_a_run_deletes_only_what_the_run_wrote(tmp_path):
-    from inferax import checkpoint, cli
+    from inferax import checkpoint
 
     run_dir = tmp_path / "checkpoint"
     run_dir.mkdir()
     (run_dir / "notes.txt").write_text("mine")
-    with pytest.raises(cli.CLIError, match="holds no inferax run"):
-        cli._clear_previous_run(run_dir, force=True)
+    with pytest.raises(checkpoint.CheckpointError, match="holds no inferax run"):
+        checkpoint.clear_for_new_run(run_dir, force=True)
     for name in ("manifest.json", "state-000001.npz", "draws-00000000-00000010.nc"):
         (run_dir / name).write_text("{}")
-    with pytest.raises(cli.CLIError, match="replace it with --force"):
-        cli._clear_previous_run(run_dir, force=False)
-    cli._clear_previous_run(run_dir, force=True)
+    with pytest.raises(checkpoint.CheckpointError, match="replace it with --force"):
+        checkpoint.clear_for_new_run(run_dir, force=False)
+    checkpoint.clear_for_new_run(run_dir, force=True)
     assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
     with pytest.raises(checkpoint.CheckpointError, match="holds no inferax run"):
         checkpoint.remove_run(run_dir)
