@@ -1,8 +1,8 @@
 """The host loop of ``inferax.sample``: every chain in one compiled program, warmup chunks
 then sampling chunks, with the progress bar and checkpoints between them.
 
-Step ``t`` of chain ``c`` uses ``fold_in(fold_in(run_key, t), c)``-style keys from
-``chain_keys``, so the draws do not depend on the chunk size.
+Step ``t`` splits ``fold_in(run_key, t)`` into one key per chain, so the draws do not
+depend on the chunk size.
 """
 
 from __future__ import annotations

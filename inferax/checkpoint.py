@@ -359,6 +359,13 @@ class CheckpointStore:
                 old.unlink()
         return draw_files
 
+    def _check_manifest_checksum(self, recorded: str) -> None:
+        if recorded != self.manifest_checksum:
+            raise ManifestChanged(
+                f"resume: refused, '{self.run_dir / MANIFEST}' is not the manifest the run "
+                "saved (its checksum differs)"
+            )
+
     def check_manifest(self) -> None:
         """Refuses a manifest other than the one the run's newest readable state was saved
         with, before anything in it is used.
@@ -372,11 +379,7 @@ class CheckpointStore:
                     recorded = json.loads(archive["meta"].tobytes().decode())["manifest_checksum"]
             except Exception:  # noqa: BLE001, S112  (an unreadable state is latest()'s to report)
                 continue
-            if recorded != self.manifest_checksum:
-                raise ManifestChanged(
-                    f"resume: refused, '{self.run_dir / MANIFEST}' is not the manifest the run "
-                    "saved (its checksum differs)"
-                )
+            self._check_manifest_checksum(recorded)
             return
 
     def latest(self) -> SavedPoint | None:
@@ -413,11 +416,7 @@ class CheckpointStore:
             leaves = [archive[name] for name in names]
         if _state_checksum(leaves, meta) != meta["checksum"]:
             raise CheckpointError("checksum mismatch")
-        if meta["manifest_checksum"] != self.manifest_checksum:
-            raise ManifestChanged(
-                f"resume: refused, '{self.run_dir / MANIFEST}' is not the manifest the run "
-                "saved (its checksum differs)"
-            )
+        self._check_manifest_checksum(meta["manifest_checksum"])
         for name in meta["draw_files"]:
             if _file_checksum(self.run_dir / name) != meta["draw_checksums"][name]:
                 raise CheckpointError(f"{name}: checksum mismatch")

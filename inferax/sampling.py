@@ -145,12 +145,13 @@ def sample(
     kernel.check_target(target)
     target = kernel.prepare_target(target)
     check_logdensity_shape(target)
+    expected_bytes = _expected_bytes(target, kernel, settings)
+    _check_memory(expected_bytes)
     if init is None:
         check_logdensity_at_init(target)
         positions = None
     else:
         positions = check_init(target, init, num_chains)
-    _check_memory(_expected_bytes(target, kernel, settings))
     store = None
     if checkpoint is not None:
         manifest = {
@@ -161,9 +162,7 @@ def sample(
             "fingerprint": target_fingerprint(target),
             "x64": bool(jax.config.jax_enable_x64),
         }
-        store = CheckpointStore.create(
-            checkpoint, manifest, _expected_bytes(target, kernel, settings)
-        )
+        store = CheckpointStore.create(checkpoint, manifest, expected_bytes)
     run = ChainRunner(target, kernel, settings, rng_key, store, checkpoint_every, progress)
     try:
         posterior = run.execute(saved=None, positions=positions)
