@@ -96,7 +96,7 @@ class ChainRunner:
             if positions is None:
                 positions, _ = self.call(
                     jittered_positions,
-                    {"num_chains": settings.num_chains},
+                    {"num_chains": settings.num_chains, "domain": kernel.domain(target)},
                     target,
                     self.init_key,
                 )

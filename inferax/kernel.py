@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     # Importing blackjax computes arrays, which starts JAX's backend; `import inferax` must
     # not, so that `jax.distributed.initialize` can still run after it.
     from blackjax.base import SamplingAlgorithm
+
+    from inferax.chain_starts import Domain
 from inferax.typing import ArrayLikeTree, ArrayTree, PRNGKey
 
 
@@ -89,6 +91,13 @@ class AbstractKernel(AbstractSetting, abc.ABC):
                 "use a proximal or mirror sampler (inferax.samplers.proximal, "
                 "inferax.samplers.mirror), which handle it through its proximity operator"
             )
+
+    def domain(self, target: Target) -> Domain | None:
+        """The open set this kernel's chains live in (a mirror map's domain), or ``None``
+        for none beyond the one ``target.nonsmooth`` declares. ``inferax.sample`` draws
+        default starts inside it and refuses an explicit ``init`` outside it, before
+        compiling. Must be hashable: it is a static argument of the start program."""
+        return None
 
     def prepare_target(self, target: Target) -> Target:
         """The target ``build`` and ``warmup_algorithm`` receive, made from the user's once

@@ -9,8 +9,12 @@ other kernel refuses a target that has one. The terms themselves (``L1``, ``Box`
 from __future__ import annotations
 
 import abc
+from typing import TYPE_CHECKING
 
 import jax
+
+if TYPE_CHECKING:
+    from inferax.chain_starts import Domain
 
 
 class AbstractNonsmooth(abc.ABC):
@@ -26,6 +30,11 @@ class AbstractNonsmooth(abc.ABC):
     @abc.abstractmethod
     def prox(self, x: jax.Array, lam) -> jax.Array:
         """The Euclidean proximity operator ``argmin_p g(p) + |p - x|^2 / (2 lam)``."""
+
+    def domain(self) -> Domain | None:
+        """The open set inside the term's finite set where default chain starts are drawn
+        (an indicator's box or simplex), or ``None`` when ``g`` is finite everywhere."""
+        return None
 
     def bregman_prox(self, x: jax.Array, lam, mirror, side: str = "left") -> jax.Array:
         """The left (``argmin_p g(p) + D_phi(p, x) / lam``) or right

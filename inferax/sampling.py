@@ -151,7 +151,7 @@ def sample(
         check_logdensity_at_init(target)
         positions = None
     else:
-        positions = check_init(target, init, num_chains)
+        positions = check_init(target, init, num_chains, kernel.domain(target))
     store = None
     if checkpoint is not None:
         manifest = {
@@ -279,7 +279,7 @@ def _restarted(posterior: Posterior, target, kernel, settings: RunSettings, rng_
     stuck = posterior.stuck_chains()
     restart_key = jax.random.fold_in(rng_key, RESTART_KEY_TAG)
     init_key, run_key = jax.random.split(restart_key)
-    positions = jittered_positions(target, init_key, len(stuck))
+    positions = jittered_positions(target, init_key, len(stuck), kernel.domain(target))
     settings = dataclasses.replace(settings, num_chains=len(stuck))
     run = ChainRunner(target, kernel, settings, run_key, None, 1, progress)
     again = run.execute(saved=None, positions=positions)

@@ -21,6 +21,8 @@ from inferax.samplers.hmc import hmc as hmc
 from inferax.samplers.hmc import nuts as nuts
 from inferax.samplers.langevin import mala as mala
 from inferax.samplers.langevin import ula as ula
+from inferax.samplers.mamla import bregman_moreau_mamla as bregman_moreau_mamla
+from inferax.samplers.mamla import mamla as mamla
 from inferax.samplers.mirror import bregman_moreau_langevin as bregman_moreau_langevin
 from inferax.samplers.mirror import mirror_langevin as mirror_langevin
 from inferax.samplers.mirror_maps import AbstractMirrorMap as AbstractMirrorMap
@@ -68,9 +70,11 @@ __all__ = [
     "TotalVariation1D",
     "WarmupAlgorithm",
     "bregman_moreau_langevin",
+    "bregman_moreau_mamla",
     "from_blackjax",
     "hmc",
     "mala",
+    "mamla",
     "mirror_langevin",
     "mymala",
     "myula",

@@ -49,10 +49,12 @@ class MirrorLangevinState(NamedTuple):
 
 class MirrorLangevinInfo(NamedTuple):
     """``left_support``: the step's end point fell outside the mirror's domain (in floating
-    point: ``grad phi*`` overflowed or underflowed to the boundary). ``diverging``: it did,
-    or its log density or gradient was not finite; either way the chain stayed put."""
+    point: ``grad phi*`` overflowed or underflowed to the boundary). ``nonfinite``: it lay
+    inside, but its log density or gradient was not finite. ``diverging``: either; the chain
+    then stayed put."""
 
     left_support: jax.Array
+    nonfinite: jax.Array
     diverging: jax.Array
 
 
@@ -99,7 +101,9 @@ def mirror_langevin_algorithm(
         new_state, diverging = guarded(
             MirrorLangevinState(safe, logdensity, grad), state, (logdensity, grad), valid=inside
         )
-        return new_state, MirrorLangevinInfo(left_support=left, diverging=diverging)
+        return new_state, MirrorLangevinInfo(
+            left_support=left, nonfinite=diverging & inside, diverging=diverging
+        )
 
     return SamplingAlgorithm(init, step)
 
@@ -111,7 +115,8 @@ def _check_scheme(name: str, scheme: str, num_substeps: int) -> None:
         raise ValueError(f"{name}: num_substeps must be an integer >= 1, got {num_substeps}")
 
 
-def _check_mirror(name: str, mirror) -> None:
+def check_mirror(name: str, mirror) -> None:
+    """Refuses, naming ``mirror``, anything but one of the library's mirror maps."""
     if not isinstance(mirror, AbstractMirrorMap):
         raise TypeError(
             f"{name}: mirror must be a mirror map from inferax.samplers (Burg, Entropy, "
@@ -119,7 +124,50 @@ def _check_mirror(name: str, mirror) -> None:
         )
 
 
-def _check_init_in_domain(name: str, target: Target, mirror: AbstractMirrorMap) -> None:
+def check_envelope(name: str, envelope) -> None:
+    """Refuses an envelope side other than ``"left"`` or ``"right"``."""
+    if envelope not in ("left", "right"):
+        raise ValueError(f"{name}: envelope must be 'left' or 'right', got {envelope!r}")
+
+
+def check_mirror_target(name: str, target: Target, mirror: AbstractMirrorMap) -> None:
+    """A smooth mirror kernel's target: no nonsmooth part, one 1-D array position, and an
+    ``init`` in the mirror's domain."""
+    if target.nonsmooth is not None:
+        raise ValueError(
+            f"{name}: the target has a nonsmooth part, which gradients cannot follow; "
+            "use bregman_moreau_langevin or bregman_moreau_mamla, which smooth it with a "
+            "Bregman-Moreau envelope, or, for a constraint, a mirror whose domain is the "
+            "constraint set"
+        )
+    check_array_position(name, target)
+    check_init_in_domain(name, target, mirror)
+
+
+def check_bregman_target(
+    name: str, target: Target, mirror: AbstractMirrorMap, smoothing, envelope: str
+) -> None:
+    """A Bregman-Moreau kernel's target: a nonsmooth part whose Bregman prox for the mirror
+    and envelope has a closed form, and an ``init`` in the mirror's domain."""
+    g = check_nonsmooth_target(name, target)
+    check_init_in_domain(name, target, mirror)
+    try:
+        jax.eval_shape(lambda x: g.bregman_prox(x, smoothing, mirror, envelope), target.init)
+    except NotImplementedError as error:
+        raise ValueError(f"{name}: {error}; pick another mirror or envelope") from None
+
+
+def mirror_domain(target: Target, mirror: AbstractMirrorMap):
+    """Where a mirror kernel's chains start: the domain ``target.nonsmooth`` declares if it
+    declares one (an indicator's set, which the draws must not leave), else the mirror's."""
+    declared = getattr(target.nonsmooth, "domain", None)
+    if callable(declared) and declared() is not None:
+        return None  # chain_starts reads it from the target
+    return mirror.support()
+
+
+def check_init_in_domain(name: str, target: Target, mirror: AbstractMirrorMap) -> None:
+    """Refuses a target whose ``init`` lies outside the mirror's domain."""
     if not bool(mirror.in_domain(jnp.asarray(target.init))):
         raise ValueError(
             f"{name}: target.init lies outside the domain of {type(mirror).__name__} "
@@ -133,6 +181,7 @@ def _mirror_stats(kernel, state, info, extra: dict) -> dict[str, jax.Array]:
         "lp": state.logdensity,
         "diverging": info.diverging,
         "left_support": info.left_support,
+        "nonfinite": info.nonfinite,
         "step_size": jnp.asarray(kernel.step_size, dtype=dtype),
         **{key: jnp.asarray(value, dtype=dtype) for key, value in extra.items()},
     }
@@ -184,19 +233,15 @@ class mirror_langevin(AbstractKernel):  # noqa: N801  (lower case, like blackjax
     name = "mirror_langevin"
 
     def __post_init__(self):
-        _check_mirror(self.name, self.mirror)
+        check_mirror(self.name, self.mirror)
         check_step_size(self)
         _check_scheme(self.name, self.scheme, self.num_substeps)
 
     def check_target(self, target: Target) -> None:
-        if target.nonsmooth is not None:
-            raise ValueError(
-                f"{self.name}: the target has a nonsmooth part, which gradients cannot follow; "
-                "use bregman_moreau_langevin, which smooths it with a Bregman-Moreau envelope, "
-                "or, for a constraint, a mirror whose domain is the constraint set"
-            )
-        check_array_position(self.name, target)
-        _check_init_in_domain(self.name, target, self.mirror)
+        check_mirror_target(self.name, target, self.mirror)
+
+    def domain(self, target: Target):
+        return self.mirror.support()
 
     def build(self, target: Target) -> SamplingAlgorithm:
         return mirror_langevin_algorithm(
@@ -280,25 +325,17 @@ class bregman_moreau_langevin(AbstractKernel):  # noqa: N801  (lower case, like 
     name = "bregman_moreau_langevin"
 
     def __post_init__(self):
-        _check_mirror(self.name, self.mirror)
+        check_mirror(self.name, self.mirror)
         check_step_size(self)
         check_smoothing(self.name, self.smoothing)
-        if self.envelope not in ("left", "right"):
-            raise ValueError(
-                f"{self.name}: envelope must be 'left' or 'right', got {self.envelope!r}"
-            )
+        check_envelope(self.name, self.envelope)
         _check_scheme(self.name, self.scheme, self.num_substeps)
 
     def check_target(self, target: Target) -> None:
-        g = check_nonsmooth_target(self.name, target)
-        _check_init_in_domain(self.name, target, self.mirror)
-        try:
-            jax.eval_shape(
-                lambda x: g.bregman_prox(x, self.smoothing, self.mirror, self.envelope),
-                target.init,
-            )
-        except NotImplementedError as error:
-            raise ValueError(f"{self.name}: {error}; pick another mirror or envelope") from None
+        check_bregman_target(self.name, target, self.mirror, self.smoothing, self.envelope)
+
+    def domain(self, target: Target):
+        return mirror_domain(target, self.mirror)
 
     def build(self, target: Target) -> SamplingAlgorithm:
         g = target.nonsmooth
@@ -323,6 +360,12 @@ __all__ = [
     "MirrorLangevinState",
     "bregman_moreau_langevin",
     "bregman_moreau_logdensity",
+    "check_bregman_target",
+    "check_envelope",
+    "check_init_in_domain",
+    "check_mirror",
+    "check_mirror_target",
+    "mirror_domain",
     "mirror_langevin",
     "mirror_langevin_algorithm",
 ]

@@ -12,7 +12,11 @@ with
   ``SimplexEntropy`` (``is_diagonal`` says which);
 - ``hess_sqrt(x)``: a factor ``S`` with ``S S^T = hess(x)`` (the elementwise square root of
   the diagonal; a Cholesky factor for ``SimplexEntropy``);
-- ``in_domain(x)``: whether ``x`` lies in the open domain; ``domain`` describes it.
+- ``in_domain(x)``: whether ``x`` lies in the open domain; ``domain`` describes it, and
+  ``support()`` gives it as an ``inferax.chain_starts.Domain``, where chains start;
+- ``dual_log_hess(y)`` (separable maps): the log of the Hessian's diagonal at the primal
+  point of the dual point ``y``, computed from ``y`` so that it stays finite where that
+  point is too close to a wall to be told from it in floating point.
 
 Methods act on one unbatched point, a 1-D array.
 
@@ -35,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from inferax.chain_starts import Domain
 from inferax.kernel import AbstractSetting
 from inferax.pytree import pytree_dataclass, static_field
 
@@ -69,6 +74,10 @@ class AbstractMirrorMap(AbstractSetting, abc.ABC):
     def in_domain(self, x: jax.Array) -> jax.Array:
         """True where ``x`` lies in the open domain of ``phi``."""
 
+    @abc.abstractmethod
+    def support(self) -> Domain:
+        """The open domain, where default chain starts are drawn."""
+
     def hess_matvec(self, x: jax.Array, v: jax.Array) -> jax.Array:
         """``hess(x) @ v``."""
         h = self.hess(x)
@@ -95,8 +104,15 @@ class AbstractSeparableMirrorMap(AbstractMirrorMap):
         lo, hi = self.bounds()
         return jnp.all((x > lo) & (x < hi))
 
+    def support(self):
+        return Domain(*self.bounds())
+
     def hess_sqrt(self, x):
         return jnp.sqrt(self.hess(x))
+
+    def dual_log_hess(self, y: jax.Array) -> jax.Array:
+        """``log hess phi(grad phi*(y))``, elementwise."""
+        return jnp.log(self.hess(self.grad_conj(y)))
 
 
 class AbstractIntervalMirrorMap(AbstractSeparableMirrorMap):
@@ -146,6 +162,9 @@ class Burg(AbstractSeparableMirrorMap):
     def hess_sqrt(self, x):
         return 1.0 / jnp.abs(x)
 
+    def dual_log_hess(self, y):
+        return 2.0 * jnp.log(jnp.abs(y))
+
 
 @pytree_dataclass
 class Entropy(AbstractSeparableMirrorMap):
@@ -167,6 +186,9 @@ class Entropy(AbstractSeparableMirrorMap):
 
     def hess(self, x):
         return 1.0 / x
+
+    def dual_log_hess(self, y):
+        return -y
 
 
 @pytree_dataclass
@@ -201,6 +223,10 @@ class FermiDirac(AbstractIntervalMirrorMap):
         u = self._u(x)
         return 1.0 / ((self.hi - self.lo) * u * (1.0 - u))
 
+    def dual_log_hess(self, y):
+        # 1/(w u (1 - u)) with u = sigmoid(y): finite for any y, where u rounds to 0 or 1.
+        return jax.nn.softplus(y) + jax.nn.softplus(-y) - jnp.log(self.hi - self.lo)
+
 
 @pytree_dataclass
 class LogBarrierBox(AbstractIntervalMirrorMap):
@@ -234,6 +260,16 @@ class LogBarrierBox(AbstractIntervalMirrorMap):
 
     def hess(self, x):
         return 1.0 / (x - self.lo) ** 2 + 1.0 / (self.hi - x) ** 2
+
+    def dual_log_hess(self, y):
+        # The distances to both walls from y, neither of which cancels; then
+        # log(1/a^2 + 1/b^2) = -2 log(near) + log1p((near/far)^2).
+        w = self.hi - self.lo
+        yw = y * w
+        s = jnp.sqrt(4.0 + yw**2)
+        a, b = 2.0 * w / (2.0 - yw + s), 2.0 * w / (2.0 + yw + s)
+        near, far = jnp.minimum(a, b), jnp.maximum(a, b)
+        return -2.0 * jnp.log(near) + jnp.log1p((near / far) ** 2)
 
 
 @pytree_dataclass
@@ -281,6 +317,12 @@ class Hypentropy(AbstractSeparableMirrorMap):
     def hess_sqrt(self, x):
         return (x**2 + self.beta**2) ** -0.25
 
+    def dual_log_hess(self, y):
+        # 1/sqrt(x^2 + beta^2) = 1/(beta cosh y), with log cosh y written not to overflow.
+        magnitude = jnp.abs(y)
+        log_cosh = magnitude + jnp.log1p(jnp.exp(-2.0 * magnitude)) - jnp.log(2.0)
+        return -jnp.log(self.beta) - log_cosh
+
 
 @pytree_dataclass
 class SimplexEntropy(AbstractMirrorMap):
@@ -317,6 +359,9 @@ class SimplexEntropy(AbstractMirrorMap):
 
     def in_domain(self, x):
         return jnp.all(x > 0.0) & (self._last(x) > 0.0)
+
+    def support(self):
+        return Domain(simplex=True)
 
 
 __all__ = [

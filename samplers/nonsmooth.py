@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from inferax.chain_starts import Domain
 from inferax.nonsmooth import AbstractNonsmooth
 from inferax.pytree import pytree_dataclass
 from inferax.samplers.mirror_maps import (
@@ -158,6 +159,9 @@ class PlusLinear(AbstractNonsmooth):
     def prox(self, x, lam):
         return self.term.prox(x - lam * self.c, lam)
 
+    def domain(self):
+        return self.term.domain()
+
     def bregman_prox(self, x, lam, mirror, side="left"):
         _check_side(side)
         if side == "left":
@@ -181,6 +185,10 @@ class AbstractBox(AbstractNonsmooth):
     def prox(self, x, lam):
         lo, hi = self.limits(x)
         return jnp.clip(x, lo, hi)
+
+    def domain(self):
+        lo, hi = self.limits(jnp.zeros(()))
+        return Domain(lo, hi)
 
     def bregman_prox(self, x, lam, mirror, side="left"):
         _check_side(side)
@@ -229,6 +237,9 @@ class Simplex(AbstractNonsmooth):
     def value(self, x):
         inside = jnp.all(x >= 0.0) & (jnp.sum(x) <= 1.0 + SIMPLEX_TOLERANCE)
         return jnp.where(inside, 0.0, jnp.inf).astype(jnp.result_type(x))
+
+    def domain(self):
+        return Domain(simplex=True)
 
     def prox(self, x, lam):
         clipped = jnp.maximum(x, 0.0)
