@@ -32,6 +32,7 @@ from inferax.samplers.mirror_maps import FermiDirac as FermiDirac
 from inferax.samplers.mirror_maps import Hypentropy as Hypentropy
 from inferax.samplers.mirror_maps import LogBarrierBox as LogBarrierBox
 from inferax.samplers.mirror_maps import SimplexEntropy as SimplexEntropy
+from inferax.samplers.mirror_maps import SimplexLogBarrier as SimplexLogBarrier
 from inferax.samplers.nonsmooth import L1 as L1
 from inferax.samplers.nonsmooth import Box as Box
 from inferax.samplers.nonsmooth import Linear as Linear
@@ -67,6 +68,7 @@ __all__ = [
     "PlusLinear",
     "Simplex",
     "SimplexEntropy",
+    "SimplexLogBarrier",
     "TotalVariation1D",
     "WarmupAlgorithm",
     "bregman_moreau_langevin",

@@ -37,7 +37,12 @@ from inferax.samplers.mirror import (
     check_mirror_target,
     mirror_domain,
 )
-from inferax.samplers.mirror_maps import AbstractMirrorMap, SimplexEntropy
+from inferax.samplers.mirror_maps import (
+    AbstractIntervalMirrorMap,
+    AbstractMirrorMap,
+    SimplexEntropy,
+    SimplexLogBarrier,
+)
 from inferax.samplers.proximal import check_smoothing, smooth_logdensity
 from inferax.target import Target
 from inferax.typing import PRNGKey
@@ -48,22 +53,53 @@ TARGET_ACCEPTANCE_RATE = 0.574
 
 class DualGeometry(NamedTuple):
     """The mirror's geometry at a dual point ``y``: the primal point ``x = grad phi*(y)``,
-    ``log det H(x)``, and ``H``'s square root and inverse as functions."""
+    ``log det H(x)``, ``H``'s square root and inverse as functions, and ``faithful``:
+    whether ``x`` in floating point still tells its distance to every wall to within half
+    (a point that has rounded onto or near a wall has not: a log density computed from it,
+    such as ``log(1 - sum x)``, would be wrong there)."""
 
     position: jax.Array
     log_det_hess: jax.Array
     sqrt_hess_times: Callable[[jax.Array], jax.Array]
     inverse_quadratic: Callable[[jax.Array], jax.Array]
     noise_size: int
+    faithful: jax.Array
+
+
+FAITHFUL_RELATIVE_ERROR = 0.5
+"""How far, relative to itself, a distance to a wall read from the primal point may be off
+before the point counts as rounded onto the wall."""
+
+
+def _close(seen, exact):
+    return jnp.all(jnp.abs(seen - exact) <= FAITHFUL_RELATIVE_ERROR * exact)
+
+
+def carried_dual(mirror: AbstractMirrorMap, x: jax.Array) -> jax.Array:
+    """The dual point of ``x`` as a chain carries it: ``grad phi(x)``, except for
+    ``SimplexLogBarrier``, whose dual is carried as the reciprocals ``1/x`` of all ``d``
+    coordinates (``grad phi(x)_i = 1/x_d - 1/x_i``), which keep ``x_i`` near the last wall."""
+    if isinstance(mirror, SimplexLogBarrier):
+        return 1.0 / jnp.concatenate([x, 1.0 - jnp.sum(x, keepdims=True)])
+    return mirror.grad(x)
+
+
+def shifted_dual(mirror: AbstractMirrorMap, dual: jax.Array, shift: jax.Array) -> jax.Array:
+    """The carried dual of the point whose dual point is that of ``dual`` plus ``shift``."""
+    if isinstance(mirror, SimplexLogBarrier):
+        return mirror.shifted_reciprocals(dual, shift)
+    return dual + shift
 
 
 def dual_geometry(mirror: AbstractMirrorMap, y: jax.Array) -> DualGeometry:
-    """``DualGeometry`` at ``y``, computed from ``y``.
+    """``DualGeometry`` at the carried dual ``y`` (see ``carried_dual``), computed from it.
 
     For a separable map ``H`` is diagonal with ``log H = mirror.dual_log_hess(y)``. For
     ``SimplexEntropy`` ``H = diag(1/x) + 1/x_d`` in closed form: ``log det H = -sum log x_i``
     over all ``d`` coordinates, ``H^-1 = diag(x) - x x^T``, and ``diag(x)^(-1/2) xi +
-    x_d^(-1/2) xi_0`` is ``N(0, H)`` from ``d`` standard normals.
+    x_d^(-1/2) xi_0`` is ``N(0, H)`` from ``d`` standard normals. For ``SimplexLogBarrier``
+    ``H = diag(1/x^2) + 1/x_d^2``: ``log det H = log sum x^2 - 2 sum log x`` (all ``d``),
+    ``H^-1 = diag(x^2) - x^2 (x^2)^T / sum x^2``, and ``xi / x + xi_0 / x_d`` is ``N(0, H)``.
     """
     if isinstance(mirror, SimplexEntropy):
         full = jnp.concatenate([y, jnp.zeros((1,), y.dtype)])
@@ -77,16 +113,46 @@ def dual_geometry(mirror: AbstractMirrorMap, y: jax.Array) -> DualGeometry:
         def inverse_quadratic(r):
             return jnp.sum(x[:-1] * r**2) - jnp.sum(x[:-1] * r) ** 2
 
+        faithful = _close(1.0 - jnp.sum(x[:-1]), x[-1])
         return DualGeometry(
-            x[:-1], -jnp.sum(log_full), sqrt_hess_times, inverse_quadratic, y.shape[0] + 1
+            x[:-1],
+            -jnp.sum(log_full),
+            sqrt_hess_times,
+            inverse_quadratic,
+            y.shape[0] + 1,
+            faithful,
+        )
+    if isinstance(mirror, SimplexLogBarrier):
+        full = 1.0 / y  # its dual is carried as the reciprocals of all d coordinates
+        squares = full**2
+
+        def barrier_sqrt_hess_times(xi):
+            return xi[:-1] / full[:-1] + xi[-1] / full[-1]
+
+        def barrier_inverse_quadratic(r):
+            return jnp.sum(squares[:-1] * r**2) - jnp.sum(squares[:-1] * r) ** 2 / jnp.sum(squares)
+
+        return DualGeometry(
+            full[:-1],
+            jnp.log(jnp.sum(squares)) - 2.0 * jnp.sum(jnp.log(full)),
+            barrier_sqrt_hess_times,
+            barrier_inverse_quadratic,
+            y.shape[0],
+            _close(1.0 - jnp.sum(full[:-1]), full[-1]),
         )
     log_hess = mirror.dual_log_hess(y)
+    x = mirror.grad_conj(y)
+    faithful = jnp.asarray(True)
+    if isinstance(mirror, AbstractIntervalMirrorMap):
+        below, above = mirror.wall_distances(y)
+        faithful = _close(x - mirror.lo, below) & _close(mirror.hi - x, above)
     return DualGeometry(
-        mirror.grad_conj(y),
+        x,
         jnp.sum(log_hess),
         lambda xi: jnp.exp(0.5 * log_hess) * xi,
         lambda r: jnp.sum(r**2 * jnp.exp(-log_hess)),
         y.shape[0],
+        faithful,
     )
 
 
@@ -104,8 +170,9 @@ class MAMLAState(NamedTuple):
 
 class MAMLAInfo(NamedTuple):
     """``acceptance_rate``: the Metropolis-Hastings probability. ``left_support``: the
-    proposal fell outside the mirror's domain in floating point (``grad phi*`` rounded it
-    onto a wall) and was rejected. ``nonfinite``: it lay inside, but a log density or
+    proposal fell outside the mirror's domain (off the dual's domain, as Burg's ``y >= 0``,
+    or rounded in floating point onto a wall or so near one that its distance to it is lost)
+    and was rejected. ``nonfinite``: it lay inside, but a log density or
     gradient there was NaN or infinite (a density of exactly 0 is an ordinary rejection).
     ``diverging``: either."""
 
@@ -143,10 +210,10 @@ def mamla_algorithm(
 
     def init(position, rng_key=None) -> MAMLAState:
         del rng_key
-        return MAMLAState(position, mirror.grad(position), *evaluate(position))
+        return MAMLAState(position, carried_dual(mirror, position), *evaluate(position))
 
-    def log_transition(to, start, start_grad, geometry, h):
-        residual = to - start - h * start_grad
+    def log_transition(shift, start_grad, geometry, h):
+        residual = shift - h * start_grad
         return -geometry.inverse_quadratic(residual) / (4.0 * h) - 0.5 * geometry.log_det_hess
 
     def step(rng_key: PRNGKey, state: MAMLAState) -> tuple[MAMLAState, MAMLAInfo]:
@@ -154,9 +221,14 @@ def mamla_algorithm(
         h = jnp.asarray(step_size, state.dual.dtype)
         here = dual_geometry(mirror, state.dual)
         xi = jax.random.normal(noise_key, (here.noise_size,), state.dual.dtype)
-        dual = state.dual + h * state.proposal_grad + jnp.sqrt(2.0 * h) * here.sqrt_hess_times(xi)
+        shift = h * state.proposal_grad + jnp.sqrt(2.0 * h) * here.sqrt_hess_times(xi)
+        dual = shifted_dual(mirror, state.dual, shift)
         there = dual_geometry(mirror, dual)
-        inside = mirror.in_domain(there.position) & jnp.all(jnp.isfinite(there.position))
+        inside = (
+            mirror.in_domain(there.position)
+            & jnp.all(jnp.isfinite(there.position))
+            & there.faithful
+        )
         # Evaluated at a point known to be inside, so nothing off the domain is traced into
         # the log density; the values are discarded when the proposal was outside.
         safe = jnp.where(inside, there.position, state.position)
@@ -166,8 +238,8 @@ def mamla_algorithm(
             - state.logdensity
             - there.log_det_hess
             + here.log_det_hess
-            + log_transition(state.dual, dual, grad, there, h)
-            - log_transition(dual, state.dual, state.proposal_grad, here, h)
+            + log_transition(-shift, grad, there, h)
+            - log_transition(shift, state.proposal_grad, here, h)
         )
         zero_density = logdensity == -jnp.inf
         usable = jnp.isfinite(proposal) & jnp.all(jnp.isfinite(grad)) & ~jnp.isnan(logdensity)
@@ -191,14 +263,28 @@ class StepSizeWarmupState(NamedTuple):
     step_size: jax.Array
 
 
+RESTART_FRACTIONS = (0.15, 0.4)
+"""Where in warmup dual averaging restarts from the current step size."""
+
+
+def restart_schedule(num_steps: int) -> np.ndarray:
+    """One row per warmup step for ``step_size_warmup``: 1 where dual averaging restarts."""
+    schedule = np.zeros((num_steps, 1), dtype=np.int32)
+    if num_steps >= 20:
+        schedule[[int(fraction * num_steps) for fraction in RESTART_FRACTIONS], 0] = 1
+    return schedule
+
+
 def step_size_warmup(
     build: Callable[[jax.Array], SamplingAlgorithm],
     initial_step_size: float,
     target_acceptance_rate: float,
 ) -> WarmupAlgorithm:
     """Dual averaging of the step size towards ``target_acceptance_rate``, one transition
-    at a time (blackjax's ``dual_averaging_adaptation``, as Stan tunes its step). The step
-    ends at dual averaging's running average, or where it started if warmup had no steps.
+    at a time (blackjax's ``dual_averaging_adaptation``, as Stan tunes its step), restarted
+    from the current step where ``restart_schedule`` says (as Stan restarts it after each
+    window). The step ends at dual averaging's running average, or where it started if
+    warmup had no steps.
 
     Args:
       build: ``build(step_size) -> SamplingAlgorithm``.
@@ -215,7 +301,15 @@ def step_size_warmup(
         return StepSizeWarmupState(build(step_size).init(position), da_init(step_size), step_size)
 
     def step(rng_key, warmup_state: StepSizeWarmupState, schedule_entry):
-        del schedule_entry
+        # Dual averaging starts afresh from the current step where the schedule says so:
+        # a chain whose first steps were all rejected (a start near a wall) would otherwise
+        # carry their weight to the end.
+        warmup_state = jax.lax.cond(
+            schedule_entry[0] == 1,
+            lambda state: state._replace(step_size_state=da_init(state.step_size)),
+            lambda state: state,
+            warmup_state,
+        )
         chain, info = build(warmup_state.step_size).step(rng_key, warmup_state.chain)
         da_state = da_update(
             warmup_state.step_size_state, jnp.nan_to_num(info.acceptance_rate, nan=0.0)
@@ -316,6 +410,9 @@ class mamla(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels
         step_size = self.step_size if step_size is None else step_size
         return mamla_algorithm(target.logdensity, self.mirror, step_size)
 
+    def warmup_schedule(self, num_steps: int) -> np.ndarray:
+        return restart_schedule(num_steps)
+
     def warmup_algorithm(self, target: Target) -> WarmupAlgorithm:
         return step_size_warmup(
             lambda step_size: self.build(target, step_size),
@@ -398,6 +495,9 @@ class bregman_moreau_mamla(AbstractKernel):  # noqa: N801  (lower case, like bla
         )
         return mamla_algorithm(target.logdensity, self.mirror, step_size, proposal)
 
+    def warmup_schedule(self, num_steps: int) -> np.ndarray:
+        return restart_schedule(num_steps)
+
     def warmup_algorithm(self, target: Target) -> WarmupAlgorithm:
         return step_size_warmup(
             lambda step_size: self.build(target, step_size),
@@ -417,7 +517,10 @@ __all__ = [
     "MAMLAInfo",
     "MAMLAState",
     "StepSizeWarmupState",
+    "carried_dual",
     "dual_geometry",
+    "shifted_dual",
+    "restart_schedule",
     "mamla_algorithm",
     "step_size_warmup",
 ]

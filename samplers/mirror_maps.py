@@ -28,6 +28,7 @@ Methods act on one unbatched point, a 1-D array.
 | ``LogBarrierBox(lo, hi)`` | ``lo < x < hi`` | ``1/(hi - x) - 1/(x - lo)`` |
 | ``Hypentropy(beta)`` | all of R | ``arcsinh(x / beta)`` |
 | ``SimplexEntropy()`` | ``x > 0, sum x < 1`` | ``log x - log(1 - sum x)`` |
+| ``SimplexLogBarrier()`` | ``x > 0, sum x < 1`` | ``1/(1 - sum x) - 1/x`` |
 """
 
 from __future__ import annotations
@@ -133,6 +134,11 @@ class AbstractIntervalMirrorMap(AbstractSeparableMirrorMap):
     def bounds(self):
         return self.lo, self.hi
 
+    @abc.abstractmethod
+    def wall_distances(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(x - lo, hi - x)`` at ``x = grad phi*(y)``, computed from ``y``: accurate where
+        ``x`` itself has rounded onto a wall."""
+
 
 @pytree_dataclass
 class Burg(AbstractSeparableMirrorMap):
@@ -223,6 +229,10 @@ class FermiDirac(AbstractIntervalMirrorMap):
         u = self._u(x)
         return 1.0 / ((self.hi - self.lo) * u * (1.0 - u))
 
+    def wall_distances(self, y):
+        w = self.hi - self.lo
+        return w * jax.nn.sigmoid(y), w * jax.nn.sigmoid(-y)
+
     def dual_log_hess(self, y):
         # 1/(w u (1 - u)) with u = sigmoid(y): finite for any y, where u rounds to 0 or 1.
         return jax.nn.softplus(y) + jax.nn.softplus(-y) - jnp.log(self.hi - self.lo)
@@ -261,13 +271,16 @@ class LogBarrierBox(AbstractIntervalMirrorMap):
     def hess(self, x):
         return 1.0 / (x - self.lo) ** 2 + 1.0 / (self.hi - x) ** 2
 
-    def dual_log_hess(self, y):
-        # The distances to both walls from y, neither of which cancels; then
-        # log(1/a^2 + 1/b^2) = -2 log(near) + log1p((near/far)^2).
+    def wall_distances(self, y):
+        # Neither distance cancels: see grad_conj.
         w = self.hi - self.lo
         yw = y * w
         s = jnp.sqrt(4.0 + yw**2)
-        a, b = 2.0 * w / (2.0 - yw + s), 2.0 * w / (2.0 + yw + s)
+        return 2.0 * w / (2.0 - yw + s), 2.0 * w / (2.0 + yw + s)
+
+    def dual_log_hess(self, y):
+        # log(1/a^2 + 1/b^2) = -2 log(near) + log1p((near/far)^2), a and b the distances.
+        a, b = self.wall_distances(y)
         near, far = jnp.minimum(a, b), jnp.maximum(a, b)
         return -2.0 * jnp.log(near) + jnp.log1p((near / far) ** 2)
 
@@ -364,7 +377,100 @@ class SimplexEntropy(AbstractMirrorMap):
         return Domain(simplex=True)
 
 
+SIMPLEX_BISECTIONS = 100
+"""Bisection steps on ``log x_d`` in ``SimplexLogBarrier.grad_conj``: enough to pin it to
+the last bit in float64 over the whole positive range."""
+
+
+@pytree_dataclass
+class SimplexLogBarrier(AbstractMirrorMap):
+    """The log barrier of the probability simplex in its d-1 free coordinates:
+    ``phi(x) = -sum_{i<d} log x_i - log x_d`` with ``x_d = 1 - sum x``.
+
+    ``grad phi(x)_i = 1/x_d - 1/x_i`` and ``hess = diag(1/x^2) + 1/x_d^2``. Its geometry is
+    scale-invariant at every wall, as ``Burg``'s is on the orthant, which suits densities
+    that pile up against a face (a Dirichlet with a parameter below 1), where the entropy's
+    steps, of size ``sqrt(h / x)`` in the log, overshoot. ``grad phi*`` solves
+    ``x_d + sum_i x_d / (1 - y_i x_d) = 1`` for ``x_d`` by bisection on ``log x_d``.
+    """
+
+    is_diagonal = False
+    domain = "x > 0 and sum x < 1"
+
+    @staticmethod
+    def _last(x):
+        return 1.0 - jnp.sum(x)
+
+    def value(self, x):
+        return -jnp.sum(jnp.log(x)) - jnp.log(self._last(x))
+
+    def grad(self, x):
+        return 1.0 / self._last(x) - 1.0 / x
+
+    def grad_conj(self, y):
+        return self.dual_point(y)[:-1]
+
+    def dual_point(self, y: jax.Array) -> jax.Array:
+        """All ``d`` coordinates of ``grad phi*(y)``, the last one solved for first."""
+        finfo = jnp.finfo(y.dtype)
+        # x_i = x_d / (1 - y_i x_d) > 0 needs x_d < 1 / max(y); and x_d < 1.
+        top = jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.max(y), 1.0))
+
+        def excess(log_last):
+            last = jnp.exp(log_last)
+            return last + jnp.sum(last / (1.0 - y * last)) - 1.0
+
+        def bisect(_, bounds):
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            above = excess(mid) > 0.0
+            return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+
+        lo, hi = jax.lax.fori_loop(
+            0, SIMPLEX_BISECTIONS, bisect, (jnp.log(finfo.tiny), jnp.log(top))
+        )
+        last = jnp.exp(0.5 * (lo + hi))
+        free = last / (1.0 - y * last)
+        return jnp.concatenate([free, last[None]])
+
+    def shifted_reciprocals(self, reciprocals: jax.Array, shift: jax.Array) -> jax.Array:
+        """``1/x'`` over all ``d`` coordinates, for the ``x'`` with
+        ``grad phi(x') = grad phi(x) + shift``, given ``1/x`` over all ``d``.
+
+        ``1/x'_i = 1/x_i - shift_i + D`` (``shift_d = 0``) with the scalar ``D`` that puts
+        ``x'`` on the simplex, found by bisection on ``(max(shift - 1/x), that + d]``. The
+        dual ``1/x_d - 1/x_i`` itself would lose ``x_i`` near the last wall, where
+        ``1/x_d`` dwarfs ``1/x_i``; the reciprocals keep it.
+        """
+        base = reciprocals - jnp.concatenate([shift, jnp.zeros((1,), shift.dtype)])
+        lo = -jnp.min(base)
+        hi = lo + base.shape[0]
+
+        def bisect(_, bounds):
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            above = jnp.sum(1.0 / (base + mid)) > 1.0
+            return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+        lo, hi = jax.lax.fori_loop(0, SIMPLEX_BISECTIONS, bisect, (lo, hi))
+        return base + hi
+
+    def hess(self, x):
+        return jnp.diag(1.0 / x**2) + 1.0 / self._last(x) ** 2
+
+    def hess_sqrt(self, x):
+        return jnp.linalg.cholesky(self.hess(x))
+
+    def in_domain(self, x):
+        return jnp.all(x > 0.0) & (self._last(x) > 0.0)
+
+    def support(self):
+        return Domain(simplex=True)
+
+
 __all__ = [
+    "SIMPLEX_BISECTIONS",
+    "SimplexLogBarrier",
     "AbstractMirrorMap",
     "AbstractSeparableMirrorMap",
     "Burg",

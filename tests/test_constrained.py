@@ -1,10 +1,11 @@
 """Constrained supports with mass at the walls, sampled with default starts.
 
-- Metropolis-adjusted mirror Langevin (MAMLA) on Dirichlet(0.8, 1.5, 4), Dirichlet(0.3 x 4)
-  (simplex entropy) and Gamma(0.5, 1) x Gamma(0.5, 1) (Burg's mirror): means and standard
-  deviations within 4 MCSE of the exact ones.
-- The adjusted Bregman-Moreau step (FermiDirac on [0, 1]^4) on one product target, so that
-  one compile covers three: Beta(0.5, 0.5); a correlated Gaussian truncated to [0, 1]^2
+- Metropolis-adjusted mirror Langevin (MAMLA) on Dirichlet(0.8, 1.5, 4) (simplex entropy),
+  Dirichlet(0.3 x 4) (the simplex's log barrier) and Gamma(0.5, 1) x Gamma(0.5, 1) (Burg's
+  mirror): means and standard deviations within 4 MCSE of the exact ones, every chain
+  moving.
+- The adjusted Bregman-Moreau step (the box's log barrier on [0, 1]^4) on one product
+  target, so that one compile covers three: Beta(0.5, 0.5); a correlated Gaussian truncated to [0, 1]^2
   with its mean near two walls; and ``pi(x) ∝ exp(-(x - 0.3)^2 / (2 0.25^2) - 1.5|x|)`` on
   [0, 1], whose L1 term is the target's nonsmooth part. Moments within 4 MCSE of quadrature,
   and, for the 1-D factors, the 1-Wasserstein distance within 4 of its Monte Carlo scale
@@ -54,16 +55,23 @@ def check_dirichlet(post, alpha):
     sd, sd_mcse = sd_and_mcse(full)
     exact_sd = np.sqrt(alpha * (total - alpha) / (total**2 * (total + 1)))
     assert_within_mcse("Dirichlet sd", sd, sd_mcse, exact_sd)
-    assert post.stats["diverging"].mean() < 0.01
+    check_every_chain_moves(post)
+
+
+def check_every_chain_moves(post):
+    assert not post.stats["nonfinite"].any()
+    assert post.stats["acceptance_rate"].mean(axis=1).min() > 0.2, "a chain is stuck"
 
 
 @pytest.mark.parametrize(
-    "alpha", [(0.8, 1.5, 4.0), (0.3, 0.3, 0.3, 0.3)], ids=["0.8-1.5-4", "0.3x4"]
+    ("alpha", "mirror"),
+    [((0.8, 1.5, 4.0), S.SimplexEntropy()), ((0.3, 0.3, 0.3, 0.3), S.SimplexLogBarrier())],
+    ids=["0.8-1.5-4-entropy", "0.3x4-log-barrier"],
 )
-def test_mamla_on_the_simplex(alpha):
+def test_mamla_on_the_simplex(alpha, mirror):
     init = jnp.full(len(alpha) - 1, 1.0 / len(alpha))
     target = inferax.Target.from_logdensity(simplex_logdensity(alpha), init)
-    post = inferax.sample(target, S.mamla(S.SimplexEntropy()), jax.random.key(3), **RUN)
+    post = inferax.sample(target, S.mamla(mirror), jax.random.key(3), **RUN)
     check_dirichlet(post, alpha)
 
 
@@ -77,7 +85,7 @@ def test_mamla_on_the_orthant():
     assert_within_mcse("Gamma(0.5) mean", mean, mean_mcse, [0.5, 0.5])
     sd, sd_mcse = sd_and_mcse(x)
     assert_within_mcse("Gamma(0.5) sd", sd, sd_mcse, [np.sqrt(0.5)] * 2)
-    assert post.stats["diverging"].mean() < 0.01
+    check_every_chain_moves(post)
 
 
 # --- the box: one product target, one compile ----------------------------------------------
@@ -141,7 +149,7 @@ def exact_box_moments():
 
 @pytest.fixture(scope="module")
 def box_run():
-    kernel = S.bregman_moreau_mamla(S.FermiDirac(0.0, 1.0), smoothing=1e-3)
+    kernel = S.bregman_moreau_mamla(S.LogBarrierBox(0.0, 1.0), smoothing=1e-3)
     return inferax.sample(box_target(), kernel, jax.random.key(5), **RUN)
 
 
@@ -170,8 +178,7 @@ def test_box_run_reports_its_faults_apart(box_run):
     stats = box_run.stats
     assert {"acceptance_rate", "left_support", "nonfinite", "diverging", "step_size"} <= set(stats)
     assert np.array_equal(stats["diverging"], stats["left_support"] | stats["nonfinite"])
-    assert not stats["nonfinite"].any()
-    assert 0.4 < stats["acceptance_rate"].mean() < 0.9
+    check_every_chain_moves(box_run)
     assert np.all(np.isfinite(stats["lp"]))
 
 
@@ -269,15 +276,13 @@ def test_simplex_geometry_is_the_hessian_in_closed_form():
 
 
 def test_leaving_the_domain_and_a_nonfinite_density_are_counted_apart():
-    # Burg's dual is y < 0: a long step crosses 0 and lands at a negative x, off the domain.
-    gamma = inferax.Target.from_logdensity(lambda x: jnp.sum(-0.5 * jnp.log(x) - x), jnp.ones(1))
-    step = jax.jit(mamla_algorithm(gamma.logdensity, S.Burg(), 50.0).step)
-    algorithm = mamla_algorithm(gamma.logdensity, S.Burg(), 50.0)
-    state = algorithm.init(jnp.ones(1))
-    infos = [step(jax.random.key(k), state)[1] for k in range(20)]
-    left = np.array([bool(info.left_support) for info in infos])
-    nonfinite = np.array([bool(info.nonfinite) for info in infos])
-    assert left.any() and not nonfinite.any()
+    # FermiDirac's steps at h = 1e4 land hundreds out in the logit: the sigmoid rounds them
+    # onto a wall, off the domain in floating point.
+    arcsine = unit_interval_target()
+    algorithm = mamla_algorithm(arcsine.logdensity, S.FermiDirac(0.0, 1.0), 1e4)
+    keys = jax.random.split(jax.random.key(0), 20)
+    _, infos = jax.jit(jax.vmap(algorithm.step, (0, None)))(keys, algorithm.init(jnp.full(1, 0.5)))
+    assert infos.left_support.any() and not infos.nonfinite.any()
     # A density that is NaN away from the start: inside the domain, but not finite.
     broken = inferax.Target.from_logdensity(
         lambda x: jnp.where(jnp.all(x == 1.0), 0.0, jnp.nan), jnp.ones(1)

@@ -31,7 +31,7 @@ ARVIZ_STATS = {
     "n_steps",
     "reached_max_treedepth",
 }
-INFERAX_STATS = {"grad_norm", "left_support", "smoothing"}
+INFERAX_STATS = {"grad_norm", "left_support", "nonfinite", "smoothing"}
 """Statistics ArviZ has no name for, documented in docs/diagnostics.md."""
 
 DIM = 2
@@ -128,6 +128,12 @@ REGISTRY = {
     "myula": Case(samplers.myula(0.01, smoothing=0.01), _nonsmooth),
     "mymala": Case(samplers.mymala(0.01, smoothing=0.01), _nonsmooth),
     "mirror_langevin": Case(samplers.mirror_langevin(samplers.Entropy(), 0.01), _smooth),
+    "mamla": Case(samplers.mamla(samplers.Entropy(), 0.01), _smooth),
+    "mamla_simplex_log_barrier": Case(samplers.mamla(samplers.SimplexLogBarrier(), 0.01), _smooth),
+    "bregman_moreau_mamla": Case(
+        samplers.bregman_moreau_mamla(samplers.Hypentropy(1.0), 0.01, step_size=0.01),
+        _nonsmooth,
+    ),
     "bregman_moreau_langevin": Case(
         samplers.bregman_moreau_langevin(samplers.Hypentropy(1.0), 0.01, smoothing=0.01),
         _nonsmooth,
