@@ -5,9 +5,10 @@
   mirror): means and standard deviations within 4 MCSE of the exact ones, every chain
   moving.
 - The adjusted Bregman-Moreau step (the box's log barrier on [0, 1]^4) on one product
-  target, so that one compile covers three: Beta(0.5, 0.5); a correlated Gaussian truncated to [0, 1]^2
-  with its mean near two walls; and ``pi(x) ∝ exp(-(x - 0.3)^2 / (2 0.25^2) - 1.5|x|)`` on
-  [0, 1], whose L1 term is the target's nonsmooth part. Moments within 4 MCSE of quadrature,
+  target, so that one compile covers three: Beta(0.5, 0.5); a correlated Gaussian
+  truncated to [0, 1]^2 with its mean near two walls; and
+  ``pi(x) ∝ exp(-(x - 0.3)^2 / (2 0.25^2) - 1.5|x|)`` on [0, 1], whose L1 term is the
+  target's nonsmooth part. Moments within 4 MCSE of quadrature,
   and, for the 1-D factors, the 1-Wasserstein distance within 4 of its Monte Carlo scale
   ``int sqrt(F (1 - F)) dx / sqrt(ESS)``.
 - Starts: default starts lie inside the kernel's domain (a mirror's, or an indicator's); an
@@ -28,7 +29,7 @@ import inferax
 from inferax import samplers as S
 from inferax.chain_starts import jittered_positions
 from inferax.compile_cache import compile_count
-from inferax.samplers.mamla import dual_geometry, mamla_algorithm
+from inferax.samplers.mamla import carried_dual, dual_geometry, mamla_algorithm, shifted_dual
 
 NUM_CHAINS = 64
 RUN = {"num_chains": NUM_CHAINS, "num_warmup": 1000, "num_samples": 1000, "thinning": 2}
@@ -259,20 +260,35 @@ def test_dual_hessian_matches_the_primal_one_and_stays_finite_at_the_walls(mirro
     assert np.all(np.isfinite(mirror.dual_log_hess(far)))
 
 
-def test_simplex_geometry_is_the_hessian_in_closed_form():
-    mirror = S.SimplexEntropy()
+@pytest.mark.parametrize("mirror", [S.SimplexEntropy(), S.SimplexLogBarrier()])
+def test_simplex_geometry_is_the_hessian_in_closed_form(mirror):
     with jax.enable_x64(True):
-        y = jnp.array([0.3, -1.2, 2.0])
-        geometry = dual_geometry(mirror, y)
-        hess = np.asarray(mirror.hess(geometry.position))
+        x = jnp.array([0.3, 1e-3, 0.45])
+        dual = carried_dual(mirror, x)
+        geometry = dual_geometry(mirror, dual)
+        np.testing.assert_allclose(geometry.position, x, rtol=1e-10)
+        assert bool(geometry.faithful)
+        hess = np.asarray(mirror.hess(x))
         np.testing.assert_allclose(geometry.log_det_hess, np.linalg.slogdet(hess)[1], rtol=1e-10)
         r = jnp.array([0.4, -0.7, 1.1])
         np.testing.assert_allclose(
             geometry.inverse_quadratic(r), r @ np.linalg.solve(hess, r), rtol=1e-10
         )
-        # The noise map's covariance, from the d standard normal directions, is H.
+        # The noise map's covariance, from the standard normal directions, is H.
         columns = jax.vmap(geometry.sqrt_hess_times)(jnp.eye(geometry.noise_size))
         np.testing.assert_allclose(columns.T @ columns, hess, rtol=1e-10)
+        # A shift of the carried dual moves the dual point by exactly that shift.
+        shift = jnp.array([0.5, -2.0, 4.0])
+        moved = dual_geometry(mirror, shifted_dual(mirror, dual, shift)).position
+        np.testing.assert_allclose(mirror.grad(moved), mirror.grad(x) + shift, rtol=1e-8)
+
+
+def test_a_point_rounded_near_a_wall_is_not_faithful():
+    # In float32, x_d = 1e-9 cannot be read from 1 - sum(x): the point is refused.
+    mirror = S.SimplexLogBarrier()
+    reciprocals = 1.0 / jnp.array([0.5, 0.5 - 1e-9, 1e-9], jnp.float32)
+    assert not bool(dual_geometry(mirror, reciprocals).faithful)
+    assert bool(dual_geometry(mirror, 1.0 / jnp.array([0.5, 0.49, 0.01])).faithful)
 
 
 def test_leaving_the_domain_and_a_nonfinite_density_are_counted_apart():

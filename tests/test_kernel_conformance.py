@@ -129,7 +129,6 @@ REGISTRY = {
     "mymala": Case(samplers.mymala(0.01, smoothing=0.01), _nonsmooth),
     "mirror_langevin": Case(samplers.mirror_langevin(samplers.Entropy(), 0.01), _smooth),
     "mamla": Case(samplers.mamla(samplers.Entropy(), 0.01), _smooth),
-    "mamla_simplex_log_barrier": Case(samplers.mamla(samplers.SimplexLogBarrier(), 0.01), _smooth),
     "bregman_moreau_mamla": Case(
         samplers.bregman_moreau_mamla(samplers.Hypentropy(1.0), 0.01, step_size=0.01),
         _nonsmooth,
