@@ -429,7 +429,13 @@ class SimplexLogBarrier(AbstractMirrorMap):
         lo, hi = jax.lax.fori_loop(
             0, SIMPLEX_BISECTIONS, bisect, (jnp.log(finfo.tiny), jnp.log(top))
         )
-        last = jnp.exp(0.5 * (lo + hi))
+        # One Newton step from the bracketed root: it is exact to first order, so its
+        # derivative is the implicit one, d x_d / dy = -(dF/dy) / (dF/dx_d).
+        last = jax.lax.stop_gradient(jnp.exp(0.5 * (lo + hi)))
+        denominators = 1.0 - y * last
+        excess_at = last + jnp.sum(last / denominators) - 1.0
+        slope = 1.0 + jnp.sum(1.0 / denominators**2)
+        last = last - excess_at / slope
         free = last / (1.0 - y * last)
         return jnp.concatenate([free, last[None]])
 

@@ -373,6 +373,7 @@ MIRRORS = {
     "LogBarrierBox": (S.LogBarrierBox(-1.0, 2.0), lambda r: r.uniform(-0.95, 1.95, 3)),
     "Hypentropy": (S.Hypentropy(0.5), lambda r: r.uniform(-5.0, 5.0, 3)),
     "SimplexEntropy": (S.SimplexEntropy(), lambda r: r.dirichlet(np.ones(4))[:3]),
+    "SimplexLogBarrier": (S.SimplexLogBarrier(), lambda r: r.dirichlet(np.ones(4))[:3]),
 }
 
 
