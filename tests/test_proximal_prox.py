@@ -373,7 +373,10 @@ MIRRORS = {
     "LogBarrierBox": (S.LogBarrierBox(-1.0, 2.0), lambda r: r.uniform(-0.95, 1.95, 3)),
     "Hypentropy": (S.Hypentropy(0.5), lambda r: r.uniform(-5.0, 5.0, 3)),
     "SimplexEntropy": (S.SimplexEntropy(), lambda r: r.dirichlet(np.ones(4))[:3]),
-    "SimplexLogBarrier": (S.SimplexLogBarrier(), lambda r: r.dirichlet(np.ones(4))[:3]),
+    # Its dual 1/x_d - 1/x_i is ill-conditioned near the last face (grad phi*'s Jacobian
+    # times the Hessian ~ 1/x_d^2 magnifies rounding), so the identities are checked inside;
+    # MAMLA carries the reciprocals instead, checked near the faces in test_constrained.py.
+    "SimplexLogBarrier": (S.SimplexLogBarrier(), lambda r: r.dirichlet(np.full(4, 4.0))[:3]),
 }
 
 
