@@ -378,10 +378,10 @@ class mamla(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels
       >>> from inferax import samplers
       >>> beta = inferax.Target.from_logdensity(
       ...     lambda x: jnp.sum(-0.5 * jnp.log(x) - 0.5 * jnp.log1p(-x)), jnp.full(1, 0.5))
-      >>> post = inferax.sample(beta, samplers.mamla(samplers.FermiDirac(0.0, 1.0)),
-      ...                       jax.random.key(0), num_chains=2, num_warmup=100,
-      ...                       num_samples=100, progress=False)
-      >>> bool(((post.draws["x"] > 0) & (post.draws["x"] < 1)).all())
+      >>> kernel = samplers.mamla(samplers.LogBarrierBox(0.0, 1.0))
+      >>> algorithm = kernel.build(beta)
+      >>> state, info = algorithm.step(jax.random.key(0), algorithm.init(jnp.full(1, 0.5)))
+      >>> bool((state.position > 0).all() & (state.position < 1).all())
       True
 
     References:

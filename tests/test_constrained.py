@@ -1,9 +1,9 @@
 """Constrained supports with mass at the walls, sampled with default starts.
 
-- Metropolis-adjusted mirror Langevin (MAMLA) on Dirichlet(0.8, 1.5, 4) (simplex entropy),
-  Dirichlet(0.3 x 4) (the simplex's log barrier) and Gamma(0.5, 1) x Gamma(0.5, 1) (Burg's
-  mirror): means and standard deviations within 4 MCSE of the exact ones, every chain
-  moving.
+- Metropolis-adjusted mirror Langevin (MAMLA) on Dirichlet(0.8, 1.5, 4) and
+  Dirichlet(0.3 x 4), both from one Dirichlet of 7 components (the simplex's log barrier),
+  and on Gamma(0.5, 1) x Gamma(0.5, 1) (Burg's mirror): means and standard deviations
+  within 4 MCSE of the exact ones, every chain moving.
 - The adjusted Bregman-Moreau step (the box's log barrier on [0, 1]^4) on one product
   target, so that one compile covers three: Beta(0.5, 0.5); a correlated Gaussian
   truncated to [0, 1]^2 with its mean near two walls; and
@@ -16,7 +16,7 @@
 - Numerics: the mirror geometry is computed from the dual point and stays finite where the
   primal point has rounded onto a wall; "left the domain" and "non-finite" are told apart.
 
-Chains are many and short: compiling dominates, running them costs little.
+Chains are many and long: compiling dominates, running them costs little.
 """
 
 import jax
@@ -32,7 +32,7 @@ from inferax.compile_cache import compile_count
 from inferax.samplers.mamla import carried_dual, dual_geometry, mamla_algorithm, shifted_dual
 
 NUM_CHAINS = 64
-RUN = {"num_chains": NUM_CHAINS, "num_warmup": 1000, "num_samples": 1000, "thinning": 2}
+RUN = {"num_chains": NUM_CHAINS, "num_warmup": 1000, "num_samples": 1000, "thinning": 5}
 
 
 def simplex_logdensity(alpha):
@@ -45,18 +45,14 @@ def simplex_logdensity(alpha):
     return logdensity
 
 
-def check_dirichlet(post, alpha):
+def check_dirichlet(name, full, alpha):
     alpha = np.asarray(alpha)
-    x = post.draws["x"]
-    full = np.concatenate([x, 1.0 - x.sum(-1, keepdims=True)], axis=-1)
-    assert np.all(full > 0.0), "a draw left the simplex"
     total = alpha.sum()
     mean, mean_mcse = mean_and_mcse(full)
-    assert_within_mcse("Dirichlet mean", mean, mean_mcse, alpha / total)
+    assert_within_mcse(f"{name} mean", mean, mean_mcse, alpha / total)
     sd, sd_mcse = sd_and_mcse(full)
     exact_sd = np.sqrt(alpha * (total - alpha) / (total**2 * (total + 1)))
-    assert_within_mcse("Dirichlet sd", sd, sd_mcse, exact_sd)
-    check_every_chain_moves(post)
+    assert_within_mcse(f"{name} sd", sd, sd_mcse, exact_sd)
 
 
 def check_every_chain_moves(post):
@@ -64,16 +60,27 @@ def check_every_chain_moves(post):
     assert post.stats["acceptance_rate"].mean(axis=1).min() > 0.2, "a chain is stuck"
 
 
-@pytest.mark.parametrize(
-    ("alpha", "mirror"),
-    [((0.8, 1.5, 4.0), S.SimplexEntropy()), ((0.3, 0.3, 0.3, 0.3), S.SimplexLogBarrier())],
-    ids=["0.8-1.5-4-entropy", "0.3x4-log-barrier"],
-)
-def test_mamla_on_the_simplex(alpha, mirror):
-    init = jnp.full(len(alpha) - 1, 1.0 / len(alpha))
-    target = inferax.Target.from_logdensity(simplex_logdensity(alpha), init)
-    post = inferax.sample(target, S.mamla(mirror), jax.random.key(3), **RUN)
-    check_dirichlet(post, alpha)
+SIMPLEX_ALPHA = np.array([0.8, 1.5, 4.0, 0.3, 0.3, 0.3, 0.3])
+
+
+def test_mamla_on_the_simplex():
+    # One Dirichlet of 7 components holds both targets in one compile: the two renormalised
+    # blocks (p1..p3)/sum and (p4..p7)/sum are Dirichlet(0.8, 1.5, 4) and Dirichlet(0.3 x 4),
+    # independent of each other and of the sums (the Dirichlet's neutrality).
+    init = jnp.full(SIMPLEX_ALPHA.size - 1, 1.0 / SIMPLEX_ALPHA.size)
+    target = inferax.Target.from_logdensity(simplex_logdensity(SIMPLEX_ALPHA), init)
+    post = inferax.sample(target, S.mamla(S.SimplexLogBarrier()), jax.random.key(3), **RUN)
+    x = post.draws["x"]
+    full = np.concatenate([x, 1.0 - x.sum(-1, keepdims=True)], axis=-1)
+    assert np.all(full > 0.0), "a draw left the simplex"
+    check_dirichlet("Dirichlet(0.8, 1.5, 4, 0.3 x 4)", full, SIMPLEX_ALPHA)
+    for name, block in [
+        ("Dirichlet(0.8, 1.5, 4)", slice(0, 3)),
+        ("Dirichlet(0.3 x 4)", slice(3, 7)),
+    ]:
+        part = full[..., block] / full[..., block].sum(-1, keepdims=True)
+        check_dirichlet(name, part, SIMPLEX_ALPHA[block])
+    check_every_chain_moves(post)
 
 
 def test_mamla_on_the_orthant():
@@ -178,7 +185,8 @@ def test_adjusted_bregman_moreau_on_the_box_wasserstein(box_run):
 def test_box_run_reports_its_faults_apart(box_run):
     stats = box_run.stats
     assert {"acceptance_rate", "left_support", "nonfinite", "diverging", "step_size"} <= set(stats)
-    assert np.array_equal(stats["diverging"], stats["left_support"] | stats["nonfinite"])
+    # The kept step's own flags; diverging also counts the steps thinned away before it.
+    assert not np.any((stats["left_support"] | stats["nonfinite"]) & ~stats["diverging"])
     check_every_chain_moves(box_run)
     assert np.all(np.isfinite(stats["lp"]))
 
@@ -291,7 +299,7 @@ def test_a_point_rounded_near_a_wall_is_not_faithful():
     assert bool(dual_geometry(mirror, 1.0 / jnp.array([0.5, 0.49, 0.01])).faithful)
 
 
-def test_leaving_the_domain_and_a_nonfinite_density_are_counted_apart():
+def test_a_proposal_rounded_onto_a_wall_left_the_domain_and_is_not_nonfinite():
     # FermiDirac's steps at h = 1e4 land hundreds out in the logit: the sigmoid rounds them
     # onto a wall, off the domain in floating point.
     arcsine = unit_interval_target()
@@ -299,14 +307,8 @@ def test_leaving_the_domain_and_a_nonfinite_density_are_counted_apart():
     keys = jax.random.split(jax.random.key(0), 20)
     _, infos = jax.jit(jax.vmap(algorithm.step, (0, None)))(keys, algorithm.init(jnp.full(1, 0.5)))
     assert infos.left_support.any() and not infos.nonfinite.any()
-    # A density that is NaN away from the start: inside the domain, but not finite.
-    broken = inferax.Target.from_logdensity(
-        lambda x: jnp.where(jnp.all(x == 1.0), 0.0, jnp.nan), jnp.ones(1)
-    )
-    algorithm = mamla_algorithm(broken.logdensity, S.Entropy(), 0.1)
-    new_state, info = jax.jit(algorithm.step)(jax.random.key(0), algorithm.init(jnp.ones(1)))
-    assert bool(info.nonfinite) and not bool(info.left_support) and bool(info.diverging)
-    np.testing.assert_array_equal(new_state.position, jnp.ones(1))
+    # A proposal where the density is NaN is undone and counted as diverging (and there as
+    # nonfinite, not left_support) in tests/test_kernel_conformance.py's fault cases.
 
 
 def test_configs_are_checked():
