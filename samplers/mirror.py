@@ -120,7 +120,8 @@ def check_mirror(name: str, mirror) -> None:
     if not isinstance(mirror, AbstractMirrorMap):
         raise TypeError(
             f"{name}: mirror must be a mirror map from inferax.samplers (Burg, Entropy, "
-            f"FermiDirac, LogBarrierBox, Hypentropy, SimplexEntropy), got {type(mirror).__name__}"
+            f"FermiDirac, LogBarrierBox, Hypentropy, SimplexEntropy, SimplexLogBarrier), "
+            f"got {type(mirror).__name__}"
         )
 
 
