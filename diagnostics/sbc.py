@@ -14,23 +14,20 @@ checksums, so an interrupted check resumes where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import arviz_base
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
-import xarray as xr
 from numpyro import handlers
 from numpyro.infer import Predictive
 from numpyro.infer.util import potential_energy
 
 from inferax.checkpoint import MANIFEST, CheckpointError, CheckpointStore
+from inferax.diagnostics.sbc_result import SBCResult, rank_uniformity_p_values
 from inferax.fingerprint import target_fingerprint
 from inferax.kernel import AbstractKernel
 from inferax.numpyro_bridge import from_numpyro
@@ -41,116 +38,6 @@ from inferax.validation import check_count, check_key
 
 SBC_PHASE = "sbc"
 """The phase name of an SBC run's saved states."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SBCResult:
-    """The ranks of a simulation-based calibration and their uniformity tests.
-
-    Attributes:
-      ranks: by site, the rank of the true value among the ``num_draws`` posterior draws,
-        shape ``(simulation, *site_shape)``, integers in ``0..num_draws``.
-      true_values: by site, the prior draw each simulation was made from.
-      num_draws: ``L``, the posterior draws each rank is taken among.
-      p_values: by site, the chi-square test of uniform ranks over ``num_bins`` bins, one
-        p-value per scalar component, shape ``site_shape``.
-      num_bins: the bins of the chi-square test.
-      fit_stats: by simulation, numerical trouble in its fit: ``diverging`` transitions and
-        ``nonfinite_draws``.
-    """
-
-    ranks: dict[str, np.ndarray]
-    true_values: dict[str, np.ndarray]
-    num_draws: int
-    p_values: dict[str, np.ndarray]
-    num_bins: int
-    fit_stats: dict[str, np.ndarray]
-
-    @property
-    def num_simulations(self) -> int:
-        return next(iter(self.ranks.values())).shape[0]
-
-    def min_p_value(self) -> float:
-        """The smallest p-value over every scalar component of every site."""
-        return float(min(np.min(values) for values in self.p_values.values()))
-
-    def rejects(self, alpha: float = 0.01) -> bool:
-        """Whether uniformity is rejected at family-wise level ``alpha``: some component's
-        p-value is below ``alpha`` over the number of components (Bonferroni)."""
-        count = sum(np.size(values) for values in self.p_values.values())
-        return self.min_p_value() < alpha / count
-
-    def pit(self) -> dict[str, np.ndarray]:
-        """The ranks as PIT values in (0, 1): ``(rank + 1/2) / (L + 1)``."""
-        return {name: (r + 0.5) / (self.num_draws + 1) for name, r in self.ranks.items()}
-
-    def to_datatree(self) -> xr.DataTree:
-        """The result as a DataTree: ``prior_sbc`` holds the PIT values with dims ``(chain,
-        draw, ...)`` (one chain, a draw per simulation), which ``arviz_plots.plot_ecdf_pit``
-        reads as it is; ``ranks`` and ``true_values`` have dims ``(simulation, ...)``;
-        ``p_values`` the tests. The attrs hold ``num_draws`` and ``num_bins``."""
-        pit = {name: values[None] for name, values in self.pit().items()}
-        tree = arviz_base.from_dict({"prior_sbc": pit})
-        attrs = {"num_draws": self.num_draws, "num_bins": self.num_bins}
-
-        def per_simulation(arrays):
-            return xr.Dataset(
-                {
-                    name: (
-                        ("simulation", *(f"{name}_dim_{i}" for i in range(v.ndim - 1))),
-                        np.asarray(v),
-                    )
-                    for name, v in arrays.items()
-                },
-                attrs=attrs,
-            )
-
-        tree["ranks"] = per_simulation(self.ranks)
-        tree["true_values"] = per_simulation(self.true_values)
-        tree["fit_stats"] = per_simulation(self.fit_stats)
-        tree["p_values"] = xr.Dataset(
-            {
-                name: (tuple(f"{name}_dim_{i}" for i in range(np.ndim(v))), np.asarray(v))
-                for name, v in self.p_values.items()
-            },
-            attrs=attrs,
-        )
-        tree.attrs.update(attrs)
-        return tree
-
-    def plot(self, **kwargs):
-        """ArviZ's ECDF-difference plot of the PIT values with simultaneous confidence bands
-        (Säilynoja, Bürkner, Vehtari 2022): ``arviz_plots.plot_ecdf_pit`` with
-        ``method="envelope"``; keyword arguments go to it."""
-        import arviz_plots
-
-        kwargs.setdefault("method", "envelope")
-        return arviz_plots.plot_ecdf_pit(self.to_datatree(), group="prior_sbc", **kwargs)
-
-
-def rank_uniformity_p_values(ranks: np.ndarray, num_draws: int, num_bins: int) -> np.ndarray:
-    """Chi-square tests of ranks uniform on ``0..num_draws``, one per trailing component.
-
-    Ranks are binned into ``num_bins`` bins of (nearly) equal width; each bin's expected
-    count is exact, the number of rank values it holds over ``num_draws + 1``.
-
-    Args:
-      ranks: shape ``(simulation, ...)``.
-      num_draws: ``L``.
-      num_bins: bins, at most ``L + 1``.
-
-    Returns:
-      The p-values, shape ``ranks.shape[1:]``.
-    """
-    ranks = np.asarray(ranks)
-    bin_of = np.arange(num_draws + 1) * num_bins // (num_draws + 1)
-    share = np.bincount(bin_of, minlength=num_bins) / (num_draws + 1)
-    flat = ranks.reshape(ranks.shape[0], -1)
-    p_values = np.empty(flat.shape[1])
-    for j in range(flat.shape[1]):
-        counts = np.bincount(bin_of[flat[:, j]], minlength=num_bins)
-        p_values[j] = scipy.stats.chisquare(counts, share * flat.shape[0]).pvalue
-    return p_values.reshape(ranks.shape[1:])
 
 
 def sbc(
@@ -265,18 +152,18 @@ def sbc(
     if num_bins > num_draws + 1:
         raise ValueError(f"num_bins must be at most L + 1 = {num_draws + 1}, got {num_bins}")
 
-    simulate_key, fit_key = jax.random.split(rng_key)
-    simulated = Predictive(model, num_samples=num_simulations)(
-        simulate_key, *model_args, **model_kwargs
-    )
-    latent = _latent_sites(model, model_args, model_kwargs, observed)
-    missing = [name for name in observed if name not in simulated]
+    latent, sites = _latent_sites(model, model_args, model_kwargs, observed)
+    missing = [name for name in observed if name not in sites]
     if missing:
         raise ValueError(f"observed: the model has no sites {missing}")
     var_names = tuple(latent if var_names is None else var_names)
     unknown = [name for name in var_names if name not in latent]
     if unknown:
         raise ValueError(f"var_names: {unknown} are not latent sample sites ({list(latent)})")
+    simulate_key, fit_key = jax.random.split(rng_key)
+    simulated = Predictive(model, num_samples=num_simulations)(
+        simulate_key, *model_args, **model_kwargs
+    )
     observations = {name: jnp.asarray(simulated[name]) for name in observed}
     truth = {name: np.asarray(simulated[name]) for name in var_names}
     simulations = _Simulations(fit_model or model, model_args, model_kwargs, observations)
@@ -363,15 +250,17 @@ def sbc(
     )
 
 
-def _latent_sites(model, model_args, model_kwargs, observed) -> tuple[str, ...]:
+def _latent_sites(model, model_args, model_kwargs, observed):
+    """The latent sample sites (the observed ones left out), and every site's name."""
     trace = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(
         *model_args, **model_kwargs
     )
-    return tuple(
+    latent = tuple(
         name
         for name, site in trace.items()
         if site["type"] == "sample" and not site["is_observed"] and name not in observed
     )
+    return latent, tuple(trace)
 
 
 class _Simulations:
@@ -400,10 +289,9 @@ class _Simulations:
             conditioned = handlers.condition(model, data=observation)
             return -potential_energy(conditioned, model_args, model_kwargs, position)
 
-        def single_likelihood(position, rows):
+        def single_joint(position, rows):
             # One simulation's observations are one row of data.
-            observation = jax.tree.map(lambda leaf: leaf[0], rows)
-            return log_joint(position, observation) - log_prior(position)
+            return log_joint(position, jax.tree.map(lambda leaf: leaf[0], rows))
 
         def stacked_prior(positions):
             return jnp.sum(jax.vmap(log_prior)(positions))
@@ -419,15 +307,17 @@ class _Simulations:
             return jnp.sum(values)
 
         self.log_prior = log_prior
-        self.single_likelihood = single_likelihood
+        self.single_joint = single_joint
         self.stacked_prior = stacked_prior
         self.stacked_likelihood = stacked_likelihood
 
     def single(self, observation: dict) -> Target:
+        # Only the sum matters for fitting: the joint is traced once, as the likelihood
+        # term, rather than prior and joint apart.
         return Target(
-            log_prior=self.log_prior,
+            log_prior=_zero,
             init=self.init,
-            log_likelihood=self.single_likelihood,
+            log_likelihood=self.single_joint,
             data=jax.tree.map(lambda leaf: leaf[None], observation),
             constrain=self.constrain,
         )
@@ -443,6 +333,10 @@ class _Simulations:
             data={name: values[first:last] for name, values in self.observations.items()},
             constrain=self.stacked_constrain,
         )
+
+
+def _zero(position):
+    return jnp.zeros((), jnp.result_type(*jax.tree.leaves(position)))
 
 
 def _sampler_program(simulations: _Simulations, kernel, settings: dict):

@@ -221,7 +221,7 @@ class _Carry(NamedTuple):
 def _weighted_variance(particles, weights):
     rows = jax.vmap(lambda x: jax.flatten_util.ravel_pytree(x)[0])(particles)
     mean = weights @ rows
-    variance = weights @ (rows - mean) ** 2
+    variance = weights @ (rows - mean[None]) ** 2
     return jnp.maximum(variance, _VARIANCE_FLOOR)
 
 
@@ -308,7 +308,16 @@ def _one_run(split: TemperingSplit, move: _Move, settings: dict):
         )
         index = resample_fn(final_key, carry.state.weights, num_particles)
         final = jax.tree.map(lambda leaf: leaf[index], carry.state.particles)
-        return final, carry.log_evidence, carry.stage, carry.state.tempering_param, carry.history
+        draws = jax.vmap(settings["constrain"])(final)
+        lp = jax.vmap(split.logprior_fn)(final) + batched_loglikelihood(final)
+        return (
+            draws,
+            lp,
+            carry.log_evidence,
+            carry.stage,
+            carry.state.tempering_param,
+            carry.history,
+        )
 
     return run
 
@@ -400,6 +409,7 @@ def tempered_smc(
         "target_ess": float(target_ess),
         "resampling": resampling,
         "max_stages": max_stages,
+        "constrain": target.constrain,
     }
     run = jax.jit(jax.vmap(_one_run(split, _move_of(move), settings)))
     keys = jax.random.split(rng_key, num_runs)
@@ -407,10 +417,8 @@ def tempered_smc(
     program = run.lower(keys).compile()
     compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    particles, log_evidence, stages, reached, history = jax.block_until_ready(program(keys))
+    draws, lp, log_evidence, stages, reached, history = jax.block_until_ready(program(keys))
     sampling_seconds = time.perf_counter() - start
-    draws = jax.vmap(jax.vmap(target.constrain))(particles)
-    lp = jax.vmap(jax.vmap(target.logdensity))(particles)
     return _posterior(
         target,
         move,
