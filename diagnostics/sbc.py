@@ -4,12 +4,13 @@ posteriors on a model at all?
 Draw parameters from the prior, simulate data from the model, fit each simulated data set,
 and rank each true parameter among the posterior draws. A fit that targets the right
 posterior gives ranks uniform on ``0..L``; any other shape is a bug in the sampler, in its
-tuning, or in the model used for fitting (Talts et al. 2018). Simulations are fitted
-together: a chunk of ``C`` simulations is one target whose position stacks the ``C``
-independent parameter sets and whose log density is the sum of the ``C`` posteriors', so one
-compiled ``inferax.sample`` (or ``inferax.variational.fit``) fits them all. Chunks are saved
-to a run directory as they finish, with ``inferax.checkpoint``'s atomic writes and
-checksums, so an interrupted check resumes where it stopped.
+tuning, or in the model used for fitting (Talts et al. 2018). A chunk of simulations is
+one compiled program: with a sampler, a ``vmap`` of independent fits (each with its own
+chains and warmup, through the kernel protocol of ``inferax.kernel``); with a variational
+family, one ``inferax.variational.fit`` of a target that stacks the simulations side by
+side. Chunks are saved to a run directory as they finish, through ``inferax.checkpoint``'s
+run store (atomic writes, checksums, a manifest), so an interrupted check resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -70,10 +71,13 @@ def sbc(
     chi-square test over ``num_bins`` bins. Draws should be close to independent, as Talts
     et al. prescribe: raise ``thinning`` for a sampler whose draws are autocorrelated.
 
-    A chunk of ``chunk_size`` simulations is fitted as one target, the stacked
-    simulations' posteriors side by side, in one compiled program. A sampler sees them as
-    one product density (its step size and trajectory suit the hardest simulation of the
-    chunk); a variational family fits all of them jointly, so use a mean-field family.
+    A sampler fits every simulation independently, with its own ``num_chains`` chains and
+    its own warmup; a chunk of ``chunk_size`` simulations is one compiled program (a
+    ``vmap`` over simulations and chains). Chains start uniformly within 2 of the model's
+    example position in unconstrained space, as ``inferax.sample``'s do. A variational
+    family is fitted once per chunk to a target that stacks the chunk's simulations side by
+    side (the sum of their log densities): a mean-field family then fits each one
+    independently; a full-rank one would couple them.
 
     Args:
       model: the NumPyro model. Its ``observed`` sites are drawn when ``model_args`` and
@@ -93,7 +97,7 @@ def sbc(
       num_warmup: warmup steps per chain (sampler).
       num_samples: draws kept per chain (sampler), or draws from the fitted family.
       thinning: steps per kept draw (sampler).
-      fit_kwargs: more keyword arguments for ``inferax.sample`` or ``variational.fit``.
+      fit_kwargs: keyword arguments for ``variational.fit`` (a family only).
       chunk_size: simulations fitted together; by default all of them.
       num_bins: bins of the chi-square test; by default ``min(20, L + 1, S // 5)``.
       run_dir: a directory to save finished chunks in; a call with the same directory and
@@ -139,6 +143,11 @@ def sbc(
     model_kwargs = dict(model_kwargs or {})
     fit_kwargs = dict(fit_kwargs or {})
     is_kernel = isinstance(sampler_or_family, AbstractKernel)
+    if is_kernel and fit_kwargs:
+        raise ValueError(
+            "fit_kwargs: only for a variational family; a sampler is set by num_chains, "
+            "num_warmup, num_samples and thinning"
+        )
     if not is_kernel and not {"optimizer", "num_steps"} <= set(fit_kwargs):
         raise ValueError(
             "fit_kwargs: a variational family is fitted with inferax.variational.fit, which "

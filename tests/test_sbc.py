@@ -1,5 +1,5 @@
-"""Simulation-based calibration: a correct sampler passes, a broken one is caught, and a run
-resumes from its directory."""
+"""Simulation-based calibration: NUTS on eight schools passes, a misspecified fit is caught,
+and a run resumes from its directory."""
 
 import jax
 import numpy as np
@@ -52,25 +52,36 @@ def test_ranks_as_a_datatree_and_the_ecdf_plot(nuts_result):
     assert len(figure.axes) == 2 and len(figure.axes[1].lines) == 8 + 1  # 8 ECDFs and zero
 
 
-def test_ula_with_too_large_a_step_is_caught_and_the_run_resumes(tmp_path):
-    settings = dict(
-        num_warmup=100, num_samples=30, chunk_size=100, run_dir=tmp_path, progress=False
-    )
-    kernel = inferax.samplers.ula(step_size=0.5)
-    result = sbc(eight_schools_noncentered, kernel, jax.random.key(0), 200, **settings, **SCHOOLS)
-    assert result.rejects(0.01), result.p_values
-    assert any(flags.any() for flags in result.outside_band(0.99).values())
-    # The chunks are saved; a second call reads them back instead of fitting again.
-    again = sbc(eight_schools_noncentered, kernel, jax.random.key(0), 200, **settings, **SCHOOLS)
-    for name in result.ranks:
-        np.testing.assert_array_equal(again.ranks[name], result.ranks[name])
-    with pytest.raises(CheckpointError, match="other settings"):
-        sbc(eight_schools_noncentered, kernel, jax.random.key(1), 200, **settings, **SCHOOLS)
-
-
 def normal_mean(y=None):
     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
     numpyro.sample("y", dist.Normal(mu, 1.0).expand([4]).to_event(1), obs=y)
+
+
+def too_narrow_prior(y=None):
+    # Misspecified on purpose: the prior is 3 times too narrow for the simulations.
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0 / 3.0))
+    numpyro.sample("y", dist.Normal(mu, 1.0).expand([4]).to_event(1), obs=y)
+
+
+def test_a_misspecified_fit_is_caught_and_the_run_resumes(tmp_path):
+    settings = dict(
+        observed="y",
+        fit_model=too_narrow_prior,
+        num_warmup=100,
+        num_samples=30,
+        chunk_size=100,
+        run_dir=tmp_path,
+        progress=False,
+    )
+    kernel = inferax.samplers.mala(step_size=0.3)
+    result = sbc(normal_mean, kernel, jax.random.key(0), 200, **settings)
+    assert result.rejects(0.01), result.p_values
+    assert result.outside_band(0.99)["mu"]
+    # The chunks are saved; a second call reads them back instead of fitting again.
+    again = sbc(normal_mean, kernel, jax.random.key(0), 200, **settings)
+    np.testing.assert_array_equal(again.ranks["mu"], result.ranks["mu"])
+    with pytest.raises(CheckpointError, match="other settings"):
+        sbc(normal_mean, kernel, jax.random.key(1), 200, **settings)
 
 
 def test_a_variational_family_is_fitted_to_every_simulation():
@@ -108,6 +119,8 @@ def test_bad_input_is_refused_by_name():
         sbc(normal_mean, kernel, key, 10, observed="y", var_names=["nope"])
     with pytest.raises(ValueError, match="fit_kwargs"):
         sbc(normal_mean, inferax.variational.meanfield_gaussian(), key, 10, observed="y")
+    with pytest.raises(ValueError, match="fit_kwargs: only for a variational family"):
+        sbc(normal_mean, kernel, key, 10, observed="y", fit_kwargs={"num_steps": 5})
     with pytest.raises(ValueError, match="num_simulations"):
         sbc(normal_mean, kernel, key, 1, observed="y")
     with pytest.raises(TypeError, match="rng_key"):
