@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import pathlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, final
 
 import jax
 import jax.numpy as jnp
@@ -272,6 +272,7 @@ def _latent_sites(model, model_args, model_kwargs, observed):
     return latent, tuple(trace)
 
 
+@final
 class _Simulations:
     """The fitted model's log density as pieces that take one simulation's observations as
     data: ``single(observation)`` is one simulation's ``Target`` (built inside a ``vmap``

@@ -4,7 +4,7 @@ ECDF-difference plot with simultaneous confidence bands."""
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import NamedTuple, final
 
 import arviz_base
 import numpy as np
@@ -16,6 +16,7 @@ BAND_SIMULATIONS = 1000
 """Uniform samples drawn to calibrate the simultaneous band (arviz-stats' simulation method)."""
 
 
+@final
 @dataclasses.dataclass(frozen=True)
 class SBCResult:
     """The ranks of a simulation-based calibration and their uniformity tests.
