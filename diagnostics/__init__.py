@@ -7,14 +7,18 @@ from inferax.diagnostics.checks import check as check
 from inferax.diagnostics.checks import khat as khat
 from inferax.diagnostics.checks import loo as loo
 from inferax.diagnostics.html_report import report as report
+from inferax.diagnostics.sbc import SBCResult as SBCResult
+from inferax.diagnostics.sbc import sbc as sbc
 from inferax.diagnostics.summary_table import summary as summary
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "SBCResult",
     "Finding",
     "check",
     "khat",
     "loo",
     "report",
+    "sbc",
     "summary",
 ]

@@ -31,6 +31,7 @@ from inferax.diagnostics.checks import (
     khat,
     loo,
 )
+from inferax.diagnostics.evidence_sections import evidence_part, has_evidence, sbc_part
 from inferax.diagnostics.summary_table import flat_elements, num_elements, summary
 
 MAX_PLOTTED = 10
@@ -74,6 +75,7 @@ def report(
     thresholds: Mapping[str, Any] | None = None,
     max_plotted: int = MAX_PLOTTED,
     max_paired: int = MAX_PAIRED,
+    sbc=None,
 ) -> pathlib.Path:
     """Writes one self-contained HTML report on one run, or several runs side by side.
 
@@ -94,6 +96,8 @@ def report(
         ...), also used to highlight the table.
       max_plotted: scalar quantities in the trace, rank and autocorrelation plots.
       max_paired: scalar quantities in the pair plot.
+      sbc: a simulation-based calibration (``diagnostics.sbc``'s result, or its DataTree)
+        to report in its own section: rank tests and the ECDF-difference plot.
 
     Returns:
       The path written.
@@ -129,6 +133,9 @@ def report(
         body.append(_comparison_section(parts, max_plotted))
     for index, part in enumerate(parts):
         body.append(part.section(index))
+    if sbc is not None:
+        sbc_tree = sbc if isinstance(sbc, xr.DataTree) else sbc.to_datatree()
+        body.append(_with_figures("SBC", *sbc_part(sbc_tree)) + "</section>")
     body.append(_environment_section())
     page = _PAGE.format(title=_e(title), style=_STYLE, body="\n".join(body))
     path = pathlib.Path(path)
@@ -184,6 +191,8 @@ class _Run:
             out.append(_variational_part(self))
         if self.loo:
             out.append(_loo_part(self))
+        if has_evidence(self.tree):
+            out.append(_with_figures(self.name, *evidence_part(self.tree)))
         tree = self.plot_tree()
         has_chains = self.posterior.sizes.get("chain", 1) > 1
         plots: list[tuple[str, Callable]] = [
@@ -474,6 +483,11 @@ def _environment_section() -> str:
         "<section id='environment'><h2>Environment</h2><p class='note'>Libraries where this "
         f"report was written.</p><table class='meta'>{body}</table></section>"
     )
+
+
+def _with_figures(name: str, text: str, figures: list[tuple[str, Callable]]) -> str:
+    drawn = [_figure(caption, f"{name}: {caption}", draw) for caption, draw in figures]
+    return "\n".join([text, *drawn])
 
 
 def _figure(caption: str, alt: str, draw: Callable) -> str:

@@ -95,6 +95,10 @@ class Posterior:
       prior_predictive: prior draws of the observed sites, ``(1, draw, ...)``.
       dims: dim names by site (without ``chain`` and ``draw``), from the model's plates.
       coords: coordinate values by dim name.
+      evidence_stats: for a method that estimates the evidence (tempered SMC), the per-chain
+        (per-run) ``log_evidence``, shape ``(chain,)``, and its per-stage records
+        (``temperature``, ``ess``, ...), shape ``(chain, stage)``; the DataTree's
+        ``evidence_stats`` group.
     """
 
     draws: dict[str, np.ndarray]
@@ -111,6 +115,26 @@ class Posterior:
     prior_predictive: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     dims: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     coords: dict[str, Any] = dataclasses.field(default_factory=dict)
+    evidence_stats: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def log_evidence(self) -> float | None:
+        """The log evidence ``log p(data)``: the mean over chains (independent runs) of each
+        run's estimate; ``None`` when the method gives none."""
+        if "log_evidence" not in self.evidence_stats:
+            return None
+        return float(np.mean(self.evidence_stats["log_evidence"]))
+
+    @property
+    def log_evidence_mcse(self) -> float | None:
+        """The Monte Carlo standard error of ``log_evidence``: the runs' standard deviation
+        over the square root of their number (NaN with one run)."""
+        if "log_evidence" not in self.evidence_stats:
+            return None
+        runs = np.asarray(self.evidence_stats["log_evidence"], dtype=float)
+        if runs.size < 2:
+            return float("nan")
+        return float(np.std(runs, ddof=1) / np.sqrt(runs.size))
 
     @property
     def num_chains(self) -> int:
@@ -159,12 +183,23 @@ class Posterior:
             "tuning_steps": self.num_warmup,
             **{_TIMING_ATTRS[name]: seconds for name, seconds in self.timing.items()},
         }
-        return arviz_base.from_dict(
+        if self.evidence_stats:
+            attrs["log_evidence"] = self.log_evidence
+            attrs["log_evidence_mcse"] = self.log_evidence_mcse
+        tree = arviz_base.from_dict(
             groups,
             attrs={"posterior": attrs, "sample_stats": attrs},
             dims=_dims_that_fit(groups, all_dims),
             coords=all_coords,
         )
+        if self.evidence_stats:
+            tree["evidence_stats"] = xr.Dataset(
+                {
+                    name: (("chain", "stage")[: np.ndim(values)], np.asarray(values))
+                    for name, values in self.evidence_stats.items()
+                }
+            )
+        return tree
 
     def fault_counts(self) -> dict[str, int]:
         """Numerical trouble in the run: divergent transitions, and draws with a non-finite
@@ -235,6 +270,8 @@ def load(path: str | os.PathLike) -> Posterior:
 
     dims, coords = {}, {}
     for group in tree.children.values():
+        if group.name == "evidence_stats":
+            continue
         sample_dims = {"chain", "draw"}
         for name, var in group.dataset.data_vars.items():
             named = [dim for dim in var.dims if dim not in sample_dims]
@@ -257,6 +294,7 @@ def load(path: str | os.PathLike) -> Posterior:
         prior_predictive=arrays("prior_predictive"),
         dims=dims,
         coords=coords,
+        evidence_stats=arrays("evidence_stats"),
     )
 
 

@@ -45,6 +45,7 @@ from inferax.samplers.proximal import myula as myula
 from inferax.samplers.sghmc import sghmc as sghmc
 from inferax.samplers.sgld import psgld as psgld
 from inferax.samplers.sgld import sgld as sgld
+from inferax.samplers.smc import tempered_smc as tempered_smc
 from inferax.samplers.structured import structured_sgld as structured_sgld
 
 __all__ = [
@@ -86,5 +87,6 @@ __all__ = [
     "sgld",
     "sgld_cv",
     "structured_sgld",
+    "tempered_smc",
     "ula",
 ]
