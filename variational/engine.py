@@ -16,8 +16,9 @@ import numpy as np
 import optax
 import xarray as xr
 from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.distributions import biject_to
 from numpyro.infer import init_to_median
-from numpyro.infer.util import initialize_model
 
 from inferax.flows.flow import AbstractFlow
 from inferax.target import Target
@@ -91,24 +92,21 @@ def initial_location(rng_key: PRNGKey, target: Target) -> ArrayTree:
     model = target.model
     if model is None:
         return target.init
-    try:
-        info = initialize_model(
-            rng_key,
-            model.model,
-            init_strategy=init_to_median(num_samples=15),
-            model_args=model.args,
-            model_kwargs=model.kwargs,
-        )
-    except RuntimeError:  # no finite point among NumPyro's tries: the bridge's own start
+    # NumPyro's prior draws broadcast ranks; a session that raises on that is the user's
+    # setting for their own code, not NumPyro's.
+    with jax.numpy_rank_promotion("allow"):
+        seeded = handlers.seed(model.model, jax.random.key_data(rng_key))
+        median = handlers.substitute(seeded, substitute_fn=init_to_median(num_samples=15))
+        trace = handlers.trace(median).get_trace(*model.args, **model.kwargs)
+    position = {}
+    for name, leaf in target.init.items() if isinstance(target.init, dict) else ():
+        site = trace.get(name)
+        if site is None or site["type"] != "sample" or np.shape(site["value"]) != np.shape(leaf):
+            return target.init
+        unconstrained = biject_to(site["fn"].support).inv(site["value"])
+        position[name] = jnp.asarray(unconstrained, jnp.result_type(leaf))
+    if not position:
         return target.init
-    position = info.param_info.z
-    same = jax.tree.structure(position) == jax.tree.structure(target.init) and all(
-        np.shape(a) == np.shape(b)
-        for a, b in zip(jax.tree.leaves(position), jax.tree.leaves(target.init), strict=True)
-    )
-    if not same:
-        return target.init
-    position = jax.tree.map(lambda a, b: jnp.asarray(a, jnp.result_type(b)), position, target.init)
     value, grad = target.logdensity_and_grad(position)
     finite = bool(jnp.isfinite(value)) and all(
         bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(grad)
