@@ -2,15 +2,16 @@
 same NumPyro models, at the same budget.
 
 Pairs: ``meanfield_gaussian`` / ``AutoNormal``, ``fullrank_gaussian`` /
-``AutoMultivariateNormal``, ``flows.realnvp(4, (32, 32))`` / ``AutoIAFNormal(num_flows=2,
-hidden_dims=[32, 32])``. Every fit runs ``STEPS`` steps of ``optax.adam(LEARNING_RATE)``
-with one draw a step, each library with its own defaults for where the guide starts. The
-fitted guides are then scored by one estimator: the mean of ``log p(x) - log q(x)`` over
-``EVAL_DRAWS`` fresh draws, ``log p`` from the inferax target (NumPyro's own potential
-energy), ``log q`` from each guide's own density, and the PSIS k-hat of the same weights.
-Time per step is the optimisation's wall time over its steps, compiling excluded (inferax:
-``Approximation.timing["optimization"]``; NumPyro: a second call of one jitted ``lax.scan``
-over ``SVI.update``, which is what ``SVI.run`` runs).
+``AutoMultivariateNormal``, ``flows.realnvp(4, (h, h))`` / ``AutoIAFNormal(num_flows=2,
+hidden_dims=[h, h])``, ``h = max(32, dim)``. Every fit runs ``STEPS`` steps of
+``optax.adam(LEARNING_RATE)`` with one draw a step, each library with its own defaults
+for where the guide starts. The fitted guides are then scored by one estimator: the mean
+of ``log p(x) - log q(x)`` over ``EVAL_DRAWS`` fresh draws, ``log p`` from the inferax
+target (NumPyro's own potential energy), ``log q`` from each guide's own density, and the
+PSIS k-hat of the same weights. Time per step is the optimisation's wall time over its
+steps, compiling excluded (inferax: ``Approximation.timing["optimization"]``; NumPyro: a
+second call of one jitted ``lax.scan`` over ``SVI.update``, which is what ``SVI.run``
+runs).
 
 One printed line per model and pair.
 
@@ -105,12 +106,24 @@ def models():
     }
 
 
+def hidden(dim: int) -> list[int]:
+    """Hidden layers of both flows: two of ``max(32, dim)`` units (NumPyro's IAF needs at
+    least ``dim``)."""
+    return [max(32, dim)] * 2
+
+
 PAIRS = {
-    "meanfield/AutoNormal": (variational.meanfield_gaussian, AutoNormal),
-    "fullrank/AutoMultivariateNormal": (variational.fullrank_gaussian, AutoMultivariateNormal),
+    "meanfield/AutoNormal": (
+        lambda dim: variational.meanfield_gaussian(),
+        lambda model, dim: AutoNormal(model),
+    ),
+    "fullrank/AutoMultivariateNormal": (
+        lambda dim: variational.fullrank_gaussian(),
+        lambda model, dim: AutoMultivariateNormal(model),
+    ),
     "realnvp/AutoIAFNormal": (
-        lambda: flows.realnvp(4, (32, 32)),
-        lambda model: AutoIAFNormal(model, num_flows=2, hidden_dims=[32, 32]),
+        lambda dim: flows.realnvp(4, tuple(hidden(dim))),
+        lambda model, dim: AutoIAFNormal(model, num_flows=2, hidden_dims=hidden(dim)),
     ),
 }
 
@@ -125,9 +138,10 @@ def score(log_w) -> tuple[float, float, float]:
 
 
 def run_inferax(target, family, seed):
+    dim = ravel_pytree(target.init)[0].size
     approx = variational.fit(
         target,
-        family(),
+        family(dim),
         jax.random.key(seed),
         optimizer=optax.adam(LEARNING_RATE),
         num_steps=STEPS,
@@ -138,7 +152,8 @@ def run_inferax(target, family, seed):
 
 
 def run_numpyro(target, model, args, kwargs, make_guide, seed):
-    guide = make_guide(model)
+    dim = ravel_pytree(target.init)[0].size
+    guide = make_guide(model, dim)
     svi = SVI(model, guide, optax.adam(LEARNING_RATE), Trace_ELBO())
     state = svi.init(jax.random.key(seed), *args, **kwargs)
 
