@@ -22,6 +22,10 @@ from typing import Any
 from inferax.checkpoint import CheckpointError, clear_for_new_run
 from inferax.model_file import ModelFileError, load_model_file
 
+DEFAULT_KERNEL_ARGS: dict[str, dict[str, Any]] = {"hmc": {"num_integration_steps": 16}}
+"""Settings the command line gives a sampler that has no default of its own (the parser's
+help for --kernel-arg says so)."""
+
 VI_FAMILIES = {"meanfield": "meanfield_gaussian", "fullrank": "fullrank_gaussian"}
 """Short names for ``inferax fit --family``; other names are looked up in ``inferax.flows``."""
 
@@ -208,8 +212,6 @@ def sampler_names() -> dict[str, type]:
 
 
 def _make_kernel(name: str, step_size: float | None, settings: dict[str, Any]):
-    from inferax.cli_parser import DEFAULT_KERNEL_ARGS
-
     kernels = sampler_names()
     if name not in kernels:
         raise CLIError(f"unknown sampler '{name}'; choose from {', '.join(kernels)}")

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
-
-DEFAULT_KERNEL_ARGS: dict[str, dict[str, Any]] = {"hmc": {"num_integration_steps": 16}}
-"""Settings the command line gives a sampler that has no default of its own."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors on one line and every option's default in its help."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, formatter_class=_DefaultsShown, **kwargs)
+        kwargs.setdefault("formatter_class", _DefaultsShown)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -29,10 +26,14 @@ class _DefaultsShown(argparse.HelpFormatter):
         text = action.help or ""
         if "default" in text or not action.option_strings or action.default is None:
             return text
-        shown = {False: "off", True: "on"}.get(action.default, action.default)
-        if action.default == []:
+        if action.default is argparse.SUPPRESS:
+            return text
+        shown = action.default
+        if isinstance(shown, bool):
+            shown = "on" if shown else "off"
+        elif isinstance(shown, list) and not shown:
             shown = "none"
-        return f"{text} (default: {shown})" if shown is not argparse.SUPPRESS else text
+        return f"{text} (default: {shown})"
 
 
 def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:
@@ -50,7 +51,6 @@ def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        formatter_class=_DefaultsShown,
         parents=[common],
         help="sample a NumPyro model file; write posterior.nc, summary.csv and report.html",
         description="Sample MODEL.py, which defines a NumPyro `model` and `data` (a dict of "
@@ -78,7 +78,7 @@ def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="another sampler setting, such as num_integration_steps=32; repeat for more "
-        f"(default: {DEFAULT_KERNEL_ARGS} where the sampler has no default)",
+        "(default: none, except num_integration_steps=16 for hmc, which has no default)",
     )
     run.add_argument(
         "--resume",
@@ -97,7 +97,6 @@ def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
-        formatter_class=_DefaultsShown,
         parents=[common],
         help="fit a NumPyro model file with variational inference",
         description="Fit a variational family to MODEL.py (as for `run`) with Adam; write "
@@ -149,7 +148,6 @@ def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        formatter_class=_DefaultsShown,
         parents=[common],
         help="write an HTML report on saved posteriors, side by side when several",
     )
@@ -163,7 +161,6 @@ def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        formatter_class=_DefaultsShown,
         parents=[common],
         help="sample the bundled eight-schools and logistic-regression models with NUTS and "
         "another sampler; write a report",
@@ -228,4 +225,4 @@ def _progress_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-__all__ = ["DEFAULT_KERNEL_ARGS", "build_parser"]
+__all__ = ["build_parser"]
