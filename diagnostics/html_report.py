@@ -82,9 +82,9 @@ def report(
     (sampler, settings, timing, seed, library versions), the summary table, and trace,
     rank, pair (divergences marked), energy (with E-BFMI) and autocorrelation plots. A
     variational run shows its k-hat and the trace of its bound (``optimization/elbo``, dim
-    ``step``, or ``-loss``, where present). Plots draw the first ``max_plotted`` scalar quantities (the pair plot
-    the first ``max_paired``); the table holds every one, so a posterior with thousands of
-    quantities still reports in seconds.
+    ``step``, or ``-loss``, where present). Plots draw the first ``max_plotted`` scalar
+    quantities (the pair plot the first ``max_paired``); the table holds every one, so a
+    posterior with thousands of quantities still reports in seconds.
 
     Args:
       data: a DataTree (or ``Posterior``), or a mapping of run name to DataTree to compare.

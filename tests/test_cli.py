@@ -61,9 +61,10 @@ def test_demo_writes_the_report_and_says_where(demo):
     for line, run in zip((first, second), ("eight_schools", "logistic_regression"), strict=True):
         tree = xr.open_datatree(out / f"{run}-nuts" / "posterior.nc", engine="h5netcdf").load()
         findings = inferax.diagnostics.check(tree)
-        verdict = (
-            "PASS" if not findings else f"FAIL ({', '.join(sorted({f.check for f in findings}))})"
-        )
+        errors = sorted({f.check for f in findings if f.severity == "error"})
+        warnings = sorted({f.check for f in findings if f.severity != "error"})
+        verdict = f"FAIL ({', '.join(errors)})" if errors else "PASS"
+        verdict += f", warnings: {', '.join(warnings)}" if warnings else ""
         assert line.strip().startswith(f"{run}/nuts: {verdict}: 2 chains x 100 draws"), line
     page = report.read_text()
     assert "id='findings'" in page and "id='comparison'" in page
