@@ -185,9 +185,13 @@ def test_fit_writes_the_variational_report(tmp_path, env):
     assert "holds the outputs of a previous run or fit (posterior.nc): replace them with " in (
         again.stderr
     )
-    forced = inferax_cli("fit", "schools.py", *FIT, "--force", env=env, cwd=tmp_path)
-    assert forced.returncode == 0, forced.stderr
     assert not (tmp_path / "schools-run").exists()
+    # --force deletes the previous outputs, and only those, before writing new ones.
+    from inferax import cli
+
+    (tmp_path / "schools-fit" / "notes.txt").write_text("mine")
+    cli._claim_folder(tmp_path / "schools-fit", force=True)
+    assert [p.name for p in (tmp_path / "schools-fit").iterdir()] == ["notes.txt"]
 
 
 def test_every_option_shows_its_default_in_its_help():
