@@ -83,10 +83,10 @@ def report(
     runs a comparison of means and HDIs per quantity, then for each run: its metadata
     (sampler, settings, timing, seed, library versions), the summary table, and trace,
     rank, pair (divergences marked), energy (with E-BFMI) and autocorrelation plots. A
-    variational run shows its k-hat and loss trace (``optimization/loss``, dim ``step``,
-    where present). Plots draw the first ``max_plotted`` scalar quantities (the pair plot
-    the first ``max_paired``); the table holds every one, so a posterior with thousands of
-    quantities still reports in seconds.
+    variational run shows its k-hat and the trace of its bound (``optimization/elbo``, dim
+    ``step``, or ``-loss``, where present). Plots draw the first ``max_plotted`` scalar
+    quantities (the pair plot the first ``max_paired``); the table holds every one, so a
+    posterior with thousands of quantities still reports in seconds.
 
     Args:
       data: a DataTree (or ``Posterior``), or a mapping of run name to DataTree to compare.
@@ -376,6 +376,8 @@ def _loo_part(part: _Run) -> str:
 
 
 def _variational_part(part: _Run) -> str:
+    """A variational fit's section: its k-hat, judged as ``check`` judges it, and the trace
+    of the bound it climbed (``optimization/elbo``, or ``-loss`` in files without it)."""
     out = ["<h3>Variational fit</h3>"]
     if part.khat is not None:
         t = part.thresholds
@@ -388,23 +390,46 @@ def _variational_part(part: _Run) -> str:
             f"<p class='finding {css}'>PSIS k-hat = {part.khat:.2f} (warning above "
             f"{t['khat_warn']}, error above {t['khat_bad']})</p>"
         )
-    if "optimization" in part.tree.children and "loss" in part.tree["optimization"].dataset:
-        loss = np.asarray(part.tree["optimization"].dataset["loss"], dtype=float).ravel()
+    trace = _bound_trace(part.tree)
+    if trace is not None:
+        objective = part.tree["optimization"].attrs.get("objective", "elbo")
+        label = "ELBO" if objective == "elbo" else f"{objective} bound"
+        window = max(1, trace.size // 50)
+        smooth = np.convolve(trace, np.ones(window) / window, mode="valid")
+        tail = trace[-max(1, trace.size // 10) :]
+        out.append(
+            f"<p>{_e(label)} over the last {tail.size} of {trace.size} steps: "
+            f"{_fmt(float(np.mean(tail)))} (each step's estimate from its own draws)</p>"
+        )
 
         def draw():
             import matplotlib.pyplot as plt
 
             fig, ax = plt.subplots(figsize=(8, 3))
-            ax.plot(np.arange(loss.size), loss, lw=1)
+            ax.plot(np.arange(trace.size), trace, lw=0.5, alpha=0.4, label="per step")
+            ax.plot(np.arange(smooth.size) + window - 1, smooth, lw=1.5, label=f"mean of {window}")
+            finite = trace[np.isfinite(trace)]
+            if finite.size > 10:  # the first steps' bound can be far below the rest
+                ax.set_ylim(np.quantile(finite, 0.05), finite.max() + 0.05 * np.ptp(finite))
             ax.set_xlabel("step")
-            ax.set_ylabel("loss")
-            if np.all(loss[np.isfinite(loss)] > 0):
-                ax.set_yscale("log")
+            ax.set_ylabel(label)
+            ax.legend(loc="lower right")
             fig.tight_layout()
             return fig
 
-        out.append(_figure("Loss", f"{part.name}: loss trace", draw))
+        out.append(_figure(f"{label} trace", f"{part.name}: {label} trace", draw))
     return "\n".join(out)
+
+
+def _bound_trace(tree: xr.DataTree) -> np.ndarray | None:
+    if "optimization" not in tree.children:
+        return None
+    ds = tree["optimization"].dataset
+    if "elbo" in ds:
+        return np.asarray(ds["elbo"], dtype=float).ravel()
+    if "loss" in ds:
+        return -np.asarray(ds["loss"], dtype=float).ravel()
+    return None
 
 
 def _comparison_section(parts: list[_Run], max_plotted: int) -> str:

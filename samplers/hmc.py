@@ -21,6 +21,9 @@ from inferax.samplers.adaptation import (
 )
 from inferax.target import Target
 
+JITTER = 0.2
+"""``hmc``'s default relative step-size jitter."""
+
 
 def _check_adaptation(kernel) -> None:
     """Checks the settings every HMC kernel shares, each by type and range."""
@@ -155,12 +158,20 @@ class hmc(AbstractHMCKernel):  # noqa: N801  (lower case, like blackjax.hmc)
     Each step draws a Gaussian momentum, integrates ``num_integration_steps`` leapfrog steps,
     and accepts the end point with the Metropolis probability ``min(1, exp(-dH))``.
 
+    Each transition's step size is the tuned one times a factor drawn uniformly from
+    ``[1 - step_size_jitter, 1 + step_size_jitter]``, in warmup and sampling alike, so the
+    trajectory length varies. With one fixed length, a direction whose oscillation period is
+    near a multiple of it comes back almost where it started, every transition: the chain
+    sticks along it, and warmup then estimates its variance too small, which makes it worse.
+    Drawn independently of the state, the factor leaves the target invariant.
+
     Args:
       num_integration_steps: leapfrog steps per transition.
       target_acceptance_rate: the acceptance rate warmup aims for.
       is_mass_matrix_diagonal: adapt a diagonal (True) or dense inverse mass matrix.
       divergence_threshold: an energy error above this marks the transition divergent.
       initial_step_size: where step-size adaptation starts.
+      step_size_jitter: the step size's relative jitter, in ``[0, 1)``; 0 for a fixed step.
 
     Examples:
       >>> import jax, jax.numpy as jnp, inferax
@@ -172,7 +183,9 @@ class hmc(AbstractHMCKernel):  # noqa: N801  (lower case, like blackjax.hmc)
       10
 
     References:
-      Neal, "MCMC using Hamiltonian dynamics", Handbook of Markov Chain Monte Carlo, 2011.
+      Neal, "MCMC using Hamiltonian dynamics", Handbook of Markov Chain Monte Carlo, 2011
+      (section 5.4.2.2: randomising the step size against periodic trajectories).
+      Mackenzie, "An improved hybrid Monte Carlo method", Physics Letters B, 1989.
     """
 
     num_integration_steps: int
@@ -180,6 +193,7 @@ class hmc(AbstractHMCKernel):  # noqa: N801  (lower case, like blackjax.hmc)
     is_mass_matrix_diagonal: bool = True
     divergence_threshold: float = 1000.0
     initial_step_size: float = 1.0
+    step_size_jitter: float = JITTER
 
     name = "hmc"
 
@@ -188,12 +202,27 @@ class hmc(AbstractHMCKernel):  # noqa: N801  (lower case, like blackjax.hmc)
         if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"hmc: num_integration_steps must be an integer >= 1, got {steps}")
         _check_adaptation(self)
+        jitter = as_number("hmc", "step_size_jitter", self.step_size_jitter)
+        if not 0.0 <= jitter < 1.0:
+            raise ValueError(f"hmc: step_size_jitter must lie in [0, 1), got {jitter}")
+        object.__setattr__(self, "step_size_jitter", jitter)
 
     def blackjax_algorithm(self, target: Target, step_size, inverse_mass_matrix):
-        return blackjax.hmc(
-            target.logdensity,
-            step_size,
-            inverse_mass_matrix,
-            int(self.num_integration_steps),
-            divergence_threshold=self.divergence_threshold,
-        )
+        num_steps = int(self.num_integration_steps)
+        kernel = blackjax.hmc.build_kernel(divergence_threshold=self.divergence_threshold)
+        jitter = self.step_size_jitter
+
+        def init(position):
+            return blackjax.hmc.init(position, target.logdensity)
+
+        def step(rng_key, state):
+            jitter_key, step_key = jax.random.split(rng_key)
+            scale = jnp.asarray(step_size)
+            factor = jax.random.uniform(
+                jitter_key, (), scale.dtype, minval=1.0 - jitter, maxval=1.0 + jitter
+            )
+            return kernel(
+                step_key, state, target.logdensity, scale * factor, inverse_mass_matrix, num_steps
+            )
+
+        return SamplingAlgorithm(init, step)

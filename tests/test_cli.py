@@ -55,8 +55,17 @@ def test_demo_writes_the_report_and_says_where(demo):
     out, result = demo
     report = out / "report.html"
     assert f"report: {report.resolve()}" in result.stdout
-    for run in ("eight_schools/nuts", "logistic_regression/nuts"):
-        assert f"{run}: 2 chains x 100 draws" in result.stdout
+    # The demo ends with one verdict per run, each what diagnostics.check finds.
+    *_, heading, first, second = result.stdout.strip().splitlines()
+    assert heading == "verdicts (inferax.diagnostics.check):"
+    for line, run in zip((first, second), ("eight_schools", "logistic_regression"), strict=True):
+        tree = xr.open_datatree(out / f"{run}-nuts" / "posterior.nc", engine="h5netcdf").load()
+        findings = inferax.diagnostics.check(tree)
+        errors = sorted({f.check for f in findings if f.severity == "error"})
+        warnings = sorted({f.check for f in findings if f.severity != "error"})
+        verdict = f"FAIL ({', '.join(errors)})" if errors else "PASS"
+        verdict += f", warnings: {', '.join(warnings)}" if warnings else ""
+        assert line.strip().startswith(f"{run}/nuts: {verdict}: 2 chains x 100 draws"), line
     page = report.read_text()
     assert "id='findings'" in page and "id='comparison'" in page
     post = inferax.load(out / "eight_schools-nuts" / "posterior.nc")
@@ -85,6 +94,8 @@ def test_run_writes_posterior_summary_and_report(demo, tmp_path, env):
     )
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout and "nuts(max_num_doublings=10" in result.stdout
+    # The posterior summary is printed, not only the checks' findings.
+    assert "ess_bulk" in result.stdout and "theta[7]" in result.stdout and "tau" in result.stdout
     assert "all checks passed" in result.stdout or "r_hat" in result.stdout
     with xr.open_datatree(tmp_path / "res" / "posterior.nc", engine="h5netcdf") as tree:
         tree = tree.load()
@@ -147,28 +158,64 @@ def test_run_writes_posterior_summary_and_report(demo, tmp_path, env):
     assert (tmp_path / "res" / "checkpoint" / "manifest.json").exists()
 
 
+FIT = ["--family", "meanfield", "--steps", "200", "--draws", "300", *FEW_PLOTS]
+
+
 def test_fit_writes_the_variational_report(tmp_path, env):
     (tmp_path / "schools.py").write_text(EIGHT_SCHOOLS_FILE)
+    options = ["--particles", "2", "--objective", "elbo", "--family-arg", "init_scale=0.05"]
     result = inferax_cli(
-        "fit",
-        "schools.py",
-        "--family",
-        "meanfield",
-        "--steps",
-        "200",
-        "--draws",
-        "300",
-        "--out",
-        "vi",
-        *FEW_PLOTS,
-        env=env,
-        cwd=tmp_path,
+        "fit", "schools.py", *FIT, *options, "--no-progress", env=env, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    tree = xr.open_datatree(tmp_path / "vi" / "posterior.nc", engine="h5netcdf")
+    # `fit` writes to MODEL-fit, `run` to MODEL-run: one never overwrites the other.
+    tree = xr.open_datatree(tmp_path / "schools-fit" / "posterior.nc", engine="h5netcdf").load()
     assert tree["posterior"]["theta"].shape == (1, 300, 8)
-    page = (tmp_path / "vi" / "report.html").read_text()
-    assert "PSIS k-hat = " in page and "<figcaption>Loss</figcaption>" in page
+    assert tree["optimization"]["elbo"].shape == (200,)
+    page = (tmp_path / "schools-fit" / "report.html").read_text()
+    assert "PSIS k-hat = " in page and "<figcaption>ELBO trace</figcaption>" in page
+    assert "theta[7]" in result.stdout  # the summary
+    # The k-hat on screen is the one in the file, which check finds from the saved draws.
+    khat = tree["posterior"].attrs["khat"]
+    assert f"PSIS k-hat {khat:.2f} on the 300 draws saved" in result.stdout
+    assert inferax.diagnostics.khat(tree) == pytest.approx(khat, abs=1e-3)
+    # Nothing is overwritten without --force (refused before anything is compiled).
+    again = inferax_cli("fit", "schools.py", *FIT, env=env, cwd=tmp_path)
+    assert again.returncode == 1
+    assert "holds the outputs of a previous run or fit (posterior.nc): replace them with " in (
+        again.stderr
+    )
+    assert not (tmp_path / "schools-run").exists()
+    # --force deletes the previous outputs, and only those, before writing new ones.
+    from inferax import cli
+
+    (tmp_path / "schools-fit" / "notes.txt").write_text("mine")
+    cli._claim_folder(tmp_path / "schools-fit", force=True)
+    assert [p.name for p in (tmp_path / "schools-fit").iterdir()] == ["notes.txt"]
+
+
+def test_every_option_shows_its_default_in_its_help():
+    import argparse
+
+    from inferax import cli_parser
+
+    parser = cli_parser.build_parser(dict.fromkeys(("run", "fit", "report", "demo")))
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, command in commands.choices.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if not action.option_strings or action.dest in ("help", "debug"):
+                continue
+            formatter = command._get_formatter()
+            shown = formatter._expand_help(action) if action.help else ""
+            if "default" not in shown:
+                missing.append(f"{name} {action.option_strings[0]}")
+        assert "(default: " in text
+    assert not missing, missing
+    fit = commands.choices["fit"].format_help()
+    for option in ("--particles", "--objective", "--estimator", "--family-arg", "--progress"):
+        assert option in fit
 
 
 def test_report_compares_saved_runs(demo, tmp_path, env):

@@ -167,13 +167,20 @@ def test_large_posterior_plots_the_first_few_and_tabulates_all(rng, tmp_path):
     assert "<th>w[499]</th>" in page
 
 
-def test_variational_report_shows_khat_and_loss(rng, tmp_path):
-    loss = xr.Dataset({"loss": ("step", np.exp(-np.linspace(0, 5, 300)) + 1.0)})
+def test_variational_report_shows_khat_and_elbo_trace(rng, tmp_path):
+    loss = np.exp(-np.linspace(0, 5, 300)) + 1.0
+    trace = xr.Dataset({"loss": ("step", loss), "elbo": ("step", -loss)})
     dt = tree({"x": iid(rng, 1, 1000)}, {"log_weight": 0.1 * iid(rng, 1, 1000)})
-    dt["optimization"] = xr.DataTree(loss)
+    dt["optimization"] = xr.DataTree(trace)
     page = page_of(tmp_path, dt, **FEW_PLOTS)
     assert_self_contained(page)
-    assert "PSIS k-hat = " in page and "<figcaption>Loss</figcaption>" in page
+    assert "PSIS k-hat = " in page and "<figcaption>ELBO trace</figcaption>" in page
+    # The bound over the last tenth of the steps, as the command line prints it.
+    assert f"ELBO over the last 30 of 300 steps: {-loss[-30:].mean():.3g}" in page
+    # A file from before the ELBO was stored: its trace is the negative loss.
+    del dt["optimization"]
+    dt["optimization"] = xr.DataTree(xr.Dataset({"loss": ("step", loss)}))
+    assert "<figcaption>ELBO trace</figcaption>" in page_of(tmp_path, dt, **FEW_PLOTS)
 
 
 def test_report_thresholds_are_used_and_unknown_ones_refused(good, tmp_path):

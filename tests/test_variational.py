@@ -73,8 +73,11 @@ def test_approximation_api_and_datatree(fullrank_fit):
     stats = dt["sample_stats"].dataset
     np.testing.assert_allclose(stats["log_weight"], stats["lp"] - stats["log_q"], atol=1e-5)
     assert dt["optimization"].dataset["loss"].dims == ("step",)
-    assert dt["posterior"].attrs["khat"] == fullrank_fit.khat
-    # The colleague's check reads the k-hat from the stored log weights.
+    # The ELBO trace is the negative loss, step by step.
+    np.testing.assert_array_equal(dt["optimization"]["elbo"], -fullrank_fit.losses)
+    assert dt["posterior"].attrs["fit_khat"] == fullrank_fit.khat
+    # The stored k-hat is the one check finds from the stored log weights.
+    assert diagnostics.khat(dt) == pytest.approx(dt["posterior"].attrs["khat"], abs=1e-3)
     assert diagnostics.khat(dt) < 0.7
 
 
@@ -101,26 +104,78 @@ def test_chunking_does_not_change_the_fit_and_a_second_call_does_not_compile(gau
     np.testing.assert_array_equal(again.losses, chunked.losses)
 
 
-def test_fits_a_numpyro_model():
+def test_meanfield_on_eight_schools_reaches_numpyros_autonormal_at_the_same_budget():
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+
     data = examples.EIGHT_SCHOOLS
-    target = inferax.from_numpyro(
-        examples.eight_schools_noncentered, data["J"], data["sigma"], y=data["y"]
-    )
+    args, kwargs = (data["J"], data["sigma"]), {"y": data["y"]}
+    target = inferax.from_numpyro(examples.eight_schools_noncentered, *args, **kwargs)
+    # The same optimiser, steps and draws per step for both; each starts where it starts
+    # by default (inferax at the prior median, NumPyro within 2 of the origin).
+    steps, particles = 400, 4
+    optimizer = optax.adam(optax.exponential_decay(0.05, steps, 0.05))
     approx = variational.fit(
         target,
         variational.meanfield_gaussian(),
         jax.random.key(6),
-        optimizer=optax.adam(0.02),
-        num_steps=100,
-        num_particles=4,
+        optimizer=optimizer,
+        num_steps=steps,
+        num_particles=particles,
         progress=False,
     )
+    guide = AutoNormal(examples.eight_schools_noncentered)
+    svi = SVI(examples.eight_schools_noncentered, guide, optimizer, Trace_ELBO(particles))
+    params = svi.run(jax.random.key(6), steps, *args, progress_bar=False, **kwargs).params
+    loc, scale = ({n: params[f"{n}_auto_{p}"] for n in target.init} for p in ("loc", "scale"))
+    numpyro_q = variational.MeanfieldGaussian(
+        {"loc": ravel_pytree(loc)[0], "log_scale": jnp.log(ravel_pytree(scale)[0])}
+    )
+    theirs = variational.Approximation(numpyro_q, target, np.zeros(0), {})
+    # Both ELBOs by one estimator on the same standard normal draws: the difference of the
+    # log weights, draw by draw, has a small Monte Carlo error.
+    key, n = jax.random.key(7), 4000
+    diff = np.asarray(approx.log_weights(key, n)[1] - theirs.log_weights(key, n)[1], np.float64)
+    assert diff.mean() >= -3 * diff.std(ddof=1) / np.sqrt(n)
+
     dt = approx.to_datatree(jax.random.key(7), 100)
     posterior = dt["posterior"].dataset
     assert {"mu", "tau", "theta", "theta_tilde"} <= set(posterior.data_vars)
     assert posterior["theta"].shape == (1, 100, 8)
     assert bool((posterior["tau"] > 0).all())
     assert np.isfinite(approx.khat)
+    assert dt["optimization"]["elbo"].shape == (steps,)
+
+
+def test_families_start_at_the_prior_median_with_a_small_scale_unless_init_is_given():
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model():
+        numpyro.sample("sigma", dist.LogNormal(1.0, 0.1))
+        numpyro.sample("x", dist.Normal(jnp.full(2, 3.0), 0.01).to_event(1))
+
+    target = inferax.from_numpyro(model)
+    start = variational.initial_location(jax.random.key(0), target)
+    # The median of 15 prior draws, in unconstrained space (log sigma; x itself).
+    np.testing.assert_allclose(start["sigma"], 1.0, atol=0.1)
+    np.testing.assert_allclose(start["x"], 3.0, atol=0.02)
+    plain = inferax.Target.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.ones(2))
+    assert variational.initial_location(jax.random.key(0), plain) is plain.init
+
+    flat = variational.engine.flat_start(jax.random.key(0), target, None)
+    q = variational.fullrank_gaussian().init(jax.random.key(0), flat)
+    np.testing.assert_allclose(q.scale_tril(), 0.1 * np.eye(3), rtol=1e-6)
+    q = variational.meanfield_gaussian(init_scale=0.5).init(jax.random.key(0), flat)
+    np.testing.assert_allclose(jnp.exp(q.params["log_scale"]), 0.5, rtol=1e-6)
+    mine = {"sigma": jnp.asarray(0.3), "x": jnp.asarray([-1.0, 2.0])}
+    np.testing.assert_allclose(
+        variational.engine.flat_start(jax.random.key(0), target, mine), [0.3, -1.0, 2.0]
+    )
+    with pytest.raises(ValueError, match="init must have the pytree structure"):
+        variational.engine.flat_start(jax.random.key(0), target, jnp.zeros(3))
+    with pytest.raises(ValueError, match="init_scale must be finite and positive"):
+        variational.meanfield_gaussian(init_scale=0.0)
 
 
 def test_bad_arguments_are_refused(gaussian_target):

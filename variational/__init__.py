@@ -7,6 +7,7 @@ import importlib
 
 from inferax.variational.engine import Approximation as Approximation
 from inferax.variational.engine import fit as fit
+from inferax.variational.engine import initial_location as initial_location
 from inferax.variational.engine import psis_khat as psis_khat
 from inferax.variational.family import AbstractFamily as AbstractFamily
 from inferax.variational.flow import NormalizingFlow as NormalizingFlow
@@ -52,6 +53,7 @@ __all__ = [
     "elbo",
     "fit",
     "fullrank_gaussian",
+    "initial_location",
     "gp",
     "iwae",
     "log_weights",

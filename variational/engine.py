@@ -11,10 +11,14 @@ from typing import final
 
 import arviz_base
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import xarray as xr
 from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.distributions import biject_to
+from numpyro.infer import init_to_median
 
 from inferax.flows.flow import AbstractFlow
 from inferax.target import Target
@@ -61,6 +65,55 @@ class ObjectiveStep:
         return (optax.apply_updates(family, updates), opt_state), {"loss": loss}
 
 
+def initial_location(rng_key: PRNGKey, target: Target) -> ArrayTree:
+    """Where ``fit`` centres a family that has no parameters yet, as NumPyro's autoguides
+    do: for a target from ``inferax.from_numpyro``, the prior median in unconstrained space
+    (NumPyro's ``init_to_median``: the median of 15 prior draws of each latent site, moved
+    to unconstrained space); for a plain log density, or where the log density or its
+    gradient is not finite at the median, ``target.init``.
+
+    Args:
+      rng_key: the key for the prior draws.
+      target: an ``inferax.Target``.
+
+    Returns:
+      A position in the target's unconstrained pytree.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, inferax
+      >>> from inferax import variational
+      >>> def model():
+      ...     numpyro.sample("sigma", dist.LogNormal(1.0, 0.1))
+      >>> target = inferax.from_numpyro(model)
+      >>> position = variational.initial_location(jax.random.key(0), target)
+      >>> bool(jnp.abs(position["sigma"] - 1.0) < 0.1)
+      True
+    """
+    model = target.model
+    if model is None:
+        return target.init
+    # NumPyro's prior draws broadcast ranks; a session that raises on that is the user's
+    # setting for their own code, not NumPyro's.
+    with jax.numpy_rank_promotion("allow"):
+        seeded = handlers.seed(model.model, jax.random.key_data(rng_key))
+        median = handlers.substitute(seeded, substitute_fn=init_to_median(num_samples=15))
+        trace = handlers.trace(median).get_trace(*model.args, **model.kwargs)
+    position = {}
+    for name, leaf in target.init.items() if isinstance(target.init, dict) else ():
+        site = trace.get(name)
+        if site is None or site["type"] != "sample" or np.shape(site["value"]) != np.shape(leaf):
+            return target.init
+        unconstrained = biject_to(site["fn"].support).inv(site["value"])
+        position[name] = jnp.asarray(unconstrained, jnp.result_type(leaf))
+    if not position:
+        return target.init
+    value, grad = target.logdensity_and_grad(position)
+    finite = bool(jnp.isfinite(value)) and all(
+        bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(grad)
+    )
+    return position if finite else target.init
+
+
 NOT_A_TARGET = (
     "sparse GPs and fractional SDEs have their own fit: inferax.variational.gp.fit / "
     "inferax.variational.sde.fit"
@@ -80,12 +133,17 @@ def fit(
     chunk_size: int = 500,
     progress: bool | None = None,
     num_khat_draws: int = 1000,
+    init: ArrayTree | None = None,
 ) -> Approximation:
     """Fits ``family`` to ``target`` by stochastic optimisation of a variational bound.
 
     The target's unconstrained position is flattened to one vector of ``dim``
-    coordinates; the family is initialised there (``family.init``) unless it already has
-    parameters. A flow's recipe (``flows.realnvp(...)`` and the other builders,
+    coordinates. A family without parameters is initialised (``family.init``) at ``init``
+    when given, else where NumPyro's autoguides start, ``initial_location(target)``: the
+    prior median in unconstrained space for a NumPyro model, ``target.init`` for a plain
+    log density. The Gaussian families then start with standard deviations ``init_scale``
+    (0.1 by default, as ``AutoNormal``), a flow as the identity around that point.
+    A flow's recipe (``flows.realnvp(...)`` and the other builders,
     ``flows.stochastic(...)``) is first wrapped in its family, ``normalizing_flow`` or
     ``stochastic_flow``. A MixFlow's only trained part is its mean-field reference, which
     is fitted here; its step size is not (see ``MixFlow.tune``).
@@ -111,6 +169,8 @@ def fit(
       chunk_size: steps per compiled chunk.
       progress: show a progress bar; ``None``: on an interactive terminal, not under CI.
       num_khat_draws: draws for the PSIS k-hat of the fitted approximation.
+      init: where to centre the family, a position in the target's unconstrained pytree;
+        ``None``: ``initial_location(target)``. Ignored for a family that has parameters.
 
     Returns:
       An ``Approximation``.
@@ -144,11 +204,12 @@ def fit(
     check_count("num_khat_draws", num_khat_draws, minimum=2)
     rng_key = check_key(rng_key)
     check_logdensity_shape(target)
+    objective_name = objective if isinstance(objective, str) else "custom"
     objective = resolve_objective(objective, num_particles, estimator)
     init_key, run_key, khat_key = jax.random.split(rng_key, 3)
     if not family.initialized:
-        position, _ = ravel_pytree(target.init)
-        family = family.init(init_key, position)
+        start = flat_start(jax.random.fold_in(init_key, 1), target, init)
+        family = family.init(init_key, start)
     part = family.trained_part()
     result = train(
         ObjectiveStep(optimizer, objective),
@@ -165,9 +226,30 @@ def fit(
         target=target,
         losses=result.trace["loss"],
         timing=result.timing,
+        objective=objective_name,
     )
     log_w = approx.log_weights(khat_key, num_khat_draws)[1]
     return dataclasses.replace(approx, khat=psis_khat(log_w))
+
+
+def flat_start(rng_key: PRNGKey, target: Target, init) -> jax.Array:
+    """The flat position a family is centred on: ``init`` checked against the target's
+    pytree, or ``initial_location``."""
+    flat_init, _ = ravel_pytree(target.init)
+    if init is None:
+        return ravel_pytree(initial_location(rng_key, target))[0].astype(flat_init.dtype)
+    if jax.tree.structure(init) != jax.tree.structure(target.init):
+        raise ValueError(
+            "init must have the pytree structure of target.init, "
+            f"{jax.tree.structure(target.init)}, got {jax.tree.structure(init)}"
+        )
+    flat = ravel_pytree(jax.tree.map(jnp.asarray, init))[0].astype(flat_init.dtype)
+    if flat.shape != flat_init.shape or not bool(jnp.all(jnp.isfinite(flat))):
+        raise ValueError(
+            f"init must be finite with the shapes of target.init ({flat_init.size} "
+            f"coordinates), got {flat.size}"
+        )
+    return flat
 
 
 def psis_khat(log_weights) -> float:
@@ -218,6 +300,8 @@ class Approximation:
       timing: seconds spent compiling and optimising.
       khat: the PSIS Pareto k-hat of ``log p - log q`` on ``num_khat_draws`` fresh draws
         (Yao et al. 2018): above 0.7, do not trust the approximation.
+      objective: the objective's name (``"elbo"``, ``"iwae"``, ...; ``"custom"`` for a
+        callable).
     """
 
     family: AbstractFamily
@@ -225,6 +309,13 @@ class Approximation:
     losses: np.ndarray
     timing: dict[str, float]
     khat: float = float("nan")
+    objective: str = "elbo"
+
+    @property
+    def bound_trace(self) -> np.ndarray:
+        """The bound at every step, ``-losses``: the ELBO trace for ``objective="elbo"``,
+        the IWAE bound's for ``"iwae"``, each estimated with that step's draws."""
+        return -np.asarray(self.losses)
 
     @property
     def params(self):
@@ -273,10 +364,14 @@ class Approximation:
         """``n`` draws as an ArviZ DataTree, one chain.
 
         Groups: ``posterior``, the draws in constrained space, dims ``(chain, draw, ...)``,
-        with attrs ``khat`` (from ``fit``) and ``objective`` names; ``sample_stats`` with
+        with attrs ``khat``, the PSIS k-hat of these ``n`` draws (what
+        ``inferax.diagnostics.check`` finds from them), ``fit_khat``, ``fit``'s own on its
+        ``num_khat_draws``, and ``objective``; ``sample_stats`` with
         ``lp`` (``log p``), ``log_q`` and ``log_weight = lp - log_q``, from which
         ``inferax.diagnostics.check`` recomputes the PSIS k-hat of these draws; and
-        ``optimization`` with the loss trace ``loss`` (dim ``step``).
+        ``optimization`` with the trace of the fit, dim ``step``: ``loss`` and ``elbo``
+        (``-loss``, the bound the objective estimates at each step; for ``"iwae"`` and the
+        other objectives their bound), read by the HTML report's fit section.
         """
         with precision(self.family):
             x, log_w, lp = _draws_and_log_weights(self.target, self.family, rng_key, n)
@@ -289,7 +384,9 @@ class Approximation:
         attrs = {
             "inference_library": "inferax",
             "variational_family": type(self.family).__name__,
-            "khat": self.khat,
+            "khat": psis_khat(log_w),
+            "fit_khat": self.khat,
+            "objective": self.objective,
             "num_steps": int(self.losses.size),
             **{f"{name}_time": seconds for name, seconds in self.timing.items()},
         }
@@ -297,8 +394,18 @@ class Approximation:
             {"posterior": draws, "sample_stats": stats},
             attrs={"posterior": attrs, "sample_stats": attrs},
         )
-        tree["optimization"] = xr.Dataset({"loss": ("step", np.asarray(self.losses))}, attrs=attrs)
+        trace = {"loss": ("step", np.asarray(self.losses)), "elbo": ("step", self.bound_trace)}
+        tree["optimization"] = xr.Dataset(trace, attrs=attrs)
         return tree
 
 
-__all__ = ["Approximation", "ObjectiveStep", "fit", "flat_logdensity", "precision", "psis_khat"]
+__all__ = [
+    "Approximation",
+    "ObjectiveStep",
+    "fit",
+    "flat_logdensity",
+    "flat_start",
+    "initial_location",
+    "precision",
+    "psis_khat",
+]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Self, final
 
 import jax
 import jax.numpy as jnp
 
-from inferax.pytree import pytree_dataclass
+from inferax.pytree import pytree_dataclass, static_field
 from inferax.typing import PRNGKey
 from inferax.variational.family import AbstractFamily, standard_normal_logpdf
 
@@ -19,13 +20,16 @@ class MeanfieldGaussian(AbstractFamily):
 
     Args:
       params: ``{"loc": (dim,), "log_scale": (dim,)}``, or ``None`` before ``init``.
+      init_scale: every ``sigma`` at ``init``, which puts ``mu`` at the position given.
     """
 
     params: Any = None
+    init_scale: float = static_field(default=0.1)
 
     def init(self, rng_key: PRNGKey, position: jax.Array) -> Self:
         del rng_key
-        return MeanfieldGaussian({"loc": position, "log_scale": jnp.zeros_like(position)})
+        log_scale = jnp.full_like(position, math.log(self.init_scale))
+        return MeanfieldGaussian({"loc": position, "log_scale": log_scale}, self.init_scale)
 
     def sample_and_log_prob(self, rng_key: PRNGKey) -> tuple[jax.Array, jax.Array]:
         self.check_initialized()
@@ -47,16 +51,17 @@ class FullrankGaussian(AbstractFamily):
     Args:
       params: ``{"loc": (dim,), "scale_tril": (dim, dim)}`` (unconstrained: the strictly
         lower triangle and the log of the diagonal), or ``None`` before ``init``.
+      init_scale: ``L = init_scale * I`` at ``init``, which puts ``mu`` at the position given.
     """
 
     params: Any = None
+    init_scale: float = static_field(default=0.1)
 
     def init(self, rng_key: PRNGKey, position: jax.Array) -> Self:
         del rng_key
         dim = position.shape[0]
-        return FullrankGaussian(
-            {"loc": position, "scale_tril": jnp.zeros((dim, dim), position.dtype)}
-        )
+        raw = jnp.diag(jnp.full((dim,), math.log(self.init_scale), position.dtype))
+        return FullrankGaussian({"loc": position, "scale_tril": raw}, self.init_scale)
 
     def scale_tril(self) -> jax.Array:
         """The Cholesky factor ``L``."""
@@ -78,22 +83,44 @@ class FullrankGaussian(AbstractFamily):
         return standard_normal_logpdf(eps) - jnp.sum(jnp.diag(self.params["scale_tril"]))
 
 
-def meanfield_gaussian() -> MeanfieldGaussian:
-    """A mean-field Gaussian family, started at the target's ``init`` with unit scales.
+def check_init_scale(init_scale) -> float:
+    """``init_scale`` as a float, or a ``ValueError`` naming it unless finite and positive."""
+    if isinstance(init_scale, bool) or not isinstance(init_scale, int | float):
+        raise TypeError(f"init_scale must be a number, got {type(init_scale).__name__}")
+    if not (math.isfinite(init_scale) and init_scale > 0):
+        raise ValueError(f"init_scale must be finite and positive, got {init_scale!r}")
+    return float(init_scale)
+
+
+def meanfield_gaussian(*, init_scale: float = 0.1) -> MeanfieldGaussian:
+    """A mean-field Gaussian family.
+
+    ``variational.fit`` starts it where NumPyro's ``AutoNormal`` starts: the mean at
+    ``variational.initial_location(target)`` (the prior median in unconstrained space for a
+    NumPyro model, ``target.init`` otherwise), every standard deviation ``init_scale``.
+
+    Args:
+      init_scale: the standard deviations at the start (NumPyro's ``init_scale``).
 
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from inferax import variational
-      >>> q = variational.meanfield_gaussian().init(jax.random.key(0), jnp.zeros(2))
+      >>> q = variational.meanfield_gaussian(init_scale=1.0)
+      >>> q = q.init(jax.random.key(0), jnp.zeros(2))
       >>> round(float(q.log_prob(jnp.zeros(2))), 4)
       -1.8379
     """
-    return MeanfieldGaussian()
+    return MeanfieldGaussian(init_scale=check_init_scale(init_scale))
 
 
-def fullrank_gaussian() -> FullrankGaussian:
-    """A full-rank Gaussian family, started at the target's ``init`` with identity
-    covariance.
+def fullrank_gaussian(*, init_scale: float = 0.1) -> FullrankGaussian:
+    """A full-rank Gaussian family.
+
+    ``variational.fit`` starts it where NumPyro's ``AutoMultivariateNormal`` starts: the mean
+    at ``variational.initial_location(target)``, the Cholesky factor ``init_scale * I``.
+
+    Args:
+      init_scale: the standard deviations at the start (NumPyro's ``init_scale``).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -102,7 +129,13 @@ def fullrank_gaussian() -> FullrankGaussian:
       >>> q.scale_tril().shape
       (3, 3)
     """
-    return FullrankGaussian()
+    return FullrankGaussian(init_scale=check_init_scale(init_scale))
 
 
-__all__ = ["FullrankGaussian", "MeanfieldGaussian", "fullrank_gaussian", "meanfield_gaussian"]
+__all__ = [
+    "FullrankGaussian",
+    "MeanfieldGaussian",
+    "check_init_scale",
+    "fullrank_gaussian",
+    "meanfield_gaussian",
+]

@@ -183,7 +183,8 @@ def elbo(num_particles: int = 1, estimator: str = "reparam") -> Elbo:
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from inferax import variational
-      >>> q = variational.meanfield_gaussian().init(jax.random.key(0), jnp.zeros(2))
+      >>> q = variational.meanfield_gaussian(init_scale=1.0)
+      >>> q = q.init(jax.random.key(0), jnp.zeros(2))
       >>> loss = variational.elbo(8)(q, jax.random.key(1), lambda x: -0.5 * x @ x)
       >>> round(float(loss), 4)  # q is p's normalised density: the loss is log Z's negative
       -1.8379

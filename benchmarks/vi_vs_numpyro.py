@@ -1,0 +1,220 @@
+"""inferax's variational families against NumPyro's SVI autoguides, in one process, on the
+same NumPyro models, at the same budget.
+
+Pairs: ``meanfield_gaussian`` / ``AutoNormal``, ``fullrank_gaussian`` /
+``AutoMultivariateNormal``, ``flows.realnvp(4, (h, h))`` / ``AutoIAFNormal(num_flows=2,
+hidden_dims=[h, h])``, ``h = max(32, dim)``. Every fit runs ``STEPS`` steps of
+``optax.adam(LEARNING_RATE)`` with one draw a step, each library with its own defaults
+for where the guide starts. The fitted guides are then scored by one estimator: the mean
+of ``log p(x) - log q(x)`` over ``EVAL_DRAWS`` fresh draws, ``log p`` from the inferax
+target (NumPyro's own potential energy), ``log q`` from each guide's own density, and the
+PSIS k-hat of the same weights. Time per step is the optimisation's wall time over its
+steps, compiling excluded (inferax: ``Approximation.timing["optimization"]``; NumPyro: a
+second call of one jitted ``lax.scan`` over ``SVI.update``, which is what ``SVI.run``
+runs).
+
+One printed line per model and pair.
+
+    ./dev bench vi_vs_numpyro
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+from jax.flatten_util import ravel_pytree
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
+
+import inferax
+from inferax import examples, flows, variational
+from inferax.variational.engine import flat_logdensity
+
+STEPS, LEARNING_RATE, EVAL_DRAWS = 2000, 0.01, 4000
+
+# Efron and Morris (1975): hits in the first 45 at-bats of 18 players (NumPyro's baseball).
+BASEBALL_HITS = np.array([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7.0])
+
+
+def baseball(at_bats, hits=None):
+    """NumPyro's baseball example, partial pooling (Beta-Binomial with a Pareto prior)."""
+    m = numpyro.sample("m", dist.Uniform(0.0, 1.0))
+    kappa = numpyro.sample("kappa", dist.Pareto(1.0, 1.5))
+    with numpyro.plate("players", at_bats.shape[0]):
+        phi = numpyro.sample("phi", dist.Beta(m * kappa, (1 - m) * kappa))
+        numpyro.sample("hits", dist.Binomial(at_bats, probs=phi), obs=hits)
+
+
+def varying_intercepts(group, num_groups, y=None):
+    """A hierarchical normal model, one intercept per group (a few hundred latents)."""
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    sigma_a = numpyro.sample("sigma_a", dist.HalfNormal(2.0))
+    sigma_y = numpyro.sample("sigma_y", dist.HalfNormal(2.0))
+    with numpyro.plate("groups", num_groups):
+        a = numpyro.sample("a", dist.Normal(mu, sigma_a))
+    with numpyro.plate("data", group.shape[0]):
+        numpyro.sample("y", dist.Normal(a[group], sigma_y), obs=y)
+
+
+def local_level(num_steps, y=None):
+    """A local-level time series: a Gaussian random walk seen with noise."""
+    sigma_level = numpyro.sample("sigma_level", dist.HalfNormal(1.0))
+    sigma_obs = numpyro.sample("sigma_obs", dist.HalfNormal(1.0))
+    level = numpyro.sample("level", dist.GaussianRandomWalk(sigma_level, num_steps))
+    numpyro.sample("y", dist.Normal(level, sigma_obs), obs=y)
+
+
+def funnel(dim):
+    """Neal's funnel: ``v ~ N(0, 3)``, ``x | v ~ N(0, exp(v / 2))``, ``dim`` of them."""
+    v = numpyro.sample("v", dist.Normal(0.0, 3.0))
+    numpyro.sample("x", dist.Normal(jnp.zeros(dim), jnp.exp(v / 2)).to_event(1))
+
+
+def models():
+    """``name -> (model, args, kwargs)``: six NumPyro models of different shapes."""
+    key = jax.random.key(20)
+    X, y, _ = examples.synthetic_logistic_data(key, num_data=200, num_features=4)
+    num_groups, per_group = 300, 4
+    group = np.repeat(np.arange(num_groups), per_group)
+    g_key, y_key, r_key, o_key = jax.random.split(jax.random.key(21), 4)
+    intercepts = 1.0 + 0.7 * jax.random.normal(g_key, (num_groups,))
+    y_groups = intercepts[group] + jax.random.normal(y_key, group.shape)
+    level = jnp.cumsum(0.3 * jax.random.normal(r_key, (100,)))
+    y_series = level + 0.5 * jax.random.normal(o_key, (100,))
+    schools = examples.EIGHT_SCHOOLS
+    return {
+        "baseball": (baseball, (np.full(18, 45.0),), {"hits": BASEBALL_HITS}),
+        "eight_schools": (
+            examples.eight_schools_noncentered,
+            (schools["J"], schools["sigma"]),
+            {"y": schools["y"]},
+        ),
+        "logistic_glm": (examples.logistic_regression, (X,), {"y": y}),
+        "hierarchical_303": (
+            varying_intercepts,
+            (group, num_groups),
+            {"y": np.asarray(y_groups)},
+        ),
+        "local_level_102": (local_level, (100,), {"y": np.asarray(y_series)}),
+        "funnel_10": (funnel, (9,), {}),
+    }
+
+
+def hidden(dim: int) -> list[int]:
+    """Hidden layers of both flows: two of ``max(32, dim)`` units (NumPyro's IAF needs at
+    least ``dim``)."""
+    return [max(32, dim)] * 2
+
+
+PAIRS = {
+    "meanfield/AutoNormal": (
+        lambda dim: variational.meanfield_gaussian(),
+        lambda model, dim: AutoNormal(model),
+    ),
+    "fullrank/AutoMultivariateNormal": (
+        lambda dim: variational.fullrank_gaussian(),
+        lambda model, dim: AutoMultivariateNormal(model),
+    ),
+    "realnvp/AutoIAFNormal": (
+        lambda dim: flows.realnvp(4, tuple(hidden(dim))),
+        lambda model, dim: AutoIAFNormal(model, num_flows=2, hidden_dims=hidden(dim)),
+    ),
+}
+
+
+def score(log_w) -> tuple[float, float, float]:
+    log_w = np.asarray(log_w, np.float64)
+    return (
+        float(log_w.mean()),
+        float(log_w.std(ddof=1) / np.sqrt(log_w.size)),
+        variational.psis_khat(log_w),
+    )
+
+
+def run_inferax(target, family, seed):
+    dim = ravel_pytree(target.init)[0].size
+    approx = variational.fit(
+        target,
+        family(dim),
+        jax.random.key(seed),
+        optimizer=optax.adam(LEARNING_RATE),
+        num_steps=STEPS,
+        progress=False,
+    )
+    log_w = approx.log_weights(jax.random.key(1000 + seed), EVAL_DRAWS)[1]
+    return score(log_w), approx.timing["optimization"] / STEPS
+
+
+def run_numpyro(target, model, args, kwargs, make_guide, seed):
+    dim = ravel_pytree(target.init)[0].size
+    guide = make_guide(model, dim)
+    svi = SVI(model, guide, optax.adam(LEARNING_RATE), Trace_ELBO())
+    state = svi.init(jax.random.key(seed), *args, **kwargs)
+
+    @jax.jit
+    def run(state):
+        def body(state, _):
+            state, loss = svi.update(state, *args, **kwargs)
+            return state, loss
+
+        return jax.lax.scan(body, state, None, length=STEPS)
+
+    jax.block_until_ready(run(state))  # compiles
+    start = time.perf_counter()
+    state, _ = jax.block_until_ready(run(state))
+    seconds = (time.perf_counter() - start) / STEPS
+    params = svi.get_params(state)
+    logdensity_fn, _ = flat_logdensity(target)
+    key = jax.random.key(1000 + seed)
+    if isinstance(guide, AutoNormal):
+        # The same mean-field Gaussian, so the draws are those inferax's would take.
+        loc = {name: params[f"{name}_auto_loc"] for name in target.init}
+        scale = {name: params[f"{name}_auto_scale"] for name in target.init}
+        family = variational.MeanfieldGaussian(
+            {"loc": ravel_pytree(loc)[0], "log_scale": jnp.log(ravel_pytree(scale)[0])}
+        )
+        approx = variational.Approximation(family, target, np.zeros(0), {})
+        log_w = approx.log_weights(key, EVAL_DRAWS)[1]
+    else:
+        # AutoContinuous guides flatten the sites as ravel_pytree does: in sorted order.
+        posterior = guide.get_posterior(params)
+        z = posterior.sample(key, (EVAL_DRAWS,))
+        log_w = jax.vmap(logdensity_fn)(z) - posterior.log_prob(z)
+    return score(log_w), seconds
+
+
+def main():
+    for name, (model, args, kwargs) in models().items():
+        target = inferax.from_numpyro(model, *args, **kwargs)
+        dim = ravel_pytree(target.init)[0].size
+        for pair, (family, make_guide) in PAIRS.items():
+            (ours, ours_se, ours_k), ours_t = run_inferax(target, family, 0)
+            (theirs, theirs_se, theirs_k), theirs_t = run_numpyro(
+                target, model, args, kwargs, make_guide, 0
+            )
+            gap = ours - theirs
+            se = float(np.hypot(ours_se, theirs_se))
+            # NumPyro's non-finite ELBO (its guide put draws where the density is not
+            # finite) is beaten by any finite one; an ELBO known only to +-1 nat says nothing.
+            elbo_met = bool(np.isfinite(ours) and ours_se < 1.0) and (
+                not np.isfinite(theirs) or (theirs_se < 1.0 and gap >= -3 * se)
+            )
+            verdict = f"ELBO {'met' if elbo_met else 'MISSED'}, time "
+            verdict += "met" if ours_t <= theirs_t else "MISSED"
+            print(
+                f"{name} (dim {dim}) {pair}: ELBO inferax {ours:.2f} +- {ours_se:.2f} "
+                f"(k-hat {ours_k:.2f}), NumPyro {theirs:.2f} +- {theirs_se:.2f} "
+                f"(k-hat {theirs_k:.2f}); time/step inferax {1e6 * ours_t:.0f} us, NumPyro "
+                f"{1e6 * theirs_t:.0f} us, ratio {ours_t / theirs_t:.2f}; goal: {verdict}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
