@@ -188,7 +188,11 @@ KERNEL_OPTIONS = {
             "is_mass_matrix_diagonal",
         ],
     ),
-    "hmc": (samplers.hmc, {"num_integration_steps": 5}, ["num_integration_steps"]),
+    "hmc": (
+        samplers.hmc,
+        {"num_integration_steps": 5},
+        ["num_integration_steps", "step_size_jitter"],
+    ),
     "mala": (samplers.mala, {"step_size": 0.1}, ["step_size"]),
     "sgld": (samplers.sgld, {"step_size": 0.1, "batch_size": 2}, ["step_size", "batch_size"]),
     "sghmc": (samplers.sghmc, {"step_size": 0.1, "batch_size": 2, "friction": 1.0}, ["friction"]),
