@@ -20,6 +20,7 @@ from inferax.checkpoint import SavedPoint
 from inferax.compile_cache import compiled
 from inferax.posterior import Posterior
 from inferax.progress import ProgressBar, progress_enabled
+from inferax.sharding import shard_chains, tree_to_host
 from inferax.target import Target
 from inferax.typing import PRNGKey
 
@@ -27,11 +28,14 @@ from inferax.typing import PRNGKey
 class ChainRunner:
     """The host loop: warmup chunks, then sampling chunks, saving between them."""
 
-    def __init__(self, target, kernel, settings, rng_key, store, checkpoint_every, progress):
+    def __init__(
+        self, target, kernel, settings, rng_key, store, checkpoint_every, progress, mesh=None
+    ):
         self.target, self.kernel, self.settings = target, kernel, settings
         self.init_key, self.run_key = jax.random.split(rng_key)
         self.store, self.checkpoint_every = store, checkpoint_every
         self.progress = progress
+        self.mesh = mesh  # chains laid out over its "chains" axis, if given
         self.timing = {"compile": 0.0, "warmup": 0.0, "sampling": 0.0}
         self.draw_files: list[str] = []
 
@@ -49,7 +53,7 @@ class ChainRunner:
             self.draw_files = self.store.save(
                 phase,
                 next_index,
-                jax.tree.leaves(jax.device_get(tree)),
+                jax.tree.leaves(tree_to_host(tree)),
                 self.timing,
                 self.draw_files,
                 new_draws,
@@ -86,10 +90,10 @@ class ChainRunner:
             self.draw_files = list(saved.draw_files)
             warmup_structure, sampling_structure = self.structures()
             if saved.phase == "warmup":
-                warmup_state = warmup_structure.unflatten(saved.leaves)
+                warmup_state = shard_chains(warmup_structure.unflatten(saved.leaves), self.mesh)
                 warmup_next = saved.next_index
             else:
-                states, tuned = sampling_structure.unflatten(saved.leaves)
+                states, tuned = shard_chains(sampling_structure.unflatten(saved.leaves), self.mesh)
                 warmup_next, draw_next = num_warmup, saved.next_index
                 draws, stats = self.store.load_draws(self.draw_files)
         else:
@@ -100,6 +104,7 @@ class ChainRunner:
                     target,
                     self.init_key,
                 )
+            positions = shard_chains(positions, self.mesh)
             warmup_state, seconds = self.call(_warmup_init, {"kernel": kernel}, target, positions)
             self.timing["warmup"] += seconds
             self.save("warmup", 0, warmup_state)
@@ -122,7 +127,7 @@ class ChainRunner:
             observed_data=dict(target.observed_data),
             sampler=repr(kernel),
             num_warmup=num_warmup,
-            tuned=jax.device_get(tuned),
+            tuned=tree_to_host(tuned),
         )
         nonfinite = posterior.fault_counts()["nonfinite_draws"]
         if nonfinite:
@@ -193,8 +198,8 @@ class ChainRunner:
             )
             self.timing["sampling"] += seconds
             # The last chunk is padded with skipped steps; keep the real draws.
-            draws.append(jax.tree.map(lambda x, c=count: np.asarray(x)[:, :c], chunk_draws))
-            stats.append(jax.tree.map(lambda x, c=count: np.asarray(x)[:, :c], chunk_stats))
+            draws.append(jax.tree.map(lambda x, c=count: x[:, :c], tree_to_host(chunk_draws)))
+            stats.append(jax.tree.map(lambda x, c=count: x[:, :c], tree_to_host(chunk_stats)))
             bar.advance(count)
             done = first + count
             if number % self.checkpoint_every == 0 or done == num_samples:
