@@ -20,7 +20,7 @@ from inferax.checkpoint import SavedPoint
 from inferax.compile_cache import compiled
 from inferax.posterior import Posterior
 from inferax.progress import ProgressBar, progress_enabled
-from inferax.sharding import shard_chains, tree_to_host
+from inferax.sharding import CHAIN_AXIS, shard_chains, tree_to_host
 from inferax.target import Target
 from inferax.typing import PRNGKey
 
@@ -222,14 +222,15 @@ def _chain_keys(run_key: PRNGKey, step_index, num_chains: int):
 
 @functools.partial(jax.jit, static_argnames=("kernel",))
 def _warmup_init(target: Target, positions, kernel):
-    return jax.vmap(kernel.warmup_algorithm(target).init)(positions)
+    return jax.vmap(kernel.warmup_algorithm(target).init, axis_name=CHAIN_AXIS)(positions)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel",))
 def _warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, kernel):
     algorithm = kernel.warmup_algorithm(target)
     num_chains = jax.tree.leaves(warmup_state)[0].shape[0]
-    step = jax.vmap(algorithm.step, in_axes=(0, 0, None))
+    # A named axis: cross-chain warmups (ChEES, MEADS) gather over it.
+    step = jax.vmap(algorithm.step, in_axes=(0, 0, None), axis_name=CHAIN_AXIS)
 
     def one_step(state, xs):
         offset, entry = xs
@@ -243,7 +244,7 @@ def _warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, 
 
 @functools.partial(jax.jit, static_argnames=("kernel",))
 def _warmup_final(target: Target, warmup_state, kernel):
-    return jax.vmap(kernel.warmup_algorithm(target).final)(warmup_state)
+    return jax.vmap(kernel.warmup_algorithm(target).final, axis_name=CHAIN_AXIS)(warmup_state)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "thinning", "num_draws"))
