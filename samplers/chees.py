@@ -189,7 +189,8 @@ class chees(AbstractKernel):  # noqa: N801  (lower case, like blackjax.dynamic_h
                 (info.proposal.position, info.proposal.momentum, chain.position)
                 + (info.acceptance_rate, info.is_divergent)
             )
-            new_adaptation = adaptation_update(adaptation, *gathered, unit)
+            with jax.numpy_rank_promotion("allow"):  # blackjax's batched update broadcasts
+                new_adaptation = adaptation_update(adaptation, *gathered, unit)
             new_adaptation = jax.tree.map(
                 lambda new, old: jnp.asarray(new, old.dtype), new_adaptation, adaptation
             )
@@ -323,7 +324,8 @@ class meads(AbstractKernel):  # noqa: N801  (lower case, like blackjax.ghmc)
         def init(position):
             own_fold()
             chain = _ghmc_init(target, position)
-            adaptation = adaptation_init(*_gather((chain.position, chain.logdensity_grad)))
+            with jax.numpy_rank_promotion("allow"):  # blackjax's batched update broadcasts
+                adaptation = adaptation_init(*_gather((chain.position, chain.logdensity_grad)))
             adaptation = adaptation._replace(current_iteration=jnp.int32(0))
             return MEADSWarmupState(chain, adaptation)
 
@@ -337,12 +339,13 @@ class meads(AbstractKernel):  # noqa: N801  (lower case, like blackjax.ghmc)
             def source_fold(x):
                 return x.reshape(folds, x.shape[0] // folds, *x.shape[1:])[source]
 
-            new_adaptation = adaptation_update(
-                adaptation,
-                jax.tree.map(source_fold, positions),
-                jax.tree.map(source_fold, grads),
-                source,
-            )
+            with jax.numpy_rank_promotion("allow"):  # blackjax's batched update broadcasts
+                new_adaptation = adaptation_update(
+                    adaptation,
+                    jax.tree.map(source_fold, positions),
+                    jax.tree.map(source_fold, grads),
+                    source,
+                )
             new_adaptation = jax.tree.map(
                 lambda new, old: jnp.asarray(new, old.dtype), new_adaptation, adaptation
             )
