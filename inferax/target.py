@@ -215,7 +215,7 @@ class Target:
           ...     data=np.arange(4.0, dtype=np.float32))
           >>> sharded = target.shard_data()
           >>> float(sharded.logdensity(jnp.float32(1.0)))
-          -7.5
+          -3.5
         """
         if self.data is None or isinstance(self.data, AbstractData):
             raise ValueError(
