@@ -20,7 +20,7 @@ from inferax.checkpoint import SavedPoint
 from inferax.compile_cache import compiled
 from inferax.posterior import Posterior
 from inferax.progress import ProgressBar, progress_enabled
-from inferax.sharding import CHAIN_AXIS, shard_chains, tree_to_host
+from inferax.sharding import map_chains, shard_chains, tree_to_host
 from inferax.target import Target
 from inferax.typing import PRNGKey
 
@@ -105,7 +105,9 @@ class ChainRunner:
                     self.init_key,
                 )
             positions = shard_chains(positions, self.mesh)
-            warmup_state, seconds = self.call(_warmup_init, {"kernel": kernel}, target, positions)
+            warmup_state, seconds = self.call(
+                _warmup_init, {"kernel": kernel, "mesh": self.mesh}, target, positions
+            )
             self.timing["warmup"] += seconds
             self.save("warmup", 0, warmup_state)
 
@@ -148,7 +150,7 @@ class ChainRunner:
     def warmup(self, warmup_state, first_step, bar):
         target, kernel, settings = self.target, self.kernel, self.settings
         num_warmup, chunk_size = settings.num_warmup, settings.chunk_size
-        static = {"kernel": kernel}
+        static = {"kernel": kernel, "mesh": self.mesh}
         schedule = kernel.warmup_schedule(num_warmup)
         for number, first in enumerate(range(first_step, num_warmup, chunk_size), start=1):
             count = min(chunk_size, num_warmup - first)
@@ -180,7 +182,12 @@ class ChainRunner:
             settings.chunk_size,
             settings.thinning,
         )
-        static = {"kernel": kernel, "thinning": thinning, "num_draws": chunk_size}
+        static = {
+            "kernel": kernel,
+            "thinning": thinning,
+            "num_draws": chunk_size,
+            "mesh": self.mesh,
+        }
         unsaved_from = first_draw
         starts = range(first_draw, num_samples, chunk_size)
         for number, first in enumerate(starts, start=1):
@@ -220,17 +227,17 @@ def _chain_keys(run_key: PRNGKey, step_index, num_chains: int):
     return jax.random.split(jax.random.fold_in(run_key, step_index), num_chains)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel",))
-def _warmup_init(target: Target, positions, kernel):
-    return jax.vmap(kernel.warmup_algorithm(target).init, axis_name=CHAIN_AXIS)(positions)
+@functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
+def _warmup_init(target: Target, positions, kernel, mesh):
+    return map_chains(kernel.warmup_algorithm(target).init, mesh)(positions)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel",))
-def _warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, kernel):
+@functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
+def _warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, kernel, mesh):
     algorithm = kernel.warmup_algorithm(target)
     num_chains = jax.tree.leaves(warmup_state)[0].shape[0]
-    # A named axis: cross-chain warmups (ChEES, MEADS) gather over it.
-    step = jax.vmap(algorithm.step, in_axes=(0, 0, None), axis_name=CHAIN_AXIS)
+    # vmap over each device's chains (named: cross-chain warmups gather over it).
+    step = map_chains(algorithm.step, mesh, in_axes=(0, 0, None))
 
     def one_step(state, xs):
         offset, entry = xs
@@ -242,14 +249,14 @@ def _warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, 
     return jax.lax.scan(one_step, warmup_state, (offsets, entries))[0]
 
 
-@functools.partial(jax.jit, static_argnames=("kernel",))
-def _warmup_final(target: Target, warmup_state, kernel):
-    return jax.vmap(kernel.warmup_algorithm(target).final, axis_name=CHAIN_AXIS)(warmup_state)
+@functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
+def _warmup_final(target: Target, warmup_state, kernel, mesh):
+    return map_chains(kernel.warmup_algorithm(target).final, mesh)(warmup_state)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "thinning", "num_draws"))
+@functools.partial(jax.jit, static_argnames=("kernel", "thinning", "num_draws", "mesh"))
 def _sampling_chunk(
-    target: Target, tuned, states, run_key, first, count, kernel, thinning, num_draws
+    target: Target, tuned, states, run_key, first, count, kernel, thinning, num_draws, mesh
 ):
     num_chains = jax.tree.leaves(states)[0].shape[0]
 
@@ -257,7 +264,7 @@ def _sampling_chunk(
         new_state, info = kernel.build(target, **chain_tuned).step(key, state)
         return new_state, kernel.sample_stats(new_state, info, chain_tuned)
 
-    step = jax.vmap(chain_step)
+    step = map_chains(chain_step, mesh)
 
     def one_step(carry, step_index):
         states, diverging = carry

@@ -9,6 +9,7 @@ every process's devices and a mesh may span them all.
 
 from __future__ import annotations
 
+import contextvars
 import socket
 import time
 from collections.abc import Sequence
@@ -97,6 +98,67 @@ def chain_mesh(devices, mesh, num_chains: int) -> Mesh | None:
             f"devices; use a multiple of {len(devices)} chains or fewer devices"
         )
     return check_mesh(mesh, CHAIN_AXIS, num_chains, "chains", argument)
+
+
+CHAIN_BATCH_AXIS = "chain"
+"""The name of the ``vmap`` axis over the chains that one device steps."""
+
+_ON_MESH: contextvars.ContextVar[bool] = contextvars.ContextVar("chains_on_mesh", default=False)
+
+
+def map_chains(fn, mesh: Mesh | None, in_axes=0):
+    """``fn`` over every chain: a ``vmap`` over the chains of one device (named
+    ``"chain"``), and, with a ``mesh``, a ``shard_map`` that gives each device of its
+    ``"chains"`` axis its own block of chains. Each device then steps its chains on its own,
+    with no communication (a NUTS tree grows per device, not in lockstep over all of them);
+    ``gather_chains`` and ``chain_index`` reach across both axes.
+
+    Args:
+      fn: a function of one chain's arguments.
+      mesh: the chains' mesh, or ``None`` for a plain ``vmap``.
+      in_axes: as in ``vmap``, 0 or ``None`` per argument; arguments with ``None`` are
+        replicated on every device.
+    """
+    batched = jax.vmap(fn, in_axes=in_axes, axis_name=CHAIN_BATCH_AXIS)
+    if mesh is None:
+        return batched
+
+    def local(*args):
+        token = _ON_MESH.set(True)
+        try:
+            return batched(*args)
+        finally:
+            _ON_MESH.reset(token)
+
+    def mapped(*args):
+        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+        specs = tuple(P() if axis is None else P(CHAIN_AXIS) for axis in axes)
+        return jax.shard_map(
+            local, mesh=mesh, in_specs=specs, out_specs=P(CHAIN_AXIS), check_vma=False
+        )(*args)
+
+    return mapped
+
+
+def gather_chains(tree):
+    """Inside ``map_chains``: every chain's value of ``tree``, stacked in chain order."""
+
+    def gather(leaf):
+        leaf = jax.lax.all_gather(leaf, CHAIN_BATCH_AXIS)
+        if _ON_MESH.get():
+            leaf = jax.lax.all_gather(leaf, CHAIN_AXIS, tiled=True)
+        return leaf
+
+    return jax.tree.map(gather, tree)
+
+
+def chain_index() -> tuple[jax.Array, int]:
+    """Inside ``map_chains``: ``(this chain's index, the number of chains)``."""
+    index = jax.lax.axis_index(CHAIN_BATCH_AXIS)
+    local = jax.lax.axis_size(CHAIN_BATCH_AXIS)
+    if not _ON_MESH.get():
+        return index, local
+    return jax.lax.axis_index(CHAIN_AXIS) * local + index, local * jax.lax.axis_size(CHAIN_AXIS)
 
 
 def place_sharded(mesh: Mesh, host, axis_name: str) -> jax.Array:
@@ -219,11 +281,15 @@ def _wait_for_coordinator(address: str, process_id: int, num_processes: int, tim
 
 __all__ = [
     "CHAIN_AXIS",
+    "CHAIN_BATCH_AXIS",
     "DATA_AXIS",
+    "chain_index",
     "chain_mesh",
     "check_mesh",
     "default_mesh",
+    "gather_chains",
     "initialize",
+    "map_chains",
     "place_replicated",
     "place_sharded",
     "shard_chains",

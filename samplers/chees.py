@@ -2,10 +2,11 @@
 adaptations, tuned from statistics pooled over every chain of the run.
 
 Both adaptations read all chains at each warmup step, so they run where ``inferax.sample``
-steps the chains together: its chain axis is a named ``vmap`` axis (``"chains"``, sharded
-over devices when ``devices=`` is given), and each chain gathers the others' proposals with
-``all_gather`` and applies blackjax's batched update. Every chain therefore holds the same
-adaptation state, which costs a copy per chain and no communication beyond the gather.
+steps the chains together (``inferax.sharding.map_chains``: a named ``vmap`` per device,
+and a ``shard_map`` over devices when ``devices=`` is given): each chain gathers the others'
+proposals (``inferax.sharding.gather_chains``) and applies blackjax's batched update. Every
+chain therefore holds the same adaptation state, which costs a copy per chain and no
+communication beyond the gather.
 """
 
 from __future__ import annotations
@@ -24,17 +25,12 @@ from blackjax.base import SamplingAlgorithm
 from blackjax.mcmc import dynamic_hmc, ghmc
 
 from inferax.kernel import AbstractKernel, WarmupAlgorithm, as_number, check_step_size
-from inferax.sharding import CHAIN_AXIS
+from inferax.sharding import chain_index, gather_chains
 from inferax.target import Target
 
 HALTON_BITS = 31
 """Bits of the Halton sequence that jitters ChEES's trajectory lengths: distinct values for
 2**31 steps (the step index of a run is a 32-bit integer)."""
-
-
-def _gather(tree):
-    """Every chain's value of ``tree``, stacked along a leading chain axis."""
-    return jax.tree.map(lambda leaf: jax.lax.all_gather(leaf, CHAIN_AXIS), tree)
 
 
 def _check_positive(kernel, field: str) -> None:
@@ -185,7 +181,7 @@ class chees(AbstractKernel):  # noqa: N801  (lower case, like blackjax.dynamic_h
             new_chain, info = kernel(
                 rng_key, chain, target.logdensity, adaptation.step_size, unit, (num_steps,)
             )
-            gathered = _gather(
+            gathered = gather_chains(
                 (info.proposal.position, info.proposal.momentum, chain.position)
                 + (info.acceptance_rate, info.is_divergent)
             )
@@ -302,13 +298,13 @@ class meads(AbstractKernel):  # noqa: N801  (lower case, like blackjax.ghmc)
         )
 
         def own_fold():
-            num_chains = jax.lax.psum(1, CHAIN_AXIS)
+            index, num_chains = chain_index()
             if num_chains % folds:
                 raise ValueError(
                     f"meads: {num_chains} chains do not split into num_folds={folds} folds; "
                     f"use a multiple of {folds} chains"
                 )
-            return jax.lax.axis_index(CHAIN_AXIS) // (num_chains // folds)
+            return index // (num_chains // folds)
 
         def parameters(adaptation):
             fold = own_fold()
@@ -325,7 +321,9 @@ class meads(AbstractKernel):  # noqa: N801  (lower case, like blackjax.ghmc)
             own_fold()
             chain = _ghmc_init(target, position)
             with jax.numpy_rank_promotion("allow"):  # blackjax's batched update broadcasts
-                adaptation = adaptation_init(*_gather((chain.position, chain.logdensity_grad)))
+                adaptation = adaptation_init(
+                    *gather_chains((chain.position, chain.logdensity_grad))
+                )
             adaptation = adaptation._replace(current_iteration=jnp.int32(0))
             return MEADSWarmupState(chain, adaptation)
 
@@ -334,7 +332,7 @@ class meads(AbstractKernel):  # noqa: N801  (lower case, like blackjax.ghmc)
             tuned = parameters(adaptation)
             new_chain, _ = kernel(rng_key, chain, target.logdensity, **tuned)
             source = schedule_entry[0] % folds
-            positions, grads = _gather((new_chain.position, new_chain.logdensity_grad))
+            positions, grads = gather_chains((new_chain.position, new_chain.logdensity_grad))
 
             def source_fold(x):
                 return x.reshape(folds, x.shape[0] // folds, *x.shape[1:])[source]
