@@ -145,6 +145,11 @@ def sample(
     check_count("checkpoint_every", checkpoint_every, minimum=1)
     rng_key = check_key(rng_key)
     chains_mesh = chain_mesh(devices, mesh, num_chains)
+    if chains_mesh is not None and isinstance(target, Target) and target.data_on_devices:
+        raise ValueError(
+            "devices/mesh: the target's data are already laid out over devices (shard_data or "
+            "a federated split); lay out either the chains or the data, not both"
+        )
     if log_likelihood not in (None, True, False):
         raise TypeError(f"log_likelihood must be True, False or None, got {log_likelihood!r}")
     if restart_stuck_chains and checkpoint is not None:

@@ -161,6 +161,12 @@ class Target:
         """The number of data points: the length of the leading axis of ``data``."""
         return _num_data(self.data)
 
+    @property
+    def data_on_devices(self) -> bool:
+        """Whether the data are laid out over several devices (``shard_data``, or a
+        federated split's client shards)."""
+        return self.data_sharding is not None or isinstance(self.data, AbstractData)
+
     def logdensity(self, params: ArrayTree) -> jax.Array:
         """Prior plus the full-data likelihood, minus the nonsmooth part where it is set."""
         value = self.log_prior(params)

@@ -108,5 +108,7 @@ def test_refusals_name_the_argument():
     plain = inferax.Target.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
     with pytest.raises(ValueError, match="shard_data: the target needs data"):
         plain.shard_data()
+    with pytest.raises(ValueError, match="lay out either the chains or the data, not both"):
+        inferax.sample(target.shard_data(), kernel, key, devices=[device])
     with pytest.raises(ValueError, match="needs an axis named 'data'"):
         target.shard_data(inferax.sharding.default_mesh("chains"))
