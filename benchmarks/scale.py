@@ -129,27 +129,27 @@ def main(args) -> None:
     devices = devices[:2]
     target = make_target()
     started = time.perf_counter()
-    one, one_seconds = run(target, args)
-    chains, chains_seconds = run(target, args, devices=devices)
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
-    data, data_seconds = run(target.shard_data(mesh), args)
-    processes, processes_seconds = launch_two_processes(args)
     label = (
         f"NUTS, {NUM_CHAINS} chains, {NUM_DATA} x {NUM_FEATURES} logistic regression, "
         f"{args.warmup} + {args.samples} steps, {jax.devices()[0].platform}"
     )
+    one, one_seconds = run(target, args)
     print(f"scale: {label}; one device {one_seconds:.2f} s", flush=True)
+    chains, chains_seconds = run(target, args, devices=devices)
     print(
         f"scale (a) chains over 2 devices: {chains_seconds:.2f} s, speed-up "
         f"{one_seconds / chains_seconds:.2f}x, max |draw difference| "
         f"{np.abs(chains - one).max():.2e}",
         flush=True,
     )
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    data, data_seconds = run(target.shard_data(mesh), args)
     print(
         f"scale (b) data over 2 devices: {data_seconds:.2f} s, speed-up "
         f"{one_seconds / data_seconds:.2f}x, max |draw difference| {np.abs(data - one).max():.2e}",
         flush=True,
     )
+    processes, processes_seconds = launch_two_processes(args)
     print(
         f"scale (c) two processes over gloo, chains over their 2 devices: "
         f"{processes_seconds:.2f} s, speed-up against one process on one device "
