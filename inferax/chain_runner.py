@@ -20,6 +20,7 @@ from inferax.checkpoint import SavedPoint
 from inferax.compile_cache import compiled
 from inferax.posterior import Posterior
 from inferax.progress import ProgressBar, progress_enabled
+from inferax.sharding import map_chains, shard_chains, tree_to_host
 from inferax.target import Target
 from inferax.typing import PRNGKey
 
@@ -27,11 +28,14 @@ from inferax.typing import PRNGKey
 class ChainRunner:
     """The host loop: warmup chunks, then sampling chunks, saving between them."""
 
-    def __init__(self, target, kernel, settings, rng_key, store, checkpoint_every, progress):
+    def __init__(
+        self, target, kernel, settings, rng_key, store, checkpoint_every, progress, mesh=None
+    ):
         self.target, self.kernel, self.settings = target, kernel, settings
         self.init_key, self.run_key = jax.random.split(rng_key)
         self.store, self.checkpoint_every = store, checkpoint_every
         self.progress = progress
+        self.mesh = mesh  # chains laid out over its "chains" axis, if given
         self.timing = {"compile": 0.0, "warmup": 0.0, "sampling": 0.0}
         self.draw_files: list[str] = []
 
@@ -49,7 +53,7 @@ class ChainRunner:
             self.draw_files = self.store.save(
                 phase,
                 next_index,
-                jax.tree.leaves(jax.device_get(tree)),
+                jax.tree.leaves(tree_to_host(tree)),
                 self.timing,
                 self.draw_files,
                 new_draws,
@@ -86,10 +90,10 @@ class ChainRunner:
             self.draw_files = list(saved.draw_files)
             warmup_structure, sampling_structure = self.structures()
             if saved.phase == "warmup":
-                warmup_state = warmup_structure.unflatten(saved.leaves)
+                warmup_state = shard_chains(warmup_structure.unflatten(saved.leaves), self.mesh)
                 warmup_next = saved.next_index
             else:
-                states, tuned = sampling_structure.unflatten(saved.leaves)
+                states, tuned = shard_chains(sampling_structure.unflatten(saved.leaves), self.mesh)
                 warmup_next, draw_next = num_warmup, saved.next_index
                 draws, stats = self.store.load_draws(self.draw_files)
         else:
@@ -100,7 +104,10 @@ class ChainRunner:
                     target,
                     self.init_key,
                 )
-            warmup_state, seconds = self.call(_warmup_init, {"kernel": kernel}, target, positions)
+            positions = shard_chains(positions, self.mesh)
+            warmup_state, seconds = self.call(
+                _warmup_init, {"kernel": kernel, "mesh": self.mesh}, target, positions
+            )
             self.timing["warmup"] += seconds
             self.save("warmup", 0, warmup_state)
 
@@ -122,7 +129,7 @@ class ChainRunner:
             observed_data=dict(target.observed_data),
             sampler=repr(kernel),
             num_warmup=num_warmup,
-            tuned=jax.device_get(tuned),
+            tuned=tree_to_host(tuned),
         )
         nonfinite = posterior.fault_counts()["nonfinite_draws"]
         if nonfinite:
@@ -143,7 +150,7 @@ class ChainRunner:
     def warmup(self, warmup_state, first_step, bar):
         target, kernel, settings = self.target, self.kernel, self.settings
         num_warmup, chunk_size = settings.num_warmup, settings.chunk_size
-        static = {"kernel": kernel}
+        static = {"kernel": kernel, "mesh": self.mesh}
         schedule = kernel.warmup_schedule(num_warmup)
         for number, first in enumerate(range(first_step, num_warmup, chunk_size), start=1):
             count = min(chunk_size, num_warmup - first)
@@ -175,7 +182,12 @@ class ChainRunner:
             settings.chunk_size,
             settings.thinning,
         )
-        static = {"kernel": kernel, "thinning": thinning, "num_draws": chunk_size}
+        static = {
+            "kernel": kernel,
+            "thinning": thinning,
+            "num_draws": chunk_size,
+            "mesh": self.mesh,
+        }
         unsaved_from = first_draw
         starts = range(first_draw, num_samples, chunk_size)
         for number, first in enumerate(starts, start=1):
@@ -193,8 +205,8 @@ class ChainRunner:
             )
             self.timing["sampling"] += seconds
             # The last chunk is padded with skipped steps; keep the real draws.
-            draws.append(jax.tree.map(lambda x, c=count: np.asarray(x)[:, :c], chunk_draws))
-            stats.append(jax.tree.map(lambda x, c=count: np.asarray(x)[:, :c], chunk_stats))
+            draws.append(jax.tree.map(lambda x, c=count: x[:, :c], tree_to_host(chunk_draws)))
+            stats.append(jax.tree.map(lambda x, c=count: x[:, :c], tree_to_host(chunk_stats)))
             bar.advance(count)
             done = first + count
             if number % self.checkpoint_every == 0 or done == num_samples:
@@ -215,16 +227,17 @@ def _chain_keys(run_key: PRNGKey, step_index, num_chains: int):
     return jax.random.split(jax.random.fold_in(run_key, step_index), num_chains)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel",))
-def _warmup_init(target: Target, positions, kernel):
-    return jax.vmap(kernel.warmup_algorithm(target).init)(positions)
+@functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
+def _warmup_init(target: Target, positions, kernel, mesh):
+    return map_chains(kernel.warmup_algorithm(target).init, mesh)(positions)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel",))
-def _warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, kernel):
+@functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
+def _warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, kernel, mesh):
     algorithm = kernel.warmup_algorithm(target)
     num_chains = jax.tree.leaves(warmup_state)[0].shape[0]
-    step = jax.vmap(algorithm.step, in_axes=(0, 0, None))
+    # vmap over each device's chains (named: cross-chain warmups gather over it).
+    step = map_chains(algorithm.step, mesh, in_axes=(0, 0, None))
 
     def one_step(state, xs):
         offset, entry = xs
@@ -236,14 +249,14 @@ def _warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, 
     return jax.lax.scan(one_step, warmup_state, (offsets, entries))[0]
 
 
-@functools.partial(jax.jit, static_argnames=("kernel",))
-def _warmup_final(target: Target, warmup_state, kernel):
-    return jax.vmap(kernel.warmup_algorithm(target).final)(warmup_state)
+@functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
+def _warmup_final(target: Target, warmup_state, kernel, mesh):
+    return map_chains(kernel.warmup_algorithm(target).final, mesh)(warmup_state)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "thinning", "num_draws"))
+@functools.partial(jax.jit, static_argnames=("kernel", "thinning", "num_draws", "mesh"))
 def _sampling_chunk(
-    target: Target, tuned, states, run_key, first, count, kernel, thinning, num_draws
+    target: Target, tuned, states, run_key, first, count, kernel, thinning, num_draws, mesh
 ):
     num_chains = jax.tree.leaves(states)[0].shape[0]
 
@@ -251,7 +264,7 @@ def _sampling_chunk(
         new_state, info = kernel.build(target, **chain_tuned).step(key, state)
         return new_state, kernel.sample_stats(new_state, info, chain_tuned)
 
-    step = jax.vmap(chain_step)
+    step = map_chains(chain_step, mesh)
 
     def one_step(carry, step_index):
         states, diverging = carry

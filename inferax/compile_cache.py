@@ -34,7 +34,8 @@ def compiled(
       with ``*args`` only.
     """
     global _compile_count
-    shapes = jax.tree.map(lambda leaf: jax.typeof(leaf), args)
+    # A program is compiled for its inputs' shardings too (chains or data over devices).
+    shapes = jax.tree.map(lambda leaf: (jax.typeof(leaf), getattr(leaf, "sharding", None)), args)
     leaves, treedef = jax.tree.flatten(shapes)
     key = (jitted, tuple(sorted(static.items())), treedef, tuple(leaves))
     programs = _programs.setdefault(owner, {})

@@ -16,6 +16,7 @@ from inferax.fingerprint import compare_fingerprints, target_fingerprint
 from inferax.kernel import AbstractKernel
 from inferax.posterior import Posterior
 from inferax.predictive import log_likelihood_groups
+from inferax.sharding import chain_mesh
 from inferax.target import Target
 from inferax.typing import ArrayLikeTree, PRNGKey
 from inferax.validation import (
@@ -69,6 +70,8 @@ def sample(
     checkpoint_every: int = 1,
     log_likelihood: bool | None = None,
     restart_stuck_chains: bool = False,
+    devices=None,
+    mesh=None,
 ) -> Posterior:
     """Draws from ``target`` with ``kernel``: warmup, then sampling, all chains at once.
 
@@ -110,6 +113,12 @@ def sample(
         with this set, each such chain is run once more, warmup included, from a fresh
         start within 2 of ``target.init`` drawn with another key, and its draws replace the
         stuck ones. Not with ``checkpoint``.
+      devices: lay the chains out over these devices (``jax.devices()``, which after
+        ``inferax.sharding.initialize`` spans every process): still one compiled program,
+        each device stepping ``num_chains / len(devices)`` chains, with the same draws as on
+        one device for the same key. ``num_chains`` must be a multiple of ``len(devices)``.
+      mesh: instead of ``devices``, a ``jax.sharding.Mesh`` with an axis named ``"chains"``
+        to lay the chains out along (replicated over its other axes).
 
     Returns:
       A ``Posterior`` with draws of shape ``(chain, draw, ...)``; for a NumPyro model also
@@ -135,6 +144,12 @@ def sample(
     _check_run_inputs(target, kernel, settings)
     check_count("checkpoint_every", checkpoint_every, minimum=1)
     rng_key = check_key(rng_key)
+    chains_mesh = chain_mesh(devices, mesh, num_chains)
+    if chains_mesh is not None and isinstance(target, Target) and target.data_on_devices:
+        raise ValueError(
+            "devices/mesh: the target's data are already laid out over devices (shard_data or "
+            "a federated split); lay out either the chains or the data, not both"
+        )
     if log_likelihood not in (None, True, False):
         raise TypeError(f"log_likelihood must be True, False or None, got {log_likelihood!r}")
     if restart_stuck_chains and checkpoint is not None:
@@ -163,7 +178,9 @@ def sample(
             "x64": bool(jax.config.jax_enable_x64),
         }
         store = CheckpointStore.create(checkpoint, manifest, expected_bytes)
-    run = ChainRunner(target, kernel, settings, rng_key, store, checkpoint_every, progress)
+    run = ChainRunner(
+        target, kernel, settings, rng_key, store, checkpoint_every, progress, chains_mesh
+    )
     try:
         posterior = run.execute(saved=None, positions=positions)
     finally:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from inferax.pytree import pytree_dataclass, static_field
+from inferax.sharding import DATA_AXIS, check_mesh, default_mesh, place_sharded
 from inferax.typing import ArrayLikeTree, ArrayTree
 
 
@@ -88,6 +92,8 @@ class Target:
       observed_data: named observed values, for the DataTree's ``observed_data`` group.
       model: the ``NumPyroModel`` the target was built from (``inferax.from_numpyro`` sets
         it), for pointwise log likelihoods and predictive sampling; ``None`` otherwise.
+      data_sharding: set by ``shard_data``: the ``NamedSharding`` that lays the data points
+        out over a mesh axis; ``None`` when the data sit on one device.
 
     Examples:
       >>> import jax.numpy as jnp, inferax
@@ -104,6 +110,7 @@ class Target:
     nonsmooth: Any = None
     observed_data: dict[str, Any] = static_field(by_identity=True, default_factory=dict)
     model: Any = static_field(by_identity=True, default=None)
+    data_sharding: Any = static_field(default=None)
 
     def __post_init__(self):
         if not callable(self.log_prior):
@@ -154,10 +161,18 @@ class Target:
         """The number of data points: the length of the leading axis of ``data``."""
         return _num_data(self.data)
 
+    @property
+    def data_on_devices(self) -> bool:
+        """Whether the data are laid out over several devices (``shard_data``, or a
+        federated split's client shards)."""
+        return self.data_sharding is not None or isinstance(self.data, AbstractData)
+
     def logdensity(self, params: ArrayTree) -> jax.Array:
         """Prior plus the full-data likelihood, minus the nonsmooth part where it is set."""
         value = self.log_prior(params)
-        if self.log_likelihood is not None:
+        if self.data_sharding is not None:
+            value = value + sharded_log_likelihood(self, params)
+        elif self.log_likelihood is not None:
             value = value + self.log_likelihood(params, self.data)
         if self.nonsmooth is not None:
             value = value - self.nonsmooth.value(params)
@@ -176,6 +191,50 @@ class Target:
             value = value - self.nonsmooth.value(params)
         return value
 
+    def shard_data(self, mesh=None, *, axis_name: str = DATA_AXIS) -> Target:
+        """This target with its data points laid out over a mesh axis: each device holds
+        ``num_data / size`` points, computes the likelihood of its own points, and the sums
+        are added across devices (``jax.shard_map`` and ``psum``), in the full-data log
+        density and its gradient alike. Every kernel reads the result as any other target:
+        NUTS, HMC and MALA through ``logdensity``; stochastic-gradient kernels gather their
+        minibatch from the sharded data. Works across processes (``inferax.sharding.
+        initialize``) when every process holds the same data.
+
+        Args:
+          mesh: a ``jax.sharding.Mesh`` with an axis ``axis_name``; by default every device
+            of every process along one axis.
+          axis_name: the mesh axis to lay the data points out along.
+
+        Returns:
+          A ``Target`` with the same densities, up to floating-point summation order.
+
+        Raises:
+          ValueError: the target has no data, or ``num_data`` does not divide evenly over
+            the axis (uneven data is refused, not padded: drop or add points, or pick a
+            mesh whose axis size divides ``num_data``).
+
+        Examples:
+          >>> import jax, jax.numpy as jnp, numpy as np, inferax
+          >>> target = inferax.Target(
+          ...     log_prior=lambda mu: -0.5 * mu**2, init=jnp.zeros(()),
+          ...     log_likelihood=lambda mu, y: -0.5 * jnp.sum((y - mu) ** 2),
+          ...     data=np.arange(4.0, dtype=np.float32))
+          >>> sharded = target.shard_data()
+          >>> float(sharded.logdensity(jnp.float32(1.0)))
+          -3.5
+        """
+        if self.data is None or isinstance(self.data, AbstractData):
+            raise ValueError(
+                "shard_data: the target needs data (a pytree with a leading axis of data "
+                "points) and log_likelihood"
+            )
+        mesh = default_mesh(axis_name) if mesh is None else mesh
+        check_mesh(mesh, axis_name, self.num_data, "data points")
+        data = jax.tree.map(lambda leaf: place_sharded(mesh, leaf, axis_name), self.data)
+        return dataclasses.replace(
+            self, data=data, data_sharding=NamedSharding(mesh, P(axis_name))
+        )
+
     def logdensity_and_grad(self, params: ArrayTree) -> tuple[jax.Array, ArrayTree]:
         """``(logdensity, its gradient)`` in one pass."""
         return jax.value_and_grad(self.logdensity)(params)
@@ -185,6 +244,21 @@ class Target:
     ) -> tuple[jax.Array, ArrayTree]:
         """``(minibatch_logdensity, its gradient)`` in one pass."""
         return jax.value_and_grad(self.minibatch_logdensity)(params, batch)
+
+
+def sharded_log_likelihood(target: Target, params: ArrayTree) -> jax.Array:
+    """The full-data log likelihood of a target made by ``shard_data``: each device sums
+    over its own data points, and ``psum`` adds the sums across the mesh axis."""
+    sharding = target.data_sharding
+    (axis_name,) = sharding.spec
+
+    def local(params, shard):
+        return jax.lax.psum(target.log_likelihood(params, shard), axis_name)
+
+    data_specs = jax.tree.map(lambda _: P(axis_name), target.data)
+    return jax.shard_map(local, mesh=sharding.mesh, in_specs=(P(), data_specs), out_specs=P())(
+        params, target.data
+    )
 
 
 def _float_dtype(leaf) -> jnp.dtype:

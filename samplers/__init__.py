@@ -12,6 +12,8 @@ from inferax.kernel import WarmupAlgorithm as WarmupAlgorithm
 from inferax.nonsmooth import AbstractNonsmooth as AbstractNonsmooth
 from inferax.samplers import federated as federated
 from inferax.samplers.blackjax_kernel import from_blackjax as from_blackjax
+from inferax.samplers.chees import chees as chees
+from inferax.samplers.chees import meads as meads
 from inferax.samplers.control_variates import sgld_cv as sgld_cv
 from inferax.samplers.federated import GaussianSurrogates as GaussianSurrogates
 from inferax.samplers.federated import dsgld as dsgld
@@ -74,10 +76,12 @@ __all__ = [
     "WarmupAlgorithm",
     "bregman_moreau_langevin",
     "bregman_moreau_mamla",
+    "chees",
     "from_blackjax",
     "hmc",
     "mala",
     "mamla",
+    "meads",
     "mirror_langevin",
     "mymala",
     "myula",

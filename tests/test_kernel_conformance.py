@@ -95,6 +95,19 @@ def _centre(start):
     return {"centre": start}
 
 
+def _chees_tuned(start):
+    return {"step_size": jnp.asarray(0.01, start.dtype), "num_leapfrog_steps": 3.0}
+
+
+def _meads_tuned(start):
+    return {
+        "step_size": jnp.asarray(0.01, start.dtype),
+        "momentum_inverse_scale": jnp.ones_like(start),
+        "alpha": jnp.asarray(0.3, start.dtype),
+        "delta": jnp.asarray(0.15, start.dtype),
+    }
+
+
 class Case(NamedTuple):
     kernel: AbstractKernel
     make_target: Callable  # start -> a target finite only at start
@@ -115,6 +128,8 @@ REGISTRY = {
     "from_blackjax": Case(
         samplers.from_blackjax(_barker, adaptation="window"), _smooth, _step_and_mass
     ),
+    "chees": Case(samplers.chees(), _smooth, _chees_tuned),
+    "meads": Case(samplers.meads(), _smooth, _meads_tuned),
     "sgld": Case(samplers.sgld(0.001, batch_size=4), _with_data),
     "sghmc": Case(samplers.sghmc(0.001, batch_size=4, friction=1.0), _with_data),
     "psgld": Case(samplers.psgld(0.001, batch_size=4), _with_data),

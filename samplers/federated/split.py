@@ -19,9 +19,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
+from inferax import sharding
 from inferax.minibatch import minibatch_indices
 from inferax.pytree import pytree_dataclass, static_field
 from inferax.target import AbstractData, Target
@@ -137,55 +137,22 @@ def client_minibatch_indices(
 
 def default_mesh() -> Mesh:
     """Every device (of every process) along one ``"clients"`` axis."""
-    return Mesh(np.asarray(jax.devices()), (CLIENT_AXIS,))
+    return sharding.default_mesh(CLIENT_AXIS)
 
 
 def _check_mesh(mesh, clients: int) -> Mesh:
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
-    if CLIENT_AXIS not in mesh.axis_names:
-        raise ValueError(
-            f"mesh: needs an axis named '{CLIENT_AXIS}' to lay the clients out along, got "
-            f"axes {mesh.axis_names}"
-        )
-    size = mesh.shape[CLIENT_AXIS]
-    if clients % size:
-        raise ValueError(
-            f"{clients} clients do not divide evenly over the {size} devices of the mesh's "
-            f"'{CLIENT_AXIS}' axis; use a number of clients that is a multiple of {size}, or "
-            f"pass mesh= with a '{CLIENT_AXIS}' axis whose size divides {clients}"
-        )
-    return mesh
+    return sharding.check_mesh(mesh, CLIENT_AXIS, clients, "clients")
 
 
 def place_on_clients(mesh: Mesh, host: np.ndarray) -> jax.Array:
     """A global array whose leading (client) axis is sharded over the mesh's ``"clients"``
     axis, built from a host array that every process holds; each device receives only its
     own clients' slice, so this works across processes."""
-    host = np.asarray(host)
-    sharding = NamedSharding(mesh, P(CLIENT_AXIS))
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return sharding.place_sharded(mesh, np.asarray(host), CLIENT_AXIS)
 
 
-def place_replicated(mesh: Mesh, host: np.ndarray) -> jax.Array:
-    """A global array replicated on every device of ``mesh``, from a host array that every
-    process holds."""
-    host = np.asarray(host)
-    sharding = NamedSharding(mesh, P())
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
-def to_host(x) -> np.ndarray:
-    """A NumPy copy of ``x``, also when ``x`` spans devices of other processes: a replicated
-    array is read from a local copy; a sharded one is gathered from every process (a
-    collective: every process must call this in the same order)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        if x.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
+place_replicated = sharding.place_replicated
+to_host = sharding.to_host
 
 
 # --------------------------------------------------------------------------------------

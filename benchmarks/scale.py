@@ -1,0 +1,176 @@
+"""Chains and data over devices and processes: NUTS on a 100,000 x 50 logistic regression.
+
+Prints one line per figure, each measured side by side in this run:
+- (a) 8 chains of NUTS, chains over 2 devices (``sample(..., devices=jax.devices())``)
+  against all 8 on one device: the speed-up, and the largest difference between the draws;
+- (b) the same target with its data over 2 devices (``target.shard_data()``) against one
+  device: the speed-up, and the largest difference between the draws;
+- (c) two processes of one device each, joined over gloo (``inferax.sharding.initialize``),
+  chains over both: whether the draws equal the one-process two-device run's, and the time
+  against one process on one device.
+
+Times are warmup plus sampling seconds as ``Posterior.timing`` reports them (compiling
+excluded), the fastest of ``--repeats`` runs. Run with
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 ./dev bench scale
+
+(the script sets the flag itself when it is missing). ``--worker I --port P`` is the
+launcher's own call for the two processes of (c).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+NUM_DATA, NUM_FEATURES, NUM_CHAINS = 100_000, 50, 8
+
+
+def make_target():
+    import jax.numpy as jnp
+    import numpy as np
+
+    import inferax
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(NUM_DATA, NUM_FEATURES)).astype(np.float32)
+    w = rng.normal(size=NUM_FEATURES) / np.sqrt(NUM_FEATURES)
+    y = (rng.uniform(size=NUM_DATA) < 1 / (1 + np.exp(-x @ w))).astype(np.float32)
+
+    def log_likelihood(weights, batch):
+        features, labels = batch
+        logits = features @ weights
+        return jnp.sum(labels * logits - jnp.logaddexp(0.0, logits))
+
+    return inferax.Target(
+        log_prior=lambda weights: -0.5 * jnp.sum(weights**2),
+        init=jnp.zeros(NUM_FEATURES),
+        log_likelihood=log_likelihood,
+        data=(x, y),
+    )
+
+
+def run(target, args, **layout):
+    """(draws, fastest warmup + sampling seconds) of ``args.repeats`` identical runs."""
+    import jax
+    import numpy as np
+
+    import inferax
+    from inferax import samplers
+
+    best, draws = np.inf, None
+    for _ in range(args.repeats):
+        post = inferax.sample(
+            target,
+            samplers.nuts(),
+            jax.random.key(1),
+            num_chains=NUM_CHAINS,
+            num_warmup=args.warmup,
+            num_samples=args.samples,
+            progress=False,
+            **layout,
+        )
+        best = min(best, post.timing["warmup"] + post.timing["sampling"])
+        draws = np.asarray(post.draws["x"])
+    return draws, best
+
+
+def worker(args) -> None:
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import inferax.sharding
+
+    inferax.sharding.initialize(f"127.0.0.1:{args.port}", 2, args.worker, timeout=120)
+    import jax
+    import numpy as np
+
+    draws, seconds = run(make_target(), args, devices=jax.devices())
+    if jax.process_index() == 0:
+        np.savez(args.out, draws=draws, seconds=seconds)
+
+
+def launch_two_processes(args):
+    import numpy as np
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = os.path.join(tempfile.mkdtemp(), "two_processes.npz")
+    common = ["--port", str(port), "--out", out, "--repeats", str(args.repeats)]
+    common += ["--warmup", str(args.warmup), "--samples", str(args.samples)]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [
+        subprocess.Popen([sys.executable, __file__, "--worker", str(i), *common], env=env)
+        for i in range(2)
+    ]
+    for proc in procs:
+        if proc.wait(timeout=3600) != 0:
+            raise RuntimeError("a worker of the two-process run failed")
+    saved = np.load(out)
+    return saved["draws"], float(saved["seconds"])
+
+
+def main(args) -> None:
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+        )
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import numpy as np
+
+    devices = jax.devices()
+    assert len(devices) >= 2, "needs 2 devices: XLA_FLAGS=--xla_force_host_platform_device_count=2"
+    devices = devices[:2]
+    target = make_target()
+    started = time.perf_counter()
+    label = (
+        f"NUTS, {NUM_CHAINS} chains, {NUM_DATA} x {NUM_FEATURES} logistic regression, "
+        f"{args.warmup} + {args.samples} steps, {jax.devices()[0].platform}"
+    )
+    one, one_seconds = run(target, args)
+    print(f"scale: {label}; one device {one_seconds:.2f} s", flush=True)
+    chains, chains_seconds = run(target, args, devices=devices)
+    print(
+        f"scale (a) chains over 2 devices: {chains_seconds:.2f} s, speed-up "
+        f"{one_seconds / chains_seconds:.2f}x, max |draw difference| "
+        f"{np.abs(chains - one).max():.2e}",
+        flush=True,
+    )
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    data, data_seconds = run(target.shard_data(mesh), args)
+    print(
+        f"scale (b) data over 2 devices: {data_seconds:.2f} s, speed-up "
+        f"{one_seconds / data_seconds:.2f}x, max |draw difference| {np.abs(data - one).max():.2e}",
+        flush=True,
+    )
+    processes, processes_seconds = launch_two_processes(args)
+    print(
+        f"scale (c) two processes over gloo, chains over their 2 devices: "
+        f"{processes_seconds:.2f} s, speed-up against one process on one device "
+        f"{one_seconds / processes_seconds:.2f}x, draws identical to one process with 2 "
+        f"devices: {np.array_equal(processes, chains)}, max |draw difference| against one "
+        f"device {np.abs(processes - one).max():.2e}",
+        flush=True,
+    )
+    print(f"scale: whole benchmark {time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--worker", type=int, default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--out", default=None)
+    arguments = parser.parse_args()
+    if arguments.worker is None:
+        main(arguments)
+    else:
+        worker(arguments)
