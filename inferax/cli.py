@@ -12,14 +12,14 @@ import ast
 import dataclasses
 import inspect
 import math
-import os
 import pathlib
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from inferax.checkpoint import CheckpointError, clear_for_new_run
+# Only light modules at the top: `--help`, `--version` and argument errors answer without
+# importing JAX; each command imports what it runs.
 from inferax.model_file import ModelFileError, load_model_file
 
 DEFAULT_KERNEL_ARGS: dict[str, dict[str, Any]] = {"hmc": {"num_integration_steps": 16}}
@@ -75,6 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="show the full traceback on errors",
     )
     parser = _Parser(prog="inferax", description="Bayesian inference in JAX.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"inferax {_version('inferax')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -252,6 +253,8 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise CLIError(str(error)) from error
     else:
+        from inferax.checkpoint import CheckpointError, clear_for_new_run
+
         try:
             clear_for_new_run(checkpoint, force=args.force)
         except CheckpointError as error:
@@ -394,15 +397,11 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def _enable_compile_cache() -> None:
     """Keeps compiled programs on disk between runs (JAX's persistent compilation cache), so
-    a second run of the same model starts in seconds. ``INFERAX_COMPILE_CACHE=0`` turns it
-    off; ``JAX_COMPILATION_CACHE_DIR`` picks the folder."""
-    import jax
+    a second run of the same model starts in seconds; see ``inferax.enable_compilation_cache``
+    for the folder and the switch that turns it off."""
+    from inferax.compile_cache import enable_compilation_cache
 
-    if os.environ.get("INFERAX_COMPILE_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
-        return
-    base = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
-    jax.config.update("jax_compilation_cache_dir", str(base / "inferax" / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    enable_compilation_cache()
 
 
 def _version(package: str) -> str:
