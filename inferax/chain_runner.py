@@ -344,19 +344,17 @@ def _sampling_chunk(
         return states, (jax.vmap(target.constrain)(states.position), stats)
 
     out_shapes = jax.eval_shape(one_draw, states, jnp.int32(0))[1]
-    buffers = jax.tree.map(
-        lambda s: jnp.zeros((s.shape[0], num_draws, *s.shape[1:]), s.dtype), out_shapes
-    )
+    buffers = jax.tree.map(lambda s: jnp.zeros((num_draws, *s.shape), s.dtype), out_shapes)
 
     def record(draw_index, carry):
         states, buffers = carry
         states, out = one_draw(states, draw_index)
-        buffers = jax.tree.map(
-            lambda buffer, value: buffer.at[:, draw_index].set(value), buffers, out
-        )
+        buffers = jax.tree.map(lambda buffer, value: buffer.at[draw_index].set(value), buffers, out)
         return states, buffers
 
-    return jax.lax.fori_loop(0, count, record, (states, buffers))
+    states, buffers = jax.lax.fori_loop(0, count, record, (states, buffers))
+    # The loop writes whole rows of a draw-major buffer; a Posterior holds (chain, draw, ...).
+    return states, jax.tree.map(functools.partial(jnp.swapaxes, axis1=0, axis2=1), buffers)
 
 
 def _bytes_per_draw(target: Target, num_chains: int) -> int:
