@@ -349,7 +349,9 @@ def _sampling_chunk(
     def record(draw_index, carry):
         states, buffers = carry
         states, out = one_draw(states, draw_index)
-        buffers = jax.tree.map(lambda buffer, value: buffer.at[draw_index].set(value), buffers, out)
+        buffers = jax.tree.map(
+            lambda buffer, value: buffer.at[draw_index].set(value), buffers, out
+        )
         return states, buffers
 
     states, buffers = jax.lax.fori_loop(0, count, record, (states, buffers))
