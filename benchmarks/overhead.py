@@ -6,7 +6,8 @@ steps, every position kept:
   ``jax.random.randint`` minibatch indices;
 - ``samplers.mala`` with a fixed step against ``blackjax.mala``.
 Both sides are compiled before they are timed (inferax by a first call with the same
-settings, blackjax with ``jit(...).lower(...).compile()``); the timed call is the whole call:
+settings, blackjax with ``jit(...).lower(...).compile()``), then timed three times in turn,
+the fastest counting; the timed call is the whole call:
 inferax's ``inferax.sample`` at its default settings (validation, chunks, draws and
 statistics on the host as a ``Posterior``), blackjax's compiled scan and the copy of its
 draws to NumPy. One line per figure:
@@ -48,23 +49,29 @@ def log_likelihood(params, batch):
     return jnp.sum(y * logits - jnp.logaddexp(0.0, logits))
 
 
-def time_inferax(target, kernel) -> tuple[float, float]:
+REPEATS = 3
+"""Timed calls per side, alternating; the fastest counts (the machine is shared)."""
+
+
+def time_both(target, kernel, run, init) -> tuple[float, float, float]:
+    """``(inferax total, inferax in chunks, blackjax total)``, the fastest of ``REPEATS``."""
     settings = dict(num_chains=1, num_warmup=0, num_samples=NUM_STEPS, progress=False)
     inferax.sample(target, kernel, jax.random.key(0), **settings)  # compiles
-    start = time.perf_counter()
-    post = inferax.sample(target, kernel, jax.random.key(1), **settings)
-    total = time.perf_counter() - start
-    assert post.timing["compile"] == 0.0
-    return total, post.timing["sampling"]
-
-
-def time_blackjax(run, init) -> float:
     program = jax.jit(run).lower(jax.random.key(0), init).compile()
     jax.block_until_ready(program(jax.random.key(0), init))
-    start = time.perf_counter()
-    draws = np.asarray(program(jax.random.key(1), init))
-    assert draws.shape == (NUM_STEPS, NUM_FEATURES + 1)
-    return time.perf_counter() - start
+    best = [np.inf, np.inf, np.inf]
+    for repeat in range(1, REPEATS + 1):
+        start = time.perf_counter()
+        post = inferax.sample(target, kernel, jax.random.key(repeat), **settings)
+        total = time.perf_counter() - start
+        assert post.timing["compile"] == 0.0
+        if total < best[0]:
+            best[:2] = total, post.timing["sampling"]
+        start = time.perf_counter()
+        draws = np.asarray(program(jax.random.key(repeat), init))
+        best[2] = min(best[2], time.perf_counter() - start)
+        assert draws.shape == (NUM_STEPS, NUM_FEATURES + 1)
+    return best[0], best[1], best[2]
 
 
 def blackjax_sgld(X, y):
@@ -124,12 +131,11 @@ def main():
         log_prior=log_prior, log_likelihood=log_likelihood, data=(X, y), init=init
     )
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; {NUM_STEPS} steps, one chain")
-    blackjax_total = time_blackjax(blackjax_sgld(jnp.asarray(X), jnp.asarray(y)), init)
-    total, chunks = time_inferax(target, samplers.sgld(step_size=SGLD_STEP, batch_size=BATCH_SIZE))
-    report("sgld", total, chunks, blackjax_total)
-    blackjax_total = time_blackjax(blackjax_mala(jnp.asarray(X), jnp.asarray(y)), init)
-    total, chunks = time_inferax(target, samplers.mala(step_size=MALA_STEP))
-    report("mala", total, chunks, blackjax_total)
+    X, y = jnp.asarray(X), jnp.asarray(y)
+    sgld = samplers.sgld(step_size=SGLD_STEP, batch_size=BATCH_SIZE)
+    report("sgld", *time_both(target, sgld, blackjax_sgld(X, y), init))
+    mala = samplers.mala(step_size=MALA_STEP)
+    report("mala", *time_both(target, mala, blackjax_mala(X, y), init))
 
 
 if __name__ == "__main__":
