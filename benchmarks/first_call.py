@@ -10,7 +10,8 @@ chains, 500 warmup and 500 draws. ``compile_s`` is the tracing, lowering and com
 seconds JAX reports (summed over threads); ``compile_wait_s`` is how long inferax's call
 waited for its programs; ``cpu_s`` is the CPU seconds of the call, all threads together,
 which a machine shared with other work inflates less than the wall-clock seconds. Then
-``inferax --help``, ``--version`` and an argument error, each in a fresh process. One line per figure:
+``inferax --help``, ``--version`` and an argument error, each in a fresh process. One line
+per figure:
 
     ./dev bench first_call
 """
