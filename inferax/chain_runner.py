@@ -2,7 +2,9 @@
 then sampling chunks, with the progress bar and checkpoints between them.
 
 Step ``t`` splits ``fold_in(run_key, t)`` into one key per chain, so the draws do not
-depend on the chunk size.
+depend on the chunk size. A chunk program loops over a step count given at run time into
+buffers of a fixed length, so one program serves every chunk of a phase, whatever its
+length; every program a run needs is compiled ahead, side by side, before the first runs.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +20,8 @@ import numpy as np
 
 from inferax.chain_starts import jittered_positions
 from inferax.checkpoint import SavedPoint
-from inferax.compile_cache import compiled
+from inferax.chunking import ChunkSizer, buffer_length
+from inferax.compile_cache import compile_ahead, compiled
 from inferax.posterior import Posterior
 from inferax.progress import ProgressBar, progress_enabled
 from inferax.sharding import map_chains, shard_chains, tree_to_host
@@ -36,8 +40,16 @@ class ChainRunner:
         self.store, self.checkpoint_every = store, checkpoint_every
         self.progress = progress
         self.mesh = mesh  # chains laid out over its "chains" axis, if given
+        self.domain = kernel.domain(target)
         self.timing = {"compile": 0.0, "warmup": 0.0, "sampling": 0.0}
         self.draw_files: list[str] = []
+        self.sizer = ChunkSizer(settings.chunk_size)
+        self.warmup_length = buffer_length(settings.chunk_size, settings.num_warmup)
+        self.sampling_length = buffer_length(
+            settings.chunk_size,
+            settings.num_samples,
+            bytes_per_step=_bytes_per_draw(target, settings.num_chains),
+        )
 
     def call(self, jitted, static, *args):
         program, seconds = compiled(self.target, jitted, static, *args)
@@ -66,19 +78,74 @@ class ChainRunner:
             )
             self.store = None
 
-    def structures(self):
-        """The pytree structures of the warmup state and of ``(states, tuned)``."""
+    def shapes(self):
+        """The shapes of the chains' positions, of the warmup state and of
+        ``(states, tuned)``, traced without compiling (once per target, kernel and number
+        of chains)."""
+        memo = _shapes_memo.setdefault(self.target, {})
+        key = (self.kernel, self.settings.num_chains, self.mesh)
+        if key not in memo:
+            memo[key] = self._trace_shapes()
+        return memo[key]
+
+    def _trace_shapes(self):
         positions = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct((self.settings.num_chains, *leaf.shape), leaf.dtype),
             self.target.init,
         )
-        warmup = jax.eval_shape(
-            functools.partial(_warmup_init, kernel=self.kernel), self.target, positions
-        )
-        sampling = jax.eval_shape(
-            functools.partial(_warmup_final, kernel=self.kernel), self.target, warmup
-        )
+        static = {"kernel": self.kernel, "mesh": self.mesh}
+        warmup = jax.eval_shape(functools.partial(_warmup_init, **static), self.target, positions)
+        sampling = jax.eval_shape(functools.partial(_warmup_final, **static), self.target, warmup)
+        return positions, warmup, sampling
+
+    def structures(self):
+        """The pytree structures of the warmup state and of ``(states, tuned)``."""
+        _, warmup, sampling = self.shapes()
         return jax.tree.structure(warmup), jax.tree.structure(sampling)
+
+    def compile_ahead(self, phase: str, need_positions: bool) -> None:
+        """Starts compiling, side by side, every program this run will call from ``phase``
+        on: the two big ones (the warmup and the sampling chunk) first. Chains laid out
+        over devices compile when first called, for the shardings of their arguments."""
+        target, settings = self.target, self.settings
+        if self.mesh is not None:
+            return
+        started = time.perf_counter()
+        submitted = False
+        positions, warmup_state, (states, tuned) = self.shapes()
+        key = self.run_key
+        step = jax.ShapeDtypeStruct((), jnp.int32)
+        if phase == "warmup" and settings.num_warmup:
+            entries = self.schedule_entries(0, 0)
+            chunk_args = (target, warmup_state, key, step, step, entries)
+            submitted |= compile_ahead(target, _warmup_chunk, self.static(), *chunk_args)
+        static = self.static(thinning=settings.thinning, num_draws=self.sampling_length)
+        submitted |= compile_ahead(
+            target, _sampling_chunk, static, target, tuned, states, key, step, step
+        )
+        if phase == "warmup":
+            if need_positions:
+                starts = {"num_chains": settings.num_chains, "domain": self.domain}
+                submitted |= compile_ahead(
+                    target, jittered_positions, starts, target, self.init_key
+                )
+            for jitted, args in ((_warmup_init, positions), (_warmup_final, warmup_state)):
+                submitted |= compile_ahead(target, jitted, self.static(), target, args)
+        if submitted:
+            self.timing["compile"] += time.perf_counter() - started
+
+    def static(self, **settings) -> dict:
+        """The static arguments of this run's programs: the kernel, the mesh, and
+        ``settings``."""
+        return {"kernel": self.kernel, "mesh": self.mesh, **settings}
+
+    def schedule_entries(self, first: int, count: int) -> np.ndarray:
+        """The warmup schedule's rows for steps ``first`` to ``first + count``, in a buffer
+        of the warmup program's length."""
+        schedule = self.kernel.warmup_schedule(self.settings.num_warmup)
+        entries = np.zeros((self.warmup_length, schedule.shape[1]), dtype=schedule.dtype)
+        entries[:count] = schedule[first : first + count]
+        return entries
 
     def execute(self, saved: SavedPoint | None, positions) -> Posterior:
         target, kernel, settings = self.target, self.kernel, self.settings
@@ -88,6 +155,7 @@ class ChainRunner:
         if saved is not None:
             self.timing = dict(saved.timing)
             self.draw_files = list(saved.draw_files)
+            self.compile_ahead(saved.phase, need_positions=False)
             warmup_structure, sampling_structure = self.structures()
             if saved.phase == "warmup":
                 warmup_state = shard_chains(warmup_structure.unflatten(saved.leaves), self.mesh)
@@ -97,17 +165,16 @@ class ChainRunner:
                 warmup_next, draw_next = num_warmup, saved.next_index
                 draws, stats = self.store.load_draws(self.draw_files)
         else:
+            self.compile_ahead("warmup", need_positions=positions is None)
             if positions is None:
                 positions, _ = self.call(
                     jittered_positions,
-                    {"num_chains": settings.num_chains, "domain": kernel.domain(target)},
+                    {"num_chains": settings.num_chains, "domain": self.domain},
                     target,
                     self.init_key,
                 )
             positions = shard_chains(positions, self.mesh)
-            warmup_state, seconds = self.call(
-                _warmup_init, {"kernel": kernel, "mesh": self.mesh}, target, positions
-            )
+            warmup_state, seconds = self.call(_warmup_init, self.static(), target, positions)
             self.timing["warmup"] += seconds
             self.save("warmup", 0, warmup_state)
 
@@ -148,14 +215,11 @@ class ChainRunner:
         return posterior
 
     def warmup(self, warmup_state, first_step, bar):
-        target, kernel, settings = self.target, self.kernel, self.settings
-        num_warmup, chunk_size = settings.num_warmup, settings.chunk_size
-        static = {"kernel": kernel, "mesh": self.mesh}
-        schedule = kernel.warmup_schedule(num_warmup)
-        for number, first in enumerate(range(first_step, num_warmup, chunk_size), start=1):
-            count = min(chunk_size, num_warmup - first)
-            entries = np.zeros((chunk_size, schedule.shape[1]), dtype=schedule.dtype)
-            entries[:count] = schedule[first : first + count]
+        target, num_warmup = self.target, self.settings.num_warmup
+        static = self.static()
+        first, number = first_step, 0
+        while first < num_warmup:
+            count = self.sizer.next_count(num_warmup - first, self.warmup_length)
             warmup_state, seconds = self.call(
                 _warmup_chunk,
                 static,
@@ -164,34 +228,26 @@ class ChainRunner:
                 self.run_key,
                 jnp.int32(first),
                 jnp.int32(count),
-                entries,
+                self.schedule_entries(first, count),
             )
+            self.sizer.record(count, seconds)
             self.timing["warmup"] += seconds
             bar.advance(count)
-            if number % self.checkpoint_every == 0 and first + count < num_warmup:
-                self.save("warmup", first + count, warmup_state)
+            first, number = first + count, number + 1
+            if number % self.checkpoint_every == 0 and first < num_warmup:
+                self.save("warmup", first, warmup_state)
         (states, tuned), seconds = self.call(_warmup_final, static, target, warmup_state)
         self.timing["warmup"] += seconds
         self.save("sampling", 0, (states, tuned))
         return states, tuned
 
     def sampling(self, states, tuned, first_draw, draws, stats, bar):
-        target, kernel, settings = self.target, self.kernel, self.settings
-        num_samples, chunk_size, thinning = (
-            settings.num_samples,
-            settings.chunk_size,
-            settings.thinning,
-        )
-        static = {
-            "kernel": kernel,
-            "thinning": thinning,
-            "num_draws": chunk_size,
-            "mesh": self.mesh,
-        }
-        unsaved_from = first_draw
-        starts = range(first_draw, num_samples, chunk_size)
-        for number, first in enumerate(starts, start=1):
-            count = min(chunk_size, num_samples - first)
+        target, settings = self.target, self.settings
+        num_samples, thinning = settings.num_samples, settings.thinning
+        static = self.static(thinning=thinning, num_draws=self.sampling_length)
+        unsaved_from, first, number, pending = first_draw, first_draw, 0, 0
+        while first < num_samples:
+            count = self.sizer.next_count(num_samples - first, self.sampling_length, thinning)
             step_offset = settings.num_warmup + first * thinning
             (states, (chunk_draws, chunk_stats)), seconds = self.call(
                 _sampling_chunk,
@@ -203,33 +259,41 @@ class ChainRunner:
                 jnp.int32(step_offset),
                 jnp.int32(count),
             )
+            self.sizer.record(count * thinning, seconds)
             self.timing["sampling"] += seconds
-            # The last chunk is padded with skipped steps; keep the real draws.
+            # The buffers hold the program's full length; the chunk filled the first `count`.
             draws.append(jax.tree.map(lambda x, c=count: x[:, :c], tree_to_host(chunk_draws)))
             stats.append(jax.tree.map(lambda x, c=count: x[:, :c], tree_to_host(chunk_stats)))
             bar.advance(count)
-            done = first + count
-            if number % self.checkpoint_every == 0 or done == num_samples:
-                pending = len(range(unsaved_from, done, chunk_size))
+            first, number, pending = first + count, number + 1, pending + 1
+            if number % self.checkpoint_every == 0 or first == num_samples:
                 new_draws = (
                     unsaved_from,
-                    done,
+                    first,
                     concatenate_chunks(draws[-pending:]),
                     concatenate_chunks(stats[-pending:]),
                 )
-                self.save(
-                    "sampling" if done < num_samples else "done", done, (states, tuned), new_draws
-                )
-                unsaved_from = done
+                phase = "sampling" if first < num_samples else "done"
+                self.save(phase, first, (states, tuned), new_draws)
+                unsaved_from, pending = first, 0
+
+
+_shapes_memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _chain_keys(run_key: PRNGKey, step_index, num_chains: int):
     return jax.random.split(jax.random.fold_in(run_key, step_index), num_chains)
 
 
+def _strong(tree):
+    # A loop's carry comes out strongly typed where it went in weakly typed: states are
+    # made strong up front, so that every chunk's arguments have the types of the first.
+    return jax.tree.map(lambda leaf: jax.lax.convert_element_type(leaf, leaf.dtype), tree)
+
+
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
 def _warmup_init(target: Target, positions, kernel, mesh):
-    return map_chains(kernel.warmup_algorithm(target).init, mesh)(positions)
+    return _strong(map_chains(kernel.warmup_algorithm(target).init, mesh)(positions))
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
@@ -239,25 +303,24 @@ def _warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, 
     # vmap over each device's chains (named: cross-chain warmups gather over it).
     step = map_chains(algorithm.step, mesh, in_axes=(0, 0, None))
 
-    def one_step(state, xs):
-        offset, entry = xs
-        keys = _chain_keys(run_key, first + offset, num_chains)
-        state = jax.lax.cond(offset < count, lambda s: step(keys, s, entry), lambda s: s, state)
-        return state, None
+    def one_step(offset, state):
+        return step(_chain_keys(run_key, first + offset, num_chains), state, entries[offset])
 
-    offsets = jnp.arange(entries.shape[0], dtype=jnp.int32)
-    return jax.lax.scan(one_step, warmup_state, (offsets, entries))[0]
+    return jax.lax.fori_loop(0, count, one_step, warmup_state)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
 def _warmup_final(target: Target, warmup_state, kernel, mesh):
-    return map_chains(kernel.warmup_algorithm(target).final, mesh)(warmup_state)
+    states, tuned = map_chains(kernel.warmup_algorithm(target).final, mesh)(warmup_state)
+    return _strong(states), tuned
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "thinning", "num_draws", "mesh"))
 def _sampling_chunk(
     target: Target, tuned, states, run_key, first, count, kernel, thinning, num_draws, mesh
 ):
+    """``count`` draws (``count <= num_draws``, set at run time) into buffers of
+    ``num_draws``, with a leading chain axis: ``(states, (draws, stats))``."""
     num_chains = jax.tree.leaves(states)[0].shape[0]
 
     def chain_step(key, state, chain_tuned):
@@ -266,15 +329,20 @@ def _sampling_chunk(
 
     step = map_chains(chain_step, mesh)
 
-    def one_step(carry, step_index):
-        states, diverging = carry
-        states, stats = step(_chain_keys(run_key, step_index, num_chains), states, tuned)
-        if "diverging" in stats:
-            diverging = diverging | stats["diverging"]
-        return (states, diverging), stats
+    def one_draw(states, draw_index):
+        first_step = first + draw_index * thinning
+        if thinning == 1:
+            states, stats = step(_chain_keys(run_key, first_step, num_chains), states, tuned)
+            return states, (jax.vmap(target.constrain)(states.position), stats)
 
-    def thinned_draw(states, draw_index):
-        step_indices = first + draw_index * thinning + jnp.arange(thinning, dtype=jnp.int32)
+        def one_step(carry, step_index):
+            states, diverging = carry
+            states, stats = step(_chain_keys(run_key, step_index, num_chains), states, tuned)
+            if "diverging" in stats:
+                diverging = diverging | stats["diverging"]
+            return (states, diverging), stats
+
+        step_indices = first_step + jnp.arange(thinning, dtype=jnp.int32)
         no_divergence = jnp.zeros(num_chains, dtype=bool)
         (states, diverging), stats = jax.lax.scan(one_step, (states, no_divergence), step_indices)
         # A kept draw reports its own step, except that it counts a divergence in any of
@@ -282,24 +350,29 @@ def _sampling_chunk(
         stats = jax.tree.map(lambda s: s[-1], stats)
         if "diverging" in stats:
             stats["diverging"] = diverging
-        return states, stats
-
-    def skipped_draw(states, draw_index):
-        stats = jax.eval_shape(thinned_draw, states, draw_index)[1]
-        return states, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats)
-
-    def one_draw(states, draw_index):
-        # `count` is the same for every chain, so this cond stays a branch under vmap: the
-        # padding at the end of the last chunk costs nothing.
-        states, stats = jax.lax.cond(
-            draw_index < count, thinned_draw, skipped_draw, states, draw_index
-        )
         return states, (jax.vmap(target.constrain)(states.position), stats)
 
-    states, (draws, stats) = jax.lax.scan(one_draw, states, jnp.arange(num_draws, dtype=jnp.int32))
-    # scan stacks along a leading draw axis; a Posterior holds (chain, draw, ...).
-    to_chain_major = functools.partial(jnp.swapaxes, axis1=0, axis2=1)
-    return states, (jax.tree.map(to_chain_major, draws), jax.tree.map(to_chain_major, stats))
+    out_shapes = jax.eval_shape(one_draw, states, jnp.int32(0))[1]
+    buffers = jax.tree.map(lambda s: jnp.zeros((num_draws, *s.shape), s.dtype), out_shapes)
+
+    def record(draw_index, carry):
+        states, buffers = carry
+        states, out = one_draw(states, draw_index)
+        buffers = jax.tree.map(
+            lambda buffer, value: buffer.at[draw_index].set(value), buffers, out
+        )
+        return states, buffers
+
+    states, buffers = jax.lax.fori_loop(0, count, record, (states, buffers))
+    # The loop writes whole rows of a draw-major buffer; a Posterior holds (chain, draw, ...).
+    return states, jax.tree.map(functools.partial(jnp.swapaxes, axis1=0, axis2=1), buffers)
+
+
+def _bytes_per_draw(target: Target, num_chains: int) -> int:
+    """The bytes one kept draw of every chain takes in a sampling chunk's buffers."""
+    sites = jax.eval_shape(target.constrain, target.init)
+    per_chain = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(sites))
+    return num_chains * (per_chain + 8 * 8)
 
 
 def concatenate_chunks(chunks: list[dict]) -> dict[str, np.ndarray]:

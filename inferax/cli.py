@@ -12,14 +12,14 @@ import ast
 import dataclasses
 import inspect
 import math
-import os
 import pathlib
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from inferax.checkpoint import CheckpointError, clear_for_new_run
+# Only light modules at the top: `--help`, `--version` and argument errors answer without
+# importing JAX; each command imports what it runs.
+from inferax.cli_parser import build_parser, installed_version
 from inferax.model_file import ModelFileError, load_model_file
 
 DEFAULT_KERNEL_ARGS: dict[str, dict[str, Any]] = {"hmc": {"num_integration_steps": 16}}
@@ -44,8 +44,6 @@ class CLIError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
-    from inferax.cli_parser import build_parser
-
     handlers = {"run": _run, "fit": _fit, "report": _report, "demo": _demo}
     args = build_parser(handlers).parse_args(argv)
     debug = getattr(args, "debug", False)
@@ -105,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise CLIError(str(error)) from error
     else:
+        from inferax.checkpoint import CheckpointError, clear_for_new_run
+
         try:
             clear_for_new_run(checkpoint, force=args.force)
         except CheckpointError as error:
@@ -269,22 +269,11 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def _enable_compile_cache() -> None:
     """Keeps compiled programs on disk between runs (JAX's persistent compilation cache), so
-    a second run of the same model starts in seconds. ``INFERAX_COMPILE_CACHE=0`` turns it
-    off; ``JAX_COMPILATION_CACHE_DIR`` picks the folder."""
-    import jax
+    a second run of the same model starts in seconds; see ``inferax.enable_compilation_cache``
+    for the folder and the switch that turns it off."""
+    from inferax.compile_cache import enable_compilation_cache
 
-    if os.environ.get("INFERAX_COMPILE_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
-        return
-    base = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
-    jax.config.update("jax_compilation_cache_dir", str(base / "inferax" / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def _version(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
+    enable_compilation_cache()
 
 
 def _command_line() -> str:
@@ -293,7 +282,7 @@ def _command_line() -> str:
 
 def _record(tree, **attrs) -> None:
     """Adds the run's seed, command and library versions to the posterior's attributes."""
-    extra = {f"{lib}_version": _version(lib) for lib in ("jax", "numpyro", "blackjax")}
+    extra = {f"{lib}_version": installed_version(lib) for lib in ("jax", "numpyro", "blackjax")}
     for group in ("posterior", "sample_stats"):
         if group in tree.children:
             tree[group].attrs.update({**attrs, **extra})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,6 +37,14 @@ class _DefaultsShown(argparse.HelpFormatter):
         return f"{text} (default: {shown})"
 
 
+def installed_version(package: str) -> str:
+    """The installed version of ``package``, or ``"not installed"``."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:
     """The parser of ``inferax`` and its commands; ``handlers`` are the commands' functions
     by name (``run``, ``fit``, ``report``, ``demo``), which only ``set_defaults`` them."""
@@ -47,6 +56,9 @@ def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:
         help="show the full traceback on errors",
     )
     parser = _Parser(prog="inferax", description="Bayesian inference in JAX.", parents=[common])
+    parser.add_argument(
+        "--version", action="version", version=f"inferax {installed_version('inferax')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(

@@ -6,9 +6,10 @@ sparse-GP training) draws its batch here, so all of them subsample the same way.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from inferax.typing import ArrayTree, PRNGKey
 
@@ -28,14 +29,17 @@ def minibatch_indices(rng_key: PRNGKey, num_data: int, batch_size: int) -> jax.A
     """``batch_size`` distinct indices in ``[0, num_data)``, drawn without replacement.
 
     The indices are the images of ``0, ..., batch_size - 1`` under a random bijection of
-    ``[0, num_data)`` keyed by ``rng_key``: a six-round Feistel network on the
-    ``ceil(log2 num_data)``-bit integers whose halves are updated in turn with a keyed
-    integer hash, restricted to ``[0, num_data)`` by cycle walking (an image outside is
-    permuted again until it falls inside). Images of distinct inputs under a bijection are
-    distinct, and for a random key each data point is in the batch with probability
-    ``batch_size / num_data``. The cost is ``O(batch_size)`` integer operations and one
-    draw of six random words, against ``O(num_data log num_data)`` for a permutation and
-    ``O(batch_size log batch_size)`` for a sort-based rejection of repeats.
+    ``[0, num_data)`` keyed by ``rng_key``: a six-round Feistel network on the pairs
+    ``Z_L x Z_R`` (``L = ceil(sqrt(num_data))``, ``R = ceil(num_data / L)``) whose halves are
+    moved in turn by a keyed integer hash of the other, added modulo the half's size,
+    restricted to ``[0, num_data)`` by cycle walking (an image outside is permuted again
+    until it falls inside). ``L R - num_data < L``, so an image falls outside with
+    probability below ``1 / sqrt(num_data)`` and the walk rarely takes a second pass. Images
+    of distinct inputs under a bijection are distinct, and for a random key each data point
+    is in the batch with probability ``batch_size / num_data``. The cost is
+    ``O(batch_size)`` integer operations and one draw of six random words, against
+    ``O(num_data log num_data)`` for a permutation and ``O(batch_size log batch_size)`` for a
+    sort-based rejection of repeats.
 
     Args:
       rng_key: the key.
@@ -50,21 +54,19 @@ def minibatch_indices(rng_key: PRNGKey, num_data: int, batch_size: int) -> jax.A
       Functions", SIAM Journal on Computing 1988.
       Black, Rogaway, "Ciphers with Arbitrary Finite Domains", CT-RSA 2002.
     """
-    bits = max(2, int(np.ceil(np.log2(max(num_data, 2)))))
-    left_bits = bits // 2
-    right_bits = bits - left_bits
-    left_mask = jnp.uint32((1 << left_bits) - 1)
-    right_mask = jnp.uint32((1 << right_bits) - 1)
+    num_data = max(int(num_data), 1)
+    left_size = max(1, math.isqrt(num_data - 1) + 1)
+    right_size = -(-num_data // left_size)
+    sizes = (jnp.uint32(left_size), jnp.uint32(right_size))
     round_keys = jax.random.bits(rng_key, (FEISTEL_ROUNDS,), jnp.uint32)
 
     def permute(x):
-        left, right = x >> right_bits, x & right_mask
+        halves = [x // sizes[1], x % sizes[1]]
         for r in range(FEISTEL_ROUNDS):
-            if r % 2 == 0:
-                left = left ^ (_mix(right, round_keys[r]) & left_mask)
-            else:
-                right = right ^ (_mix(left, round_keys[r]) & right_mask)
-        return (left << right_bits) | right
+            moved, other = r % 2, 1 - r % 2
+            value = halves[moved] + _mix(halves[other], round_keys[r]) % sizes[moved]
+            halves[moved] = jnp.where(value >= sizes[moved], value - sizes[moved], value)
+        return halves[0] * sizes[1] + halves[1]
 
     limit = jnp.uint32(num_data)
     images = permute(jnp.arange(batch_size, dtype=jnp.uint32))

@@ -38,7 +38,7 @@ class RunSettings:
     num_warmup: int
     num_samples: int
     thinning: int
-    chunk_size: int
+    chunk_size: int | None
 
     def check(self) -> None:
         check_count("num_chains", self.num_chains, minimum=1)
@@ -51,7 +51,8 @@ class RunSettings:
                 f"num_warmup + num_samples * thinning is {steps} steps; a run takes fewer than "
                 f"{MAX_STEPS} (step indices are 32-bit): run it in parts with checkpoints"
             )
-        check_count("chunk_size", self.chunk_size, minimum=1)
+        if self.chunk_size is not None:
+            check_count("chunk_size", self.chunk_size, minimum=1)
 
 
 def sample(
@@ -65,7 +66,7 @@ def sample(
     thinning: int = 1,
     progress: bool | None = None,
     init: ArrayLikeTree | None = None,
-    chunk_size: int = 100,
+    chunk_size: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     log_likelihood: bool | None = None,
@@ -75,10 +76,12 @@ def sample(
 ) -> Posterior:
     """Draws from ``target`` with ``kernel``: warmup, then sampling, all chains at once.
 
-    Chains are a ``vmap`` in one compiled program; steps run in ``lax.scan`` over chunks of
-    ``chunk_size`` steps, and the host loop between chunks drives the progress bar and the
-    checkpoint. Step ``t`` (warmup steps first) uses ``fold_in(key, t)``, split across
-    chains, so the draws do not depend on ``chunk_size``, nor on whether the run was
+    Chains are a ``vmap`` in one compiled program; steps run in compiled chunks, and the
+    host loop between chunks drives the progress bar and the checkpoint. The programs a run
+    needs compile side by side before the first runs, and JAX's persistent compilation
+    cache keeps them on disk for the next process (``inferax.enable_compilation_cache``).
+    Step ``t`` (warmup steps first) uses ``fold_in(key, t)``, split across chains, so the
+    draws do not depend on ``chunk_size``, nor on whether the run was
     interrupted and resumed. Compiled programs are kept per target: a second call with the
     same target, kernel and shapes does not compile again.
 
@@ -98,7 +101,9 @@ def sample(
         starts uniformly within 2 of ``target.init`` in every unconstrained coordinate,
         drawn again (up to 100 times) where the log density or its gradient is not finite
         there, and at ``target.init`` itself if no such draw is found.
-      chunk_size: steps per compiled chunk.
+      chunk_size: steps (kept draws, when sampling) per compiled chunk. ``None``: chosen
+        from the step time measured on the first chunks, so that a chunk runs for about a
+        fifth of a second (``inferax.chunking``).
       checkpoint: a directory to save the run in, after every ``checkpoint_every`` chunks:
         the whole sampler state and the draws so far. ``inferax.resume`` continues it.
       checkpoint_every: chunks between saves.

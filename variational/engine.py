@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import final
 
 import arviz_base
+import arviz_stats  # noqa: F401  (registers the `.azstats` accessor that psis_khat uses)
 import jax
 import jax.numpy as jnp
 import numpy as np

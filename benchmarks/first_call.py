@@ -1,0 +1,185 @@
+"""The first call a user makes: a fresh process's first ``inferax.sample`` against a fresh
+process's first NumPyro ``MCMC.run``, and the command line's start-up.
+
+For each model, three fresh processes: NumPyro's ``MCMC(NUTS, chain_method="vectorized")``
+(no persistent cache); inferax with an empty persistent compilation cache (a new folder);
+inferax again with that folder, now warm. Each times the first call from the model and its
+data to draws on the host: ``MCMC(...)`` and ``run`` for NumPyro, ``inferax.from_numpyro``
+and ``inferax.sample`` (its pointwise log likelihood included) for inferax. Both use NUTS, 4
+chains, 500 warmup and 500 draws. ``compile_s`` is the tracing, lowering and compiling
+seconds JAX reports (summed over threads); ``compile_wait_s`` is how long inferax's call
+waited for its programs; ``cpu_s`` is the CPU seconds of the call, all threads together,
+which a machine shared with other work inflates less than the wall-clock seconds. Then
+``inferax --help``, ``--version`` and an argument error, each in a fresh process. One line
+per figure:
+
+    ./dev bench first_call
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NUM_CHAINS, NUM_WARMUP, NUM_SAMPLES = 4, 500, 500
+MODELS = ("eight_schools", "kidiq", "baseball", "logistic_regression_n5000_d20")
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+# Efron and Morris's 18 players of 1970: hits in their first 45 at bats (NumPyro's baseball
+# example fits the same data).
+BASEBALL_HITS = (18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7)
+BASEBALL_AT_BATS = 45
+
+
+def load_model(name: str):
+    """``(model, args, kwargs)`` for one of ``MODELS``."""
+    import numpy as np
+    import numpyro
+    import numpyro.distributions as dist
+
+    if name in ("eight_schools", "kidiq"):
+        sys.path.insert(0, os.path.join(HERE, "posteriordb"))
+        import models
+
+        if name == "eight_schools":
+            args, kwargs = models._eight_schools()
+            return models.eight_schools_noncentered, args, kwargs
+        args, kwargs = models._kidiq()
+        return models.kidscore_momiq, args, kwargs
+    if name == "baseball":
+
+        def partially_pooled(at_bats, hits=None):
+            # NumPyro's baseball example, partially pooled: a Beta population of abilities.
+            m = numpyro.sample("m", dist.Uniform(0.0, 1.0))
+            kappa = numpyro.sample("kappa", dist.Pareto(1.0, 1.5))
+            with numpyro.plate("num_players", at_bats.shape[0]):
+                phi = numpyro.sample("phi", dist.Beta(m * kappa, (1.0 - m) * kappa))
+                numpyro.sample("obs", dist.Binomial(at_bats, probs=phi), obs=hits)
+
+        hits = np.asarray(BASEBALL_HITS, dtype=np.float32)
+        at_bats = np.full(hits.shape, BASEBALL_AT_BATS, dtype=np.float32)
+        return partially_pooled, (at_bats,), {"hits": hits}
+    import jax
+
+    from inferax import examples
+
+    X, y, _ = examples.synthetic_logistic_data(jax.random.key(0), 5000, 20)
+    return examples.logistic_regression, (X,), {"y": y}
+
+
+def worker(tool: str, name: str) -> dict:
+    """One fresh process's first call; returns its figures."""
+    import jax
+
+    seconds = {"compile": 0.0}
+
+    def listen(event, duration, **kwargs):
+        if event in COMPILE_EVENTS:
+            seconds["compile"] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    model, args, kwargs = load_model(name)
+    key = jax.random.key(0)
+    if tool == "numpyro":
+        from numpyro.infer import MCMC, NUTS
+
+        start, cpu = time.perf_counter(), time.process_time()
+        mcmc = MCMC(
+            NUTS(model),
+            num_warmup=NUM_WARMUP,
+            num_samples=NUM_SAMPLES,
+            num_chains=NUM_CHAINS,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
+        mcmc.run(key, *args, **kwargs)
+        jax.block_until_ready(mcmc.get_samples())
+        return {
+            "first_call_s": time.perf_counter() - start,
+            "cpu_s": time.process_time() - cpu,
+            "compile_s": seconds["compile"],
+        }
+    import inferax
+    from inferax import samplers
+
+    start, cpu = time.perf_counter(), time.process_time()
+    target = inferax.from_numpyro(model, *args, **kwargs)
+    post = inferax.sample(
+        target,
+        samplers.nuts(),
+        key,
+        num_chains=NUM_CHAINS,
+        num_warmup=NUM_WARMUP,
+        num_samples=NUM_SAMPLES,
+        progress=False,
+    )
+    return {
+        "first_call_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu,
+        "compile_s": seconds["compile"],
+        "compile_wait_s": post.timing["compile"],
+    }
+
+
+def fresh_process(argv: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+    return done, time.perf_counter() - start
+
+
+def run_worker(tool: str, name: str, env: dict) -> dict:
+    done, _ = fresh_process([sys.executable, __file__, "--worker", tool, name], env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{tool} on {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "INFERAX_"))}
+    for name in MODELS:
+        with tempfile.TemporaryDirectory(prefix="inferax-first-call-") as cache:
+            env = base_env | {"XDG_CACHE_HOME": cache}
+            numpyro = run_worker("numpyro", name, base_env)
+            cold = run_worker("inferax", name, env)
+            warm = run_worker("inferax", name, env)
+        for tool, figures in (("numpyro", numpyro), ("inferax", cold), ("inferax_warm", warm)):
+            extra = (
+                f" compile_wait_s={figures['compile_wait_s']:6.2f}"
+                if "compile_wait_s" in figures
+                else ""
+            )
+            print(
+                f"{name:30s} {tool:13s} first_call_s={figures['first_call_s']:6.2f} "
+                f"cpu_s={figures['cpu_s']:6.2f} compile_s={figures['compile_s']:6.2f}{extra}",
+                flush=True,
+            )
+        print(
+            f"{name:30s} ratio         first_call_inferax/numpyro="
+            f"{cold['first_call_s'] / numpyro['first_call_s']:.2f} "
+            f"warm_cache_inferax/numpyro={warm['first_call_s'] / numpyro['first_call_s']:.2f} "
+            f"cpu_inferax/numpyro={cold['cpu_s'] / numpyro['cpu_s']:.2f} "
+            f"cpu_warm_cache_inferax/numpyro={warm['cpu_s'] / numpyro['cpu_s']:.2f}",
+            flush=True,
+        )
+    cli = [sys.executable, "-m", "inferax"]
+    for what, argv in (("--help", ["--help"]), ("--version", ["--version"]), ("error", ["run"])):
+        done, seconds = fresh_process(cli + argv, base_env)
+        print(
+            f"inferax {what:9s} seconds={seconds:5.2f} exit_status={done.returncode}", flush=True
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        print(json.dumps(worker(sys.argv[2], sys.argv[3])))
+    else:
+        main()
