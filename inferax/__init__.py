@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from inferax.numpyro_bridge import from_numpyro as from_numpyro
     from inferax.posterior import Posterior as Posterior
     from inferax.posterior import load as load
-    from inferax.predictive import infer_discrete as infer_discrete
-    from inferax.predictive import pointwise_log_likelihood as pointwise_log_likelihood
-    from inferax.predictive import predictive as predictive
-    from inferax.predictive import prior_predictive as prior_predictive
+    from inferax.predictions import infer_discrete as infer_discrete
+    from inferax.predictions import pointwise_log_likelihood as pointwise_log_likelihood
+    from inferax.predictions import predictive as predictive
+    from inferax.predictions import prior_predictive as prior_predictive
     from inferax.sampling import resume as resume
     from inferax.sampling import sample as sample
     from inferax.target import Target as Target
@@ -27,11 +27,11 @@ _LAZY_NAMES = {
     "disable_compilation_cache": "inferax.compile_cache",
     "enable_compilation_cache": "inferax.compile_cache",
     "from_numpyro": "inferax.numpyro_bridge",
-    "infer_discrete": "inferax.predictive",
+    "infer_discrete": "inferax.predictions",
     "load": "inferax.posterior",
-    "pointwise_log_likelihood": "inferax.predictive",
-    "predictive": "inferax.predictive",
-    "prior_predictive": "inferax.predictive",
+    "pointwise_log_likelihood": "inferax.predictions",
+    "predictive": "inferax.predictions",
+    "prior_predictive": "inferax.predictions",
     "resume": "inferax.sampling",
     "sample": "inferax.sampling",
 }

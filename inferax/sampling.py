@@ -15,7 +15,7 @@ from inferax.checkpoint import CheckpointStore, decode_kernel, encode_kernel
 from inferax.fingerprint import compare_fingerprints, target_fingerprint
 from inferax.kernel import AbstractKernel
 from inferax.posterior import Posterior
-from inferax.predictive import log_likelihood_groups
+from inferax.predictions import log_likelihood_groups
 from inferax.sharding import chain_mesh
 from inferax.target import Target
 from inferax.typing import ArrayLikeTree, PRNGKey
@@ -110,7 +110,7 @@ def sample(
       log_likelihood: for a NumPyro model, compute the pointwise log likelihood of every
         observation at every draw (the ``log_likelihood`` group that ``az.loo`` reads), in
         one compiled program. ``None``: when it takes at most
-        ``inferax.predictive.LOG_LIKELIHOOD_MEMORY_LIMIT`` bytes (a warning gives the size
+        ``inferax.predictions.LOG_LIKELIHOOD_MEMORY_LIMIT`` bytes (a warning gives the size
         otherwise) and the model enumerates no discrete site.
       restart_stuck_chains: a chain that did not move after warmup (every draw the same,
         mean acceptance below 1%, every transition divergent, or a step size below 1e-4 of

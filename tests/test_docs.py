@@ -17,7 +17,7 @@ MODULES_WITH_EXAMPLES = [
     "inferax.training",
     "inferax.target",
     "inferax.numpyro_bridge",
-    "inferax.predictive",
+    "inferax.predictions",
     "inferax.sampling",
     "inferax.samplers.hmc",
     "inferax.samplers.langevin",
