@@ -33,6 +33,13 @@ INDUCING_RULES = ("pivoted_cholesky", "gradient")
 optimizer refines them; ``"gradient"`` leaves it to the optimizer."""
 
 
+def rest_scale(likelihood):
+    """What the stored rest is multiplied by in ``q``: ``1 / sigma^2`` for a Gaussian
+    likelihood, whose sites ``(y / sigma^2, 1 / sigma^2)`` are then held as noise-free sums
+    that follow a change of ``sigma^2`` exactly; 1 otherwise."""
+    return 1.0 / likelihood.variance if likelihood.gaussian else 1.0
+
+
 def pivoted_cholesky(kernel, X, size):
     """Indices of ``size`` rows of ``X`` picked greedily by a pivoted Cholesky of the kernel
     matrix: each pick is the point whose conditional variance given the picks so far is the
@@ -69,6 +76,8 @@ def _move_inducing(model, rest_1, rest_2, X, keep_old=True):
 def _refresh_sites(model, rest_1, rest_2, X, y, alpha, beta, mask, steps, step_size):
     """The points' sites after ``steps`` dual fixed-point steps, the rest held."""
     Kuc, kcc = model.cross(X)
+    scale = rest_scale(model.likelihood)
+    rest_1, rest_2 = scale * rest_1, scale * rest_2
 
     def body(_, sites):
         alpha, beta = sites
@@ -88,9 +97,11 @@ def _choose_memory(rng_key, model, rest_1, rest_2, X, y, alpha, beta, mask, rule
     """``size`` points of the candidates to keep, sampled without replacement (Gumbel top-k)
     with weights by ``rule``; the sites of the others are folded into the rest."""
     Kuc, kcc = model.cross(X)
+    scale = rest_scale(model.likelihood)
     if rule == "lambda":
         sum_1, sum_2 = site_sums(Kuc, alpha * mask, beta * mask)
-        _, var = model.posterior(rest_1 + sum_1, rest_2 + sum_2).marginals(Kuc, kcc)
+        posterior = model.posterior(scale * rest_1 + sum_1, scale * rest_2 + sum_2)
+        _, var = posterior.marginals(Kuc, kcc)
         log_weight = jnp.log(jnp.maximum(beta * var, 1e-30))
     else:
         log_weight = jnp.zeros_like(y)
@@ -100,12 +111,12 @@ def _choose_memory(rng_key, model, rest_1, rest_2, X, y, alpha, beta, mask, rule
     chosen = jax.lax.top_k(scores, size)[1]
     kept = jnp.zeros_like(mask).at[chosen].set(1.0) * mask
     dropped_1, dropped_2 = site_sums(Kuc, alpha * (mask - kept), beta * (mask - kept))
-    rest_1, rest_2 = rest_1 + dropped_1, rest_2 + dropped_2
+    rest_1, rest_2 = rest_1 + dropped_1 / scale, rest_2 + dropped_2 / scale
     memory = (X[chosen], y[chosen], alpha[chosen], beta[chosen], kept[chosen])
     held_1, held_2 = site_sums(
         Kuc[:, chosen], alpha[chosen] * kept[chosen], beta[chosen] * kept[chosen]
     )
-    return rest_1, rest_2, memory, rest_1 + held_1, rest_2 + held_2
+    return rest_1, rest_2, memory, scale * rest_1 + held_1, scale * rest_2 + held_2
 
 
 @final
@@ -130,8 +141,13 @@ class HyperStep:
         def loss(params):
             current = dataclasses.replace(model, **stop_fixed(params, self.fixed))
             Kuc, kcc = current.cross(X)
-            sum_1, sum_2 = site_sums(Kuc, alpha * mask, beta * mask)
-            posterior = current.posterior(rest_1 + sum_1, rest_2 + sum_2)
+            scale = rest_scale(current.likelihood)
+            sites = (alpha, beta)
+            if current.likelihood.gaussian:
+                # Gaussian sites do not depend on q: they follow the noise exactly.
+                sites = point_sites(current.likelihood, y, jnp.zeros_like(y), jnp.ones_like(y))
+            sum_1, sum_2 = site_sums(Kuc, sites[0] * mask, sites[1] * mask)
+            posterior = current.posterior(scale * rest_1 + sum_1, scale * rest_2 + sum_2)
             mean, var = posterior.marginals(Kuc, kcc)
             expected = jnp.sum(weights * current.likelihood.expected_log_prob(y, mean, var))
             return posterior.kl() - expected, posterior.jitter
