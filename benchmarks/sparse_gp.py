@@ -171,8 +171,8 @@ def run_gpjax(M, X, y, Xt, yt, steps, key, optimizer):
 
 
 def exact_hyperparameters(X, y):
-    """The exact GP's RBF lengthscale, variance and noise, in the units of ``X`` and ``y``,
-    by L-BFGS on its log marginal likelihood (standardised data)."""
+    """The exact GP's RBF lengthscale, variance and noise, by L-BFGS on its log marginal
+    likelihood, in the standardised units the models' hyperparameters live in."""
     import scipy.optimize
 
     Xs, ys = (X - X.mean(0)) / X.std(0), (y - y.mean()) / y.std()
@@ -193,7 +193,7 @@ def exact_hyperparameters(X, y):
         options={"maxiter": 30},
     )
     lengthscale, variance, noise = (float(v) for v in jax.nn.softplus(jnp.asarray(result.x)))
-    return lengthscale * X.std(0), variance * y.std() ** 2, noise * y.std() ** 2
+    return lengthscale, variance, noise
 
 
 def swsgp_fixed(steps):
