@@ -1,5 +1,6 @@
-"""Sparse variational Gaussian processes: SGPR, SVGP, SWSGP and DKLGP, with their
-covariances and likelihoods, fitted to data by ``fit(model, rng_key, X, y, ...)``."""
+"""Sparse variational Gaussian processes: SGPR, SVGP (also dual-parameterised), SWSGP and
+DKLGP, with their covariances and likelihoods, fitted to data by ``fit(model, rng_key, X,
+y, ...)``; ``sequential`` learns from data that arrive in batches."""
 
 from inferax.variational.gp.covariances import RBF as RBF
 from inferax.variational.gp.covariances import AbstractCovariance as AbstractCovariance
@@ -14,6 +15,7 @@ from inferax.variational.gp.covariances import matern52 as matern52
 from inferax.variational.gp.covariances import rbf as rbf
 from inferax.variational.gp.dklgp import DKLGP as DKLGP
 from inferax.variational.gp.dklgp import dklgp as dklgp
+from inferax.variational.gp.dual import DualSVGP as DualSVGP
 from inferax.variational.gp.fitting import GPFit as GPFit
 from inferax.variational.gp.fitting import fit as fit
 from inferax.variational.gp.likelihoods import AbstractLikelihood as AbstractLikelihood
@@ -26,6 +28,8 @@ from inferax.variational.gp.likelihoods import gaussian as gaussian
 from inferax.variational.gp.likelihoods import poisson as poisson
 from inferax.variational.gp.likelihoods import student_t as student_t
 from inferax.variational.gp.model import AbstractSparseGP as AbstractSparseGP
+from inferax.variational.gp.sequential import SequentialGP as SequentialGP
+from inferax.variational.gp.sequential import sequential as sequential
 from inferax.variational.gp.sgpr import SGPR as SGPR
 from inferax.variational.gp.sgpr import sgpr as sgpr
 from inferax.variational.gp.svgp import SVGP as SVGP
@@ -36,9 +40,11 @@ from inferax.variational.gp.swsgp import swsgp as swsgp
 
 __all__ = [
     "DKLGP",
+    "DualSVGP",
     "RBF",
     "SGPR",
     "SVGP",
+    "SequentialGP",
     "SWSGP",
     "AbstractCovariance",
     "AbstractLikelihood",
@@ -63,6 +69,7 @@ __all__ = [
     "natural_gradient_step",
     "poisson",
     "rbf",
+    "sequential",
     "sgpr",
     "student_t",
     "svgp",

@@ -13,6 +13,7 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 
 from inferax.pytree import pytree_dataclass, static_field
 from inferax.variational.gp.covariances import AbstractCovariance, rbf
+from inferax.variational.gp.dual import DualSVGP, dual_svgp
 from inferax.variational.gp.inducing import (
     inducing_inputs,
     inducing_projection,
@@ -298,13 +299,19 @@ def svgp(
     whiten: bool = True,
     jitter: float = 1e-6,
     standardize: bool = True,
-) -> SVGP:
+    parametrization: str = "mean",
+) -> SVGP | DualSVGP:
     """The SVGP of Hensman, Fusi, Lawrence (2013) and Hensman, Matthews, Ghahramani (2015).
 
     ``fit`` takes ``natural_gradient=True`` (default) and ``natgrad_step_size=0.1``: each
     step moves ``q(u)`` by a natural-gradient step and the hyperparameters (and ``Z``) by
     Adam. Step size 1 with a Gaussian likelihood and ``batch_size=None`` reaches the optimal
     ``q(u)`` in one step.
+
+    With ``parametrization="dual"`` it is a ``DualSVGP`` (t-SVGP): ``q(u)`` is held as the
+    data's sites summed in the inducing space, and ``fit`` takes ``dual_step_size=0.1``
+    (the dual update, with the same property at step size 1) in place of the natural
+    gradient's settings; ``gp.sequential`` takes such a model.
 
     Args:
       inducing: inducing inputs ``Z (M, D)`` in the units of ``X``, or an integer ``M``
@@ -314,9 +321,11 @@ def svgp(
       whiten: parameterise ``q`` on ``v = chol(Kuu)^-1 u``.
       jitter: added to ``Kuu``'s diagonal; retried larger (and logged) if that fails.
       standardize: standardise ``X`` (and ``y`` for a Gaussian likelihood) before fitting.
+      parametrization: ``"mean"`` (``q(u) = N(m, L L^T)``) or ``"dual"`` (site
+        parameters; ``whiten`` does not apply).
 
     Returns:
-      An unfitted ``SVGP``.
+      An unfitted ``SVGP``, or ``DualSVGP`` for ``parametrization="dual"``.
 
     References:
       Hensman, Fusi, Lawrence, "Gaussian Processes for Big Data", 2013.
@@ -324,11 +333,19 @@ def svgp(
       Classification", 2015.
       Salimbeni, Eleftheriadis, Hensman, "Natural Gradients in Practice: Non-Conjugate
       Variational Inference in Gaussian Process Models", 2018.
+      Adam, Chang, Khan, Solin, "Dual Parameterization of Sparse Variational Gaussian
+      Processes", NeurIPS 2021.
     """
+    kernel = rbf() if kernel is None else kernel
+    likelihood = gaussian() if likelihood is None else likelihood
+    if parametrization == "dual":
+        return dual_svgp(inducing, kernel, likelihood, jitter=jitter, standardize=standardize)
+    if parametrization != "mean":
+        raise ValueError(f"parametrization must be 'mean' or 'dual', got {parametrization!r}")
     Z, size = inducing_inputs(inducing)
     return SVGP(
-        rbf() if kernel is None else kernel,
-        gaussian() if likelihood is None else likelihood,
+        kernel,
+        likelihood,
         Z,
         num_inducing=size,
         whiten=whiten,
