@@ -176,8 +176,8 @@ def run_numpyro(target, model, args, kwargs, make_guide, seed):
         # The same mean-field Gaussian, so the draws are those inferax's would take.
         loc = {name: params[f"{name}_auto_loc"] for name in target.init}
         scale = {name: params[f"{name}_auto_scale"] for name in target.init}
-        family = variational.MeanfieldGaussian(
-            {"loc": ravel_pytree(loc)[0], "log_scale": jnp.log(ravel_pytree(scale)[0])}
+        family = variational.MeanfieldGaussian.from_scale(
+            ravel_pytree(loc)[0], ravel_pytree(scale)[0]
         )
         approx = variational.Approximation(family, target, np.zeros(0), {})
         log_w = approx.log_weights(key, EVAL_DRAWS)[1]

@@ -378,8 +378,10 @@ class Approximation:
         points = self.unravel(x)
         draws = jax.vmap(self.target.constrain)(points)
         draws = {name: np.asarray(value)[None] for name, value in draws.items()}
-        lp = np.asarray(lp)[None]
-        log_w = np.asarray(log_w)[None]
+        # In float64, so the k-hat ``diagnostics.check`` recomputes from them is the one
+        # stored: PSIS on the nearly equal weights of a close fit is sensitive to rounding.
+        lp = np.asarray(lp, np.float64)[None]
+        log_w = np.asarray(log_w, np.float64)[None]
         stats = {"lp": lp, "log_q": lp - log_w, "log_weight": log_w}
         attrs = {
             "inference_library": "inferax",
