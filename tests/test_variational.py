@@ -328,3 +328,24 @@ def test_realnvp_gap_on_rezende_energies_at_reduced_steps(name, realnvp_small):
 @pytest.fixture(scope="module")
 def realnvp_small():
     return flows.realnvp(4, (32, 32)), optax.adam(3e-3)
+
+
+def test_nonfinite_steps_are_skipped_counted_and_warned():
+    # The density is NaN right of 1: a draw there makes the step's loss and gradient NaN.
+    target = inferax.Target.from_logdensity(
+        lambda x: jnp.where(x[0] > 1.0, jnp.nan, -0.5 * jnp.sum(x**2)), jnp.zeros(2)
+    )
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        approx = variational.fit(
+            target,
+            variational.meanfield_gaussian(init_scale=1.0),
+            jax.random.key(0),
+            optimizer=optax.adam(0.01),
+            num_steps=50,
+            progress=False,
+        )
+    skipped = int(np.sum(~np.isfinite(approx.losses)))
+    assert 0 < approx.num_nonfinite == skipped
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(approx.params))
+    dt = approx.to_datatree(jax.random.key(1), 20)
+    assert dt["posterior"].attrs["num_nonfinite"] == skipped
