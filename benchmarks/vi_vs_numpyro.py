@@ -5,14 +5,19 @@ Pairs: ``meanfield_gaussian`` / ``AutoNormal``, ``fullrank_gaussian`` /
 ``AutoMultivariateNormal``, ``flows.realnvp(4, (h, h))`` / ``AutoIAFNormal(num_flows=2,
 hidden_dims=[h, h])``, ``h = max(32, dim)``. Every fit runs ``STEPS`` steps of
 ``optax.adam(LEARNING_RATE)`` with one draw a step, each library with its own defaults
-for where the guide starts. The fitted guides are then scored by one estimator: the mean
+for where the guide starts, from ``SEEDS`` keys each: one fit's last iterate moves with
+its one-draw gradients, so a single fit's ELBO differs from seed to seed by more than the
+evaluation's Monte Carlo error, and the comparison is of the means over seeds, with a
+standard error from the seeds' spread. The fitted guides are then scored by one estimator: the mean
 of ``log p(x) - log q(x)`` over ``EVAL_DRAWS`` fresh draws, ``log p`` from the inferax
 target (NumPyro's own potential energy), ``log q`` from each guide's own density, and the
-PSIS k-hat of the same weights. Time per step is the optimisation's wall time over its
-steps, compiling excluded (inferax: ``Approximation.timing["optimization"]``; NumPyro: a
-second call of one jitted ``lax.scan`` over ``SVI.update``, which is what ``SVI.run``
-runs).
+PSIS k-hat of the same weights (the worst over seeds). Time per step (the median over
+seeds) is the optimisation's wall time over its steps, compiling excluded (inferax:
+``Approximation.timing["optimization"]``; NumPyro: a second call of one jitted
+``lax.scan`` over ``SVI.update``, which is what ``SVI.run`` runs).
 
+The goal is met on ELBO when inferax's mean is at or above NumPyro's within 3 standard
+errors. Steps inferax's ``fit`` skipped for a non-finite objective are counted on the line.
 One printed line per model and pair.
 
     ./dev bench vi_vs_numpyro
@@ -21,6 +26,7 @@ One printed line per model and pair.
 from __future__ import annotations
 
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +42,7 @@ import inferax
 from inferax import examples, flows, variational
 from inferax.variational.engine import flat_logdensity
 
-STEPS, LEARNING_RATE, EVAL_DRAWS = 2000, 0.01, 4000
+STEPS, LEARNING_RATE, EVAL_DRAWS, SEEDS = 2000, 0.01, 4000, 3
 
 # Efron and Morris (1975): hits in the first 45 at-bats of 18 players (NumPyro's baseball).
 BASEBALL_HITS = np.array([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7.0])
@@ -137,18 +143,21 @@ def score(log_w) -> tuple[float, float, float]:
     )
 
 
-def run_inferax(target, family, seed):
+def run_inferax(target, family, seed, optimizer):
     dim = ravel_pytree(target.init)[0].size
-    approx = variational.fit(
-        target,
-        family(dim),
-        jax.random.key(seed),
-        optimizer=optax.adam(LEARNING_RATE),
-        num_steps=STEPS,
-        progress=False,
-    )
+    with warnings.catch_warnings():
+        # The skipped steps are counted and printed below.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        approx = variational.fit(
+            target,
+            family(dim),
+            jax.random.key(seed),
+            optimizer=optimizer,
+            num_steps=STEPS,
+            progress=False,
+        )
     log_w = approx.log_weights(jax.random.key(1000 + seed), EVAL_DRAWS)[1]
-    return score(log_w), approx.timing["optimization"] / STEPS
+    return score(log_w), approx.timing["optimization"] / STEPS, approx.num_nonfinite
 
 
 def run_numpyro(target, model, args, kwargs, make_guide, seed):
@@ -176,8 +185,8 @@ def run_numpyro(target, model, args, kwargs, make_guide, seed):
         # The same mean-field Gaussian, so the draws are those inferax's would take.
         loc = {name: params[f"{name}_auto_loc"] for name in target.init}
         scale = {name: params[f"{name}_auto_scale"] for name in target.init}
-        family = variational.MeanfieldGaussian(
-            {"loc": ravel_pytree(loc)[0], "log_scale": jnp.log(ravel_pytree(scale)[0])}
+        family = variational.MeanfieldGaussian.from_scale(
+            ravel_pytree(loc)[0], ravel_pytree(scale)[0]
         )
         approx = variational.Approximation(family, target, np.zeros(0), {})
         log_w = approx.log_weights(key, EVAL_DRAWS)[1]
@@ -189,28 +198,47 @@ def run_numpyro(target, model, args, kwargs, make_guide, seed):
     return score(log_w), seconds
 
 
+def summary(fits) -> tuple[float, float, float]:
+    """The mean ELBO over seeds, its standard error (the seeds' spread, which includes the
+    fit's own randomness, and the evaluation draws'), and the worst k-hat."""
+    elbos = np.array([f[0] for f in fits])
+    eval_se = np.array([f[1] for f in fits])
+    seed_var = elbos.var(ddof=1) / elbos.size if elbos.size > 1 else 0.0
+    se = float(np.sqrt(seed_var + np.sum(eval_se**2) / elbos.size**2))
+    return float(elbos.mean()), se, float(np.max([f[2] for f in fits]))
+
+
 def main():
     for name, (model, args, kwargs) in models().items():
         target = inferax.from_numpyro(model, *args, **kwargs)
         dim = ravel_pytree(target.init)[0].size
         for pair, (family, make_guide) in PAIRS.items():
-            (ours, ours_se, ours_k), ours_t = run_inferax(target, family, 0)
-            (theirs, theirs_se, theirs_k), theirs_t = run_numpyro(
-                target, model, args, kwargs, make_guide, 0
-            )
+            # One optimizer object, so inferax compiles once for all seeds.
+            optimizer = optax.adam(LEARNING_RATE)
+            runs = [run_inferax(target, family, seed, optimizer) for seed in range(SEEDS)]
+            ours, ours_se, ours_k = summary([r[0] for r in runs])
+            ours_t = float(np.median([r[1] for r in runs]))
+            skipped = sum(r[2] for r in runs)
+            peer = [
+                run_numpyro(target, model, args, kwargs, make_guide, seed) for seed in range(SEEDS)
+            ]
+            theirs, theirs_se, theirs_k = summary([r[0] for r in peer])
+            theirs_t = float(np.median([r[1] for r in peer]))
             gap = ours - theirs
             se = float(np.hypot(ours_se, theirs_se))
-            # NumPyro's non-finite ELBO (its guide put draws where the density is not
-            # finite) is beaten by any finite one; an ELBO known only to +-1 nat says nothing.
-            elbo_met = bool(np.isfinite(ours) and ours_se < 1.0) and (
-                not np.isfinite(theirs) or (theirs_se < 1.0 and gap >= -3 * se)
+            # A finite ELBO beats NumPyro's non-finite one (its guide put draws where the
+            # density is not finite); a shortfall is within error only when the error is known
+            # to better than a nat.
+            elbo_met = bool(np.isfinite(ours)) and (
+                not np.isfinite(theirs) or gap >= 0 or (gap >= -3 * se and se < 1.0)
             )
             verdict = f"ELBO {'met' if elbo_met else 'MISSED'}, time "
             verdict += "met" if ours_t <= theirs_t else "MISSED"
             print(
                 f"{name} (dim {dim}) {pair}: ELBO inferax {ours:.2f} +- {ours_se:.2f} "
-                f"(k-hat {ours_k:.2f}), NumPyro {theirs:.2f} +- {theirs_se:.2f} "
-                f"(k-hat {theirs_k:.2f}); time/step inferax {1e6 * ours_t:.0f} us, NumPyro "
+                f"(k-hat {ours_k:.2f}, {skipped} steps skipped), "
+                f"NumPyro {theirs:.2f} +- {theirs_se:.2f} (k-hat {theirs_k:.2f}); "
+                f"time/step inferax {1e6 * ours_t:.0f} us, NumPyro "
                 f"{1e6 * theirs_t:.0f} us, ratio {ours_t / theirs_t:.2f}; goal: {verdict}",
                 flush=True,
             )

@@ -31,7 +31,7 @@ def _gaussian_map(family):
     """(base log density, map from base to x) of a Gaussian family."""
     loc = family.params["loc"]
     if isinstance(family, variational.MeanfieldGaussian):
-        scale = jnp.exp(family.params["log_scale"])
+        scale = family.scale()
         return standard_normal_logpdf, lambda eps: loc + scale * eps
     tril = family.scale_tril()
     return standard_normal_logpdf, lambda eps: loc + tril @ eps

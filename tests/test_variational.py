@@ -128,8 +128,8 @@ def test_meanfield_on_eight_schools_reaches_numpyros_autonormal_at_the_same_budg
     svi = SVI(examples.eight_schools_noncentered, guide, optimizer, Trace_ELBO(particles))
     params = svi.run(jax.random.key(6), steps, *args, progress_bar=False, **kwargs).params
     loc, scale = ({n: params[f"{n}_auto_{p}"] for n in target.init} for p in ("loc", "scale"))
-    numpyro_q = variational.MeanfieldGaussian(
-        {"loc": ravel_pytree(loc)[0], "log_scale": jnp.log(ravel_pytree(scale)[0])}
+    numpyro_q = variational.MeanfieldGaussian.from_scale(
+        ravel_pytree(loc)[0], ravel_pytree(scale)[0]
     )
     theirs = variational.Approximation(numpyro_q, target, np.zeros(0), {})
     # Both ELBOs by one estimator on the same standard normal draws: the difference of the
@@ -167,7 +167,7 @@ def test_families_start_at_the_prior_median_with_a_small_scale_unless_init_is_gi
     q = variational.fullrank_gaussian().init(jax.random.key(0), flat)
     np.testing.assert_allclose(q.scale_tril(), 0.1 * np.eye(3), rtol=1e-6)
     q = variational.meanfield_gaussian(init_scale=0.5).init(jax.random.key(0), flat)
-    np.testing.assert_allclose(jnp.exp(q.params["log_scale"]), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(q.scale(), 0.5, rtol=1e-6)
     mine = {"sigma": jnp.asarray(0.3), "x": jnp.asarray([-1.0, 2.0])}
     np.testing.assert_allclose(
         variational.engine.flat_start(jax.random.key(0), target, mine), [0.3, -1.0, 2.0]
@@ -199,12 +199,10 @@ def test_bad_arguments_are_refused(gaussian_target):
 # 0, 2). q = N(0.6, 0.8^2) is near, not at, the posterior N(0.75, 0.5).
 X_OBS = 1.5
 TOY_LOG_Z = -0.5 * math.log(2 * math.pi * 2.0) - X_OBS**2 / 4.0
-TOY_Q = variational.MeanfieldGaussian(
-    {"loc": jnp.array([0.6]), "log_scale": jnp.array([math.log(0.8)])}
-)
+TOY_Q = variational.MeanfieldGaussian.from_scale(jnp.array([0.6]), jnp.array([0.8]))
 # The bounds are compared at q = the prior N(0, 1), far enough from the posterior that
 # IWAE_K visibly tightens with K.
-TOY_PRIOR_Q = variational.MeanfieldGaussian({"loc": jnp.zeros(1), "log_scale": jnp.zeros(1)})
+TOY_PRIOR_Q = variational.MeanfieldGaussian.from_scale(jnp.zeros(1), jnp.ones(1))
 REPLICATES = 4000
 
 
@@ -330,3 +328,24 @@ def test_realnvp_gap_on_rezende_energies_at_reduced_steps(name, realnvp_small):
 @pytest.fixture(scope="module")
 def realnvp_small():
     return flows.realnvp(4, (32, 32)), optax.adam(3e-3)
+
+
+def test_nonfinite_steps_are_skipped_counted_and_warned():
+    # The density is NaN right of 1: a draw there makes the step's loss and gradient NaN.
+    target = inferax.Target.from_logdensity(
+        lambda x: jnp.where(x[0] > 1.0, jnp.nan, -0.5 * jnp.sum(x**2)), jnp.zeros(2)
+    )
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        approx = variational.fit(
+            target,
+            variational.meanfield_gaussian(init_scale=1.0),
+            jax.random.key(0),
+            optimizer=optax.adam(0.01),
+            num_steps=50,
+            progress=False,
+        )
+    skipped = int(np.sum(~np.isfinite(approx.losses)))
+    assert 0 < approx.num_nonfinite == skipped
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(approx.params))
+    dt = approx.to_datatree(jax.random.key(1), 20)
+    assert dt["posterior"].attrs["num_nonfinite"] == skipped

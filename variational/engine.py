@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable
 from typing import final
 
@@ -50,6 +51,11 @@ class ObjectiveStep:
     """One optimiser step on a variational objective, the step ``inferax.training.train``
     runs: ``state = (family, optimizer state)``, ``data`` the target.
 
+    A step whose loss or gradient is not finite (a draw where the log density overflows)
+    leaves the family and the optimiser's state as they were, and says so in its
+    ``"nonfinite"`` metric: one such draw would otherwise turn every parameter, and Adam's
+    moments, into NaN for good. ``fit`` counts these steps and warns.
+
     Args:
       optimizer: an optax optimizer.
       objective: ``(family, rng_key, logdensity_fn) -> loss``.
@@ -62,8 +68,13 @@ class ObjectiveStep:
         family, opt_state = state
         logdensity_fn, _ = flat_logdensity(target)
         loss, grads = jax.value_and_grad(self.objective)(family, rng_key, logdensity_fn)
-        updates, opt_state = self.optimizer.update(grads, opt_state, family)
-        return (optax.apply_updates(family, updates), opt_state), {"loss": loss}
+        finite = jnp.isfinite(loss)
+        for leaf in jax.tree.leaves(grads):
+            finite = finite & jnp.all(jnp.isfinite(leaf))
+        updates, new_opt_state = self.optimizer.update(grads, opt_state, family)
+        new_state = (optax.apply_updates(family, updates), new_opt_state)
+        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        return state, {"loss": loss, "nonfinite": ~finite}
 
 
 def initial_location(rng_key: PRNGKey, target: Target) -> ArrayTree:
@@ -153,6 +164,8 @@ def fit(
     progress bar, step ``t`` keyed by ``fold_in(key, t)`` (so the result does not depend
     on ``chunk_size``), and compiled chunks kept per target, so a second fit with the same
     target, family structure, optimizer and objective objects does not compile again.
+    A step whose loss or gradient is not finite changes nothing; ``fit`` counts such steps
+    (``Approximation.num_nonfinite``; their losses stay in the trace) and warns.
 
     Args:
       target: the log density, an ``inferax.Target``.
@@ -222,12 +235,23 @@ def fit(
         progress=progress,
         owner=target,
     )
+    num_nonfinite = int(np.sum(result.trace["nonfinite"]))
+    if num_nonfinite:
+        warnings.warn(
+            f"fit: {num_nonfinite} of {num_steps} steps had a non-finite objective or "
+            "gradient and were skipped (see Approximation.num_nonfinite and the NaNs in "
+            "losses); the family may start too wide for the target, or the learning rate "
+            "be too large",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     approx = Approximation(
         family=family.with_trained_part(result.state[0]),
         target=target,
         losses=result.trace["loss"],
         timing=result.timing,
         objective=objective_name,
+        num_nonfinite=num_nonfinite,
     )
     log_w = approx.log_weights(khat_key, num_khat_draws)[1]
     return dataclasses.replace(approx, khat=psis_khat(log_w))
@@ -303,6 +327,8 @@ class Approximation:
         (Yao et al. 2018): above 0.7, do not trust the approximation.
       objective: the objective's name (``"elbo"``, ``"iwae"``, ...; ``"custom"`` for a
         callable).
+      num_nonfinite: the steps whose loss or gradient was not finite, which ``fit``
+        skipped (their losses are in ``losses``, NaN or infinite).
     """
 
     family: AbstractFamily
@@ -311,6 +337,7 @@ class Approximation:
     timing: dict[str, float]
     khat: float = float("nan")
     objective: str = "elbo"
+    num_nonfinite: int = 0
 
     @property
     def bound_trace(self) -> np.ndarray:
@@ -379,8 +406,10 @@ class Approximation:
         points = self.unravel(x)
         draws = jax.vmap(self.target.constrain)(points)
         draws = {name: np.asarray(value)[None] for name, value in draws.items()}
-        lp = np.asarray(lp)[None]
-        log_w = np.asarray(log_w)[None]
+        # In float64, so the k-hat ``diagnostics.check`` recomputes from them is the one
+        # stored: PSIS on the nearly equal weights of a close fit is sensitive to rounding.
+        lp = np.asarray(lp, np.float64)[None]
+        log_w = np.asarray(log_w, np.float64)[None]
         stats = {"lp": lp, "log_q": lp - log_w, "log_weight": log_w}
         attrs = {
             "inference_library": "inferax",
@@ -389,6 +418,7 @@ class Approximation:
             "fit_khat": self.khat,
             "objective": self.objective,
             "num_steps": int(self.losses.size),
+            "num_nonfinite": self.num_nonfinite,
             **{f"{name}_time": seconds for name, seconds in self.timing.items()},
         }
         tree = arviz_base.from_dict(

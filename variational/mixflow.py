@@ -180,7 +180,7 @@ class MixFlow(AbstractFamily):
 
     @property
     def params(self):
-        """The reference's parameters, ``{"loc", "log_scale"}``, or ``None``."""
+        """The reference's parameters, ``{"loc", "raw_scale"}``, or ``None``."""
         return self.reference.params
 
     @property
@@ -216,7 +216,7 @@ class MixFlow(AbstractFamily):
         """``(mean, scale, step_size)`` in float64."""
         self.check_initialized()
         mean = jnp.asarray(self.params["loc"], jnp.float64)
-        scale = jnp.exp(jnp.asarray(self.params["log_scale"], jnp.float64))
+        scale = jax.nn.softplus(jnp.asarray(self.params["raw_scale"], jnp.float64))
         return mean, scale, jnp.asarray(self.step_size, jnp.float64)
 
     def draw(self, rng_key: PRNGKey) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -288,7 +288,8 @@ class MixFlow(AbstractFamily):
     def scale(self) -> np.ndarray:
         """The reference's standard deviations, float64."""
         self.check_initialized()
-        return np.exp(np.asarray(self.params["log_scale"], np.float64))
+        raw = np.asarray(self.params["raw_scale"], np.float64)
+        return np.logaddexp(0.0, raw)
 
     def sample_augmented(self, rng_key: PRNGKey, n: int) -> MixFlowState:
         """``n`` i.i.d. draws of ``q_N`` on the augmented space."""
@@ -398,7 +399,9 @@ def mixflow(
         )
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(scale)) and np.all(scale > 0)):
         raise ValueError("reference: mean must be finite and scale finite and positive")
-    gaussian = MeanfieldGaussian({"loc": mean, "log_scale": np.log(scale)})
+    # In numpy, so the reference stays float64 whatever jax's precision setting.
+    raw_scale = scale + np.log(-np.expm1(-scale))
+    gaussian = MeanfieldGaussian({"loc": mean, "raw_scale": raw_scale})
     return dataclasses.replace(flow, reference=gaussian)
 
 
