@@ -21,6 +21,10 @@ MAX_GROWTH = 16
 """An automatic chunk runs at most this many times the steps of the one before, so that one
 fast chunk (a cheap warmup step, say) does not make the next one run for minutes."""
 
+MIN_BUFFER_LENGTH = 1024
+"""The shortest automatic buffer: runs of up to this many steps in a phase share one
+program, whatever their length."""
+
 MAX_BUFFER_LENGTH = 2**16
 """The longest automatic chunk, in kept draws or warmup steps."""
 
@@ -30,15 +34,17 @@ MAX_BUFFER_BYTES = 64 * 2**20
 
 def buffer_length(chunk_size: int | None, num_steps: int, *, bytes_per_step: int = 0) -> int:
     """The length of a phase's chunk program: ``chunk_size`` where it is given; otherwise
-    the power of two at or above ``num_steps``, at most ``MAX_BUFFER_LENGTH`` and within
-    ``MAX_BUFFER_BYTES`` of buffers at ``bytes_per_step`` each."""
+    the power of two at or above ``num_steps`` and ``MIN_BUFFER_LENGTH``, at most
+    ``MAX_BUFFER_LENGTH`` and within ``MAX_BUFFER_BYTES`` of buffers at ``bytes_per_step``
+    each."""
     if chunk_size is not None:
         return chunk_size
     cap = MAX_BUFFER_LENGTH
     if bytes_per_step > 0:
         cap = min(cap, max(1, MAX_BUFFER_BYTES // bytes_per_step))
     cap = 1 << (cap.bit_length() - 1)
-    return min(cap, 1 << max(0, num_steps - 1).bit_length())
+    wanted = max(num_steps, MIN_BUFFER_LENGTH)
+    return min(cap, 1 << max(0, wanted - 1).bit_length())
 
 
 class ChunkSizer:
@@ -77,6 +83,7 @@ __all__ = [
     "MAX_BUFFER_BYTES",
     "MAX_BUFFER_LENGTH",
     "MAX_GROWTH",
+    "MIN_BUFFER_LENGTH",
     "TARGET_CHUNK_SECONDS",
     "ChunkSizer",
     "buffer_length",
