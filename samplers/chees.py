@@ -25,6 +25,7 @@ from blackjax.base import SamplingAlgorithm
 from blackjax.mcmc import dynamic_hmc, ghmc
 
 from inferax.kernel import AbstractKernel, WarmupAlgorithm, as_number, check_step_size
+from inferax.samplers.hmc import hmc_sample_stats
 from inferax.sharding import chain_index, gather_chains
 from inferax.target import Target
 
@@ -147,14 +148,7 @@ class chees(AbstractKernel):  # noqa: N801  (lower case, like blackjax.dynamic_h
         return SamplingAlgorithm(init, step)
 
     def sample_stats(self, state: Any, info: Any, tuned: dict) -> dict[str, jax.Array]:
-        return {
-            "lp": state.logdensity,
-            "acceptance_rate": info.acceptance_rate,
-            "diverging": info.is_divergent,
-            "energy": info.energy,
-            "n_steps": jnp.asarray(info.num_integration_steps, dtype=jnp.int32),
-            "step_size": tuned["step_size"],
-        }
+        return hmc_sample_stats(state, info, tuned)
 
     def warmup_algorithm(self, target: Target) -> WarmupAlgorithm:
         kernel, unit = self._kernel(), _unit_mass(target)

@@ -48,6 +48,19 @@ def _check_adaptation(kernel) -> None:
     check_step_size(kernel, "initial_step_size")
 
 
+def hmc_sample_stats(state: Any, info: Any, tuned: dict) -> dict[str, jax.Array]:
+    """The draw statistics of an HMC-family transition (blackjax's ``HMCInfo``): ``lp``,
+    ``acceptance_rate``, ``diverging``, ``energy``, ``n_steps`` and ``step_size``."""
+    return {
+        "lp": state.logdensity,
+        "acceptance_rate": info.acceptance_rate,
+        "diverging": info.is_divergent,
+        "energy": info.energy,
+        "n_steps": jnp.asarray(info.num_integration_steps, dtype=jnp.int32),
+        "step_size": tuned["step_size"],
+    }
+
+
 class AbstractHMCKernel(AbstractKernel):
     """An HMC-family kernel: built from a step size and an inverse mass matrix, both tuned
     by window adaptation. Subclasses give the blackjax algorithm and their settings
@@ -76,14 +89,7 @@ class AbstractHMCKernel(AbstractKernel):
         return window_schedule(num_steps)
 
     def sample_stats(self, state: Any, info: Any, tuned: dict) -> dict[str, jax.Array]:
-        return {
-            "lp": state.logdensity,
-            "acceptance_rate": info.acceptance_rate,
-            "diverging": info.is_divergent,
-            "energy": info.energy,
-            "n_steps": jnp.asarray(info.num_integration_steps, dtype=jnp.int32),
-            "step_size": tuned["step_size"],
-        }
+        return hmc_sample_stats(state, info, tuned)
 
     def warmup_algorithm(self, target: Target) -> WarmupAlgorithm:
         return window_adaptation_of(self, target)

@@ -351,8 +351,24 @@ def _stats(kernel, state: MAMLAState, info: MAMLAInfo, tuned: dict, extra: dict)
     }
 
 
+class AbstractMAMLAKernel(AbstractKernel):
+    """A Metropolis-adjusted mirror kernel whose warmup tunes ``step_size`` to
+    ``target_acceptance_rate`` by dual averaging, restarted along ``restart_schedule``.
+    Subclasses hold both fields and ``build(target, step_size)``."""
+
+    def warmup_schedule(self, num_steps: int) -> np.ndarray:
+        return restart_schedule(num_steps)
+
+    def warmup_algorithm(self, target: Target) -> WarmupAlgorithm:
+        return step_size_warmup(
+            lambda step_size: self.build(target, step_size),
+            self.step_size,
+            self.target_acceptance_rate,
+        )
+
+
 @dataclasses.dataclass(frozen=True)
-class mamla(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels)
+class mamla(AbstractMAMLAKernel):  # noqa: N801  (lower case, like blackjax's kernels)
     """The Metropolis-adjusted mirror-Langevin algorithm (MAMLA), for a smooth target whose
     support is the domain of the mirror map.
 
@@ -410,22 +426,12 @@ class mamla(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels
         step_size = self.step_size if step_size is None else step_size
         return mamla_algorithm(target.logdensity, self.mirror, step_size)
 
-    def warmup_schedule(self, num_steps: int) -> np.ndarray:
-        return restart_schedule(num_steps)
-
-    def warmup_algorithm(self, target: Target) -> WarmupAlgorithm:
-        return step_size_warmup(
-            lambda step_size: self.build(target, step_size),
-            self.step_size,
-            self.target_acceptance_rate,
-        )
-
     def sample_stats(self, state: Any, info: MAMLAInfo, tuned: dict):
         return _stats(self, state, info, tuned, {})
 
 
 @dataclasses.dataclass(frozen=True)
-class bregman_moreau_mamla(AbstractKernel):  # noqa: N801  (lower case, like blackjax's kernels)
+class bregman_moreau_mamla(AbstractMAMLAKernel):  # noqa: N801  (lower case, like blackjax's kernels)
     """The Metropolis-adjusted Bregman-Moreau mirror-Langevin algorithm, for
     ``pi ∝ exp(-f - g)`` with ``g = target.nonsmooth`` on the mirror's domain: the mirror
     analogue of ``mymala``.
@@ -495,22 +501,13 @@ class bregman_moreau_mamla(AbstractKernel):  # noqa: N801  (lower case, like bla
         )
         return mamla_algorithm(target.logdensity, self.mirror, step_size, proposal)
 
-    def warmup_schedule(self, num_steps: int) -> np.ndarray:
-        return restart_schedule(num_steps)
-
-    def warmup_algorithm(self, target: Target) -> WarmupAlgorithm:
-        return step_size_warmup(
-            lambda step_size: self.build(target, step_size),
-            self.step_size,
-            self.target_acceptance_rate,
-        )
-
     def sample_stats(self, state: Any, info: MAMLAInfo, tuned: dict):
         return _stats(self, state, info, tuned, {"smoothing": self.smoothing})
 
 
 __all__ = [
     "TARGET_ACCEPTANCE_RATE",
+    "AbstractMAMLAKernel",
     "bregman_moreau_mamla",
     "mamla",
     "DualGeometry",
