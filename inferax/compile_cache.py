@@ -97,9 +97,8 @@ def compile_count() -> int:
 
 def _cache_key(jitted: Callable, static: dict[str, Hashable], args) -> tuple:
     # Arrays and ShapeDtypeStructs of one shape and dtype give the same key, so a program
-    # compiled ahead from shapes alone serves the call with arrays.
-    # A program is compiled for its inputs' layout over devices too (chains or data laid
-    # out over a mesh); arrays on the default device key as stand-ins without a sharding.
+    # compiled ahead from shapes alone serves the call with arrays. A layout over a mesh
+    # (chains or data over devices) is part of the key; the default device's is not.
     leaves, treedef = jax.tree.flatten(args)
     avals = tuple((shaped_abstractify(leaf), _laid_out(leaf)) for leaf in leaves)
     return (jitted, tuple(sorted(static.items())), treedef, avals)
