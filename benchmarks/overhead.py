@@ -28,7 +28,7 @@ import inferax
 from inferax import samplers
 
 NUM_DATA, NUM_FEATURES, NUM_STEPS, BATCH_SIZE = 20_000, 10, 50_000, 200
-SGLD_STEP, MALA_STEP = 1e-5, 2e-3
+SGLD_STEP, MALA_STEP = 1e-5, 2e-5
 
 
 def make_data():
