@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
+from inferax.chain_starts import target_domain
 from inferax.kernel import AbstractKernel, check_step_size
 from inferax.nonsmooth import AbstractNonsmooth
 from inferax.samplers.guarded import guarded
@@ -161,8 +162,7 @@ def check_bregman_target(
 def mirror_domain(target: Target, mirror: AbstractMirrorMap):
     """Where a mirror kernel's chains start: the domain ``target.nonsmooth`` declares if it
     declares one (an indicator's set, which the draws must not leave), else the mirror's."""
-    declared = getattr(target.nonsmooth, "domain", None)
-    if callable(declared) and declared() is not None:
+    if target_domain(target, None) is not None:
         return None  # chain_starts reads it from the target
     return mirror.support()
 
