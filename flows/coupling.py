@@ -54,7 +54,8 @@ def coupling_indices(dim: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
 class AffineCoupling(distrax.Bijector):
     """Affine coupling layers in order: layer ``i`` keeps the coordinates of
     ``alternating_mask(dim, i)`` fixed and moves the others by ``x * s + t``, with
-    ``(t, raw) = mlp_i(x[fixed])`` and ``(s, log s) = scale_fn(raw)`` elementwise.
+    ``(t, raw) = output_multiplier * mlp_i(x[fixed])`` and ``(s, log s) = scale_fn(raw)``
+    elementwise.
 
     Each conditioner sees only the coordinates its layer keeps fixed and returns the shift
     and scale of only those it moves (distrax's ``MaskedCoupling`` feeds it the whole
@@ -63,10 +64,11 @@ class AffineCoupling(distrax.Bijector):
     loop (the halves differ in size when ``dim`` is odd), move one half each in turn.
     """
 
-    def __init__(self, layers, scale_fn: Callable):
+    def __init__(self, layers, scale_fn: Callable, output_multiplier: float = 1.0):
         super().__init__(event_ndims_in=1)
         self.layers = layers
         self.scale_fn = scale_fn
+        self.output_multiplier = output_multiplier
 
     def _run(self, x: jax.Array, inverse: bool) -> tuple[jax.Array, jax.Array]:
         halves = [x[0::2], x[1::2]]
@@ -76,6 +78,8 @@ class AffineCoupling(distrax.Bijector):
             # Layer ``index`` keeps the even coordinates fixed when ``index`` is even.
             fixed, moved = halves[index % 2], halves[1 - index % 2]
             out = mlp_apply(self.layers[index], fixed).reshape(moved.shape[0], 2)
+            if self.output_multiplier != 1.0:
+                out = self.output_multiplier * out
             scale, log_scale = self.scale_fn(out[:, 1])
             if inverse:
                 moved = (moved - out[:, 0]) / scale
@@ -105,6 +109,7 @@ class RealNVP(AbstractTransform):
     hidden: tuple[int, ...]
     scale: str = "softplus"
     scale_bound: float = 2.0
+    output_multiplier: float = 1.0
 
     def init(self, rng_key: PRNGKey, dim: int):
         check_coupling_dim(dim)
@@ -124,7 +129,7 @@ class RealNVP(AbstractTransform):
         return scale, jnp.log(scale)
 
     def bijector(self, params) -> distrax.Bijector:
-        return AffineCoupling(params, self.scale_and_log)
+        return AffineCoupling(params, self.scale_and_log, self.output_multiplier)
 
 
 def realnvp(
@@ -134,6 +139,7 @@ def realnvp(
     scale: str = "softplus",
     scale_bound: float = 2.0,
     base_scale: float = 0.1,
+    output_multiplier: float = 1.0,
 ) -> Flow:
     """An affine coupling flow: ``num_layers`` layers, each fixing half the coordinates
     (alternately) and moving the others by ``x * s + t``, with ``(s, t)`` an MLP of the
@@ -149,6 +155,13 @@ def realnvp(
       hidden: the MLP's hidden widths.
       scale: ``"softplus"`` or ``"tanh"``, how the conditioner's output becomes a scale.
       scale_bound: the bound on each layer's log-scale under ``scale="tanh"``.
+      output_multiplier: multiplies each conditioner's output. Adam moves each weight of
+        the last layer by about its learning rate a step, all of them at once at the
+        start, so the output moves by about ``hidden[-1]`` times the learning rate: with
+        hundreds of hidden units at 0.01, a few steps can move the draws far enough that
+        the target's log density overflows. ``1 / hidden[-1]`` (muP's output multiplier)
+        keeps that step near the learning rate whatever the width; the default 1 trains
+        small conditioners (tens of units) on low-dimensional targets faster.
       base_scale: the base's standard deviation at the start (it is trained): 0.1, as
         the Gaussian families' ``init_scale`` and NumPyro's autoguides' ``init_scale``,
         so the first draws stay near ``fit``'s starting point; a target spread over
@@ -175,7 +188,11 @@ def realnvp(
         raise ValueError(f"scale must be one of {SCALE_KINDS}, got {scale!r}")
     if not scale_bound > 0:
         raise ValueError(f"scale_bound must be positive, got {scale_bound!r}")
-    transform = RealNVP(num_layers, check_hidden(hidden), scale, float(scale_bound))
+    if not (math.isfinite(output_multiplier) and output_multiplier > 0):
+        raise ValueError(f"output_multiplier must be positive, got {output_multiplier!r}")
+    transform = RealNVP(
+        num_layers, check_hidden(hidden), scale, float(scale_bound), float(output_multiplier)
+    )
     return Flow(transform, float(base_scale))
 
 
