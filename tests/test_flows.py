@@ -157,6 +157,8 @@ def test_bad_configurations_are_refused():
         flows.realnvp(2, (4,), scale="exp")
     with pytest.raises(ValueError, match="scale_bound"):
         flows.realnvp(2, (4,), scale="tanh", scale_bound=0.0)
+    with pytest.raises(ValueError, match="output_multiplier"):
+        flows.realnvp(2, (4,), output_multiplier=0.0)
     with pytest.raises(ValueError, match="interval must be positive"):
         flows.spline(2, (4,), interval=0.0)
     with pytest.raises(ValueError, match="base_scale must be positive"):
@@ -226,7 +228,7 @@ def test_realnvp_fits_a_steep_high_dimensional_target_finitely_from_its_default_
         optimizer=optimizer,
         num_steps=20,
         progress=False,
-        num_khat_draws=16,
+        num_khat_draws=100,
         init=start,
     )
     assert approx.num_nonfinite == 0
