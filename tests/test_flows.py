@@ -220,7 +220,7 @@ def test_realnvp_fits_a_steep_high_dimensional_target_finitely_from_its_default_
 
     target = _steep_target()
     optimizer = optax.adam(0.01)
-    start = jnp.full(STEEP_DIM, 0.05)
+    start = jnp.full(STEEP_DIM, 0.5)
     approx = variational.fit(
         target,
         flows.realnvp(2, (8,)),
@@ -233,6 +233,7 @@ def test_realnvp_fits_a_steep_high_dimensional_target_finitely_from_its_default_
     )
     assert approx.num_nonfinite == 0
     assert np.all(np.isfinite(approx.losses))
-    # init= wins over target.init (zeros): the base's centre starts there and moves little.
+    # init= wins over target.init (zeros): the base's centre starts there, and Adam moves
+    # it by at most about 0.01 a step.
     np.testing.assert_allclose(approx.params["loc"], start, atol=0.25)
     assert float(jnp.max(approx.family.base_scales())) < 0.2
