@@ -32,10 +32,15 @@ import optax
 
 from inferax import examples, flows, variational
 
+# The energies spread over a box about 8 wide around an uninformative origin: a base of
+# scale 2 covers it from the start (the builders' default 0.1, made for a start at a prior
+# median, would spend thousands of steps at 1e-3 widening).
+BASE_SCALE = 2.0
+
 # Each takes the parsed arguments, for the options that set a family's shape.
 FAMILIES = {
-    "realnvp": lambda args: flows.realnvp(8, (64, 64)),
-    "planar": lambda args: flows.planar(32),
+    "realnvp": lambda args: flows.realnvp(8, (64, 64), base_scale=BASE_SCALE),
+    "planar": lambda args: flows.planar(32, base_scale=BASE_SCALE),
     "spline": lambda args: flows.spline(
         8,
         (64, 64),

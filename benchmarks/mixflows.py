@@ -140,7 +140,8 @@ def ksd_lines(name: str) -> None:
 
     approx = variational.fit(
         target,
-        flows.realnvp(8, (64, 64)),
+        # The targets spread over a box several units wide around the origin (see flows.py).
+        flows.realnvp(8, (64, 64), base_scale=2.0),
         jax.random.key(6),
         optimizer=optax.adam(1e-3),
         num_steps=2000,

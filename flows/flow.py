@@ -57,7 +57,7 @@ class Flow(AbstractFlow):
     Examples:
       >>> from inferax import flows
       >>> flows.planar(4).base_scale
-      2.0
+      0.1
     """
 
     transform: AbstractTransform

@@ -115,7 +115,8 @@ def stochastic(blocks, *, base_scale: float = 2.0) -> StochasticFlow:
 
     Args:
       blocks: the blocks, in the sampling direction.
-      base_scale: the base's standard deviation.
+      base_scale: the base's standard deviation, fixed (not trained): 2, wider than the
+        trained bases' 0.1, since only the blocks can widen it.
 
     Returns:
       A ``StochasticFlow``, for ``variational.fit`` or ``variational.stochastic_flow``.

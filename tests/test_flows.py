@@ -157,6 +157,8 @@ def test_bad_configurations_are_refused():
         flows.realnvp(2, (4,), scale="exp")
     with pytest.raises(ValueError, match="scale_bound"):
         flows.realnvp(2, (4,), scale="tanh", scale_bound=0.0)
+    with pytest.raises(ValueError, match="output_multiplier"):
+        flows.realnvp(2, (4,), output_multiplier=0.0)
     with pytest.raises(ValueError, match="interval must be positive"):
         flows.spline(2, (4,), interval=0.0)
     with pytest.raises(ValueError, match="base_scale must be positive"):
@@ -185,3 +187,53 @@ def test_flows_do_not_load_the_variational_engine(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     )
     assert out.stdout.strip() == "False"
+
+
+def test_trained_bases_start_narrow_and_the_stochastic_base_stays_wide():
+    # As the Gaussians' init_scale and NumPyro's autoguides: the first draws stay near the
+    # starting point. A stochastic flow's base is not trained, so only its blocks could
+    # widen a narrow one.
+    assert flows.realnvp(2, (4,)).base_scale == 0.1
+    assert flows.planar(2).base_scale == 0.1
+    assert flows.radial(2).base_scale == 0.1
+    assert flows.spline(2, (4,)).base_scale == 1.0
+    assert flows.stochastic([flows.langevin_block(0.5)]).base_scale == 2.0
+
+
+STEEP_DIM = 64
+
+
+def _steep_target():
+    # Steep in every coordinate: cosh(x / 0.02) overflows float32 beyond |x| of about 1.8,
+    # where a base of scale 2 puts some of its 64 coordinates on almost every draw (so a
+    # fit from flows.realnvp(2, (8,), base_scale=2.0) skips every step), as wide starts did
+    # on the VI benchmark's 303-coordinate model.
+    import inferax
+
+    return inferax.Target.from_logdensity(
+        lambda x: -jnp.sum(jnp.cosh(x / 0.02)), jnp.zeros(STEEP_DIM)
+    )
+
+
+def test_realnvp_fits_a_steep_high_dimensional_target_finitely_from_its_default_start():
+    import optax
+
+    target = _steep_target()
+    optimizer = optax.adam(0.01)
+    start = jnp.full(STEEP_DIM, 0.5)
+    approx = variational.fit(
+        target,
+        flows.realnvp(2, (8,)),
+        jax.random.key(0),
+        optimizer=optimizer,
+        num_steps=20,
+        progress=False,
+        num_khat_draws=100,
+        init=start,
+    )
+    assert approx.num_nonfinite == 0
+    assert np.all(np.isfinite(approx.losses))
+    # init= wins over target.init (zeros): the base's centre starts there, and Adam moves
+    # it by at most about 0.01 a step.
+    np.testing.assert_allclose(approx.params["loc"], start, atol=0.25)
+    assert float(jnp.max(approx.family.base_scales())) < 0.2

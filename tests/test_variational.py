@@ -300,10 +300,12 @@ def test_flat_positions_roundtrip(gaussian_target):
     assert set(unravel(flat)) == {"a", "b"}
 
 
-# log Z - ELBO of RealNVP(4 layers, (32, 32)) after 1000 Adam steps at 3e-3 with 128 draws a
-# step, measured with this seed: U1 0.114, U3 0.540 (the full-length figures are in
-# benchmarks/flows.py). The tests allow 0.1 above them.
-MEASURED_GAPS = {"u1": 0.114, "u3": 0.540}
+# log Z - ELBO of RealNVP(4 layers, (32, 32)) on a base of scale 2 after 1000 Adam steps at
+# 3e-3 with 128 draws a step, measured with this seed: U1 0.142, U3 0.483 (the full-length
+# figures are in benchmarks/flows.py). The tests allow 0.1 above them. The energies spread
+# over a box about 8 wide around the origin; from the default base of scale 0.1 the same
+# fits measured 0.695 and 0.934 (the widening takes more steps than this budget).
+MEASURED_GAPS = {"u1": 0.142, "u3": 0.483}
 GAP_MARGIN = 0.1
 
 
@@ -327,7 +329,7 @@ def test_realnvp_gap_on_rezende_energies_at_reduced_steps(name, realnvp_small):
 
 @pytest.fixture(scope="module")
 def realnvp_small():
-    return flows.realnvp(4, (32, 32)), optax.adam(3e-3)
+    return flows.realnvp(4, (32, 32), base_scale=2.0), optax.adam(3e-3)
 
 
 def test_nonfinite_steps_are_skipped_counted_and_warned():

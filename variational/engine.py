@@ -45,6 +45,10 @@ def precision(family: AbstractFamily):
     return jax.enable_x64(True) if family.float64 else contextlib.nullcontext()
 
 
+# Elements of (family, optimiser state) above which a skipped step is a branch, not a select.
+BRANCH_ABOVE = 1 << 20
+
+
 @final
 @dataclasses.dataclass(frozen=True)
 class ObjectiveStep:
@@ -71,9 +75,20 @@ class ObjectiveStep:
         finite = jnp.isfinite(loss)
         for leaf in jax.tree.leaves(grads):
             finite = finite & jnp.all(jnp.isfinite(leaf))
-        updates, new_opt_state = self.optimizer.update(grads, opt_state, family)
-        new_state = (optax.apply_updates(family, updates), new_opt_state)
-        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+
+        def update(state):
+            family, opt_state = state
+            updates, opt_state = self.optimizer.update(grads, opt_state, family)
+            return optax.apply_updates(family, updates), opt_state
+
+        size = sum(np.size(leaf) for leaf in jax.tree.leaves(state))
+        if size > BRANCH_ABOVE:
+            # A large state is updated in place inside a branch; selecting between the new
+            # and the old state would cost one more pass over all of it every step.
+            state = jax.lax.cond(finite, update, lambda state: state, state)
+        else:
+            # A branch's fixed cost per buffer outweighs that pass over a small state.
+            state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), update(state), state)
         return state, {"loss": loss, "nonfinite": ~finite}
 
 
