@@ -100,7 +100,18 @@ def target_domain(target: Target, domain: Domain | None) -> Domain | None:
 def check_logdensity_at_init(target: Target) -> None:
     """The log density and its gradient must be finite at ``target.init``."""
     program, _ = compiled(target, _logdensity_and_grad, {}, target)
-    value, grad = jax.device_get(program(target))
+    value, grad = program(target)
+    check_usable_at_init(target, value, grad)
+
+
+def check_usable_at_init(target: Target, value, grad) -> None:
+    """Raises unless ``value`` and ``grad``, the log density and its gradient at
+    ``target.init``, are finite.
+
+    Raises:
+      ValueError: naming what is not finite and the position.
+    """
+    value, grad = jax.device_get((value, grad))
     finite_grad = all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(grad))
     if not np.isfinite(value) or not finite_grad:
         position = {name: np.asarray(v).tolist() for name, v in named_sites(target.init).items()}
@@ -256,6 +267,7 @@ __all__ = [
     "MAX_START_TRIES",
     "check_init",
     "check_logdensity_at_init",
+    "check_usable_at_init",
     "jittered_positions",
     "target_domain",
 ]
