@@ -95,6 +95,12 @@ def compile_count() -> int:
     return _compile_count
 
 
+def programs_compiled(owner) -> list[str]:
+    """The names of the programs compiled (or compiling) for ``owner``, one per program, in
+    the order they were first asked for (for tests)."""
+    return [key[0].__name__ for key in _programs.get(owner, {})]
+
+
 def _cache_key(jitted: Callable, static: dict[str, Hashable], args) -> tuple:
     # Arrays and ShapeDtypeStructs of one shape and dtype give the same key, so a program
     # compiled ahead from shapes alone serves the call with arrays. A layout over a mesh
@@ -203,4 +209,5 @@ __all__ = [
     "default_cache_dir",
     "disable_compilation_cache",
     "enable_compilation_cache",
+    "programs_compiled",
 ]

@@ -1,5 +1,7 @@
 """The sampling loop: keys, chunks, compile caching, thinning and starting points."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,8 @@ import pytest
 
 import inferax
 from inferax import samplers
-from inferax.compile_cache import compile_count
+from inferax.compile_cache import compile_count, programs_compiled
+from inferax.kernel import WarmupAlgorithm
 
 
 def logdensity(params):
@@ -33,6 +36,36 @@ def test_same_key_same_draws_and_second_call_does_not_compile():
         np.testing.assert_array_equal(first.draws[site], second.draws[site])
     for name in first.stats:
         np.testing.assert_array_equal(first.stats[name], second.stats[name])
+
+
+def test_a_nuts_run_compiles_one_chunk_program_for_warmup_and_sampling():
+    target = inferax.Target.from_logdensity(logdensity, {"a": jnp.zeros(2), "b": 0.0})
+    before = compile_count()
+    inferax.sample(target, KERNEL, jax.random.key(0), **SETTINGS)
+    assert programs_compiled(target) == ["start", "chain_chunk", "warmup_final"]
+    assert compile_count() - before == 3
+
+
+@dataclasses.dataclass(frozen=True)
+class two_program_hmc(samplers.hmc):  # noqa: N801
+    """HMC whose warmup is not given in parts: warmup and sampling chunks of their own."""
+
+    def warmup_algorithm(self, target):
+        return WarmupAlgorithm(*super().warmup_algorithm(target)[:3])
+
+
+def test_one_program_gives_the_draws_of_separate_warmup_and_sampling_programs():
+    # HMC: window adaptation as NUTS has it, with a step that compiles faster.
+    settings = dict(num_chains=2, num_warmup=100, num_samples=8, thinning=2, progress=False)
+    one = inferax.sample(TARGET, samplers.hmc(2), jax.random.key(3), **settings)
+    two = inferax.sample(TARGET, two_program_hmc(2), jax.random.key(3), **settings)
+    assert "warmup_chunk" in programs_compiled(TARGET)
+    for site in one.draws:
+        np.testing.assert_array_equal(one.draws[site], two.draws[site])
+    for name in one.stats:
+        np.testing.assert_array_equal(one.stats[name], two.stats[name])
+    for name in one.tuned:
+        np.testing.assert_array_equal(one.tuned[name], two.tuned[name])
 
 
 def test_different_key_different_draws():
