@@ -16,7 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from inferax.chain_starts import jittered_positions
+from inferax.chain_starts import starts_and_init_check
 from inferax.sharding import map_chains
 from inferax.target import Target
 from inferax.typing import PRNGKey
@@ -46,10 +46,11 @@ def warmup_init(target: Target, positions, kernel, mesh):
 
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh", "num_chains", "domain"))
 def start(target: Target, init_key: PRNGKey, kernel, mesh, num_chains, domain):
-    """``jittered_positions`` and ``warmup_init`` in one program, with the log density and
-    its gradient at ``target.init``: ``(warmup_state, (logdensity, gradient))``."""
-    positions = jittered_positions(target, init_key, num_chains, domain)
-    return _start_states(target, positions, kernel, mesh), target.logdensity_and_grad(target.init)
+    """``jittered_positions`` and ``warmup_init`` in one program, with the log density at
+    ``target.init`` and whether its gradient is finite there:
+    ``(warmup_state, (value, gradient_finite))``."""
+    positions, at_init = starts_and_init_check(target, init_key, num_chains, domain)
+    return _start_states(target, positions, kernel, mesh), at_init
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
@@ -113,7 +114,9 @@ def chain_chunk(
         )
         return warmup_state, kernel.sample_stats(chain, info, parameters)
 
-    step = map_chains(chain_step, mesh, in_axes=(0, 0, 0, None, None))
+    # Jitted, so that the step traced for its output shapes below is traced once, not again
+    # in the loop.
+    step = jax.jit(map_chains(chain_step, mesh, in_axes=(0, 0, 0, None, None)))
     last_entry = entries.shape[0] - 1
 
     def one_step(offset, carry):
@@ -144,9 +147,8 @@ def chain_chunk(
         )
         return warmup_state, buffers, diverging
 
-    stats_shapes = jax.eval_shape(
-        lambda: step(chain_keys(run_key, first, num_chains), warmup_state, tuned, entries[0], True)
-    )[1]
+    keys = chain_keys(run_key, first, num_chains)
+    stats_shapes = jax.eval_shape(step, keys, warmup_state, tuned, entries[0], jnp.bool_(True))[1]
     positions = warmup_state.chain.position
     out_shapes = (jax.eval_shape(jax.vmap(target.constrain), positions), stats_shapes)
     buffers = jax.tree.map(lambda s: jnp.zeros((num_draws, *s.shape), s.dtype), out_shapes)

@@ -101,19 +101,19 @@ def check_logdensity_at_init(target: Target) -> None:
     """The log density and its gradient must be finite at ``target.init``."""
     program, _ = compiled(target, _logdensity_and_grad, {}, target)
     value, grad = program(target)
-    check_usable_at_init(target, value, grad)
+    finite = jax.tree.map(lambda leaf: jnp.all(jnp.isfinite(leaf)), grad)
+    check_usable_at_init(target, value, all(bool(leaf) for leaf in jax.tree.leaves(finite)))
 
 
-def check_usable_at_init(target: Target, value, grad) -> None:
-    """Raises unless ``value`` and ``grad``, the log density and its gradient at
-    ``target.init``, are finite.
+def check_usable_at_init(target: Target, value, gradient_finite) -> None:
+    """Raises unless ``value``, the log density at ``target.init``, is finite and
+    ``gradient_finite`` is true.
 
     Raises:
       ValueError: naming what is not finite and the position.
     """
-    value, grad = jax.device_get((value, grad))
-    finite_grad = all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(grad))
-    if not np.isfinite(value) or not finite_grad:
+    value, gradient_finite = jax.device_get((value, gradient_finite))
+    if not np.isfinite(value) or not gradient_finite:
         position = {name: np.asarray(v).tolist() for name, v in named_sites(target.init).items()}
         what = (
             f"log density is {value}" if not np.isfinite(value) else "its gradient is not finite"
@@ -187,6 +187,16 @@ def jittered_positions(
     jitter is in its free coordinates, around ``target.init`` when that lies inside, else
     around the point whose free coordinates are 0 (the box's centre, the simplex's
     barycentre), so that every start lies inside it."""
+    return starts_and_init_check(target, rng_key, num_chains, domain)[0]
+
+
+def starts_and_init_check(
+    target: Target, rng_key: PRNGKey, num_chains: int, domain: Domain | None = None
+):
+    """``jittered_positions``, traced (call it inside a jitted function), with the log
+    density at ``target.init`` and whether its gradient is finite there, computed in the
+    same evaluations: ``(positions, (value, gradient_finite))``, for
+    ``check_usable_at_init``."""
     domain = target_domain(target, domain)
     if domain is not None:
         return _jittered_in_domain(target, rng_key, num_chains, domain)
@@ -226,16 +236,25 @@ def _redraw_unusable(
     target: Target, rng_key: PRNGKey, num_chains: int, draw, domain=None, fallback=None
 ):
     """``draw(key)``'s starts, drawn again where unusable; a chain that finds no usable
-    start starts at ``fallback`` (``target.init`` unless given)."""
+    start starts at ``fallback`` (``target.init`` unless given). Also the log density at
+    ``target.init`` and whether its gradient is finite there."""
 
     def usable(positions):
-        values, grads = jax.vmap(target.logdensity_and_grad)(positions)
+        # target.init rides along as one more point: the log density and its gradient
+        # appear once in the program, however many things it checks.
+        points = jax.tree.map(
+            lambda leaf, at: jnp.concatenate([leaf, at[None].astype(leaf.dtype)]),
+            positions,
+            target.init,
+        )
+        values, grads = jax.vmap(target.logdensity_and_grad)(points)
         finite = jnp.isfinite(values)
         for leaf in jax.tree.leaves(grads):
-            finite &= jnp.isfinite(leaf).reshape(num_chains, -1).all(axis=1)
+            finite &= jnp.isfinite(leaf).reshape(num_chains + 1, -1).all(axis=1)
+        ok = finite[:num_chains]
         if domain is not None:
-            finite &= jax.vmap(domain.contains)(positions)
-        return finite
+            ok &= jax.vmap(domain.contains)(positions)
+        return ok, (values[num_chains], finite[num_chains])
 
     def choose(keep, kept, other):
         return jax.tree.map(
@@ -243,22 +262,29 @@ def _redraw_unusable(
         )
 
     def redraw(carry):
-        tries, positions, ok = carry
-        candidates = draw(jax.random.fold_in(rng_key, tries))
+        tries, positions, ok, _ = carry
+        key = jax.lax.cond(tries == 0, lambda: rng_key, lambda: jax.random.fold_in(rng_key, tries))
+        candidates = draw(key)
         positions = choose(ok, positions, candidates)
-        return tries + 1, positions, ok | usable(candidates)
+        candidates_ok, at_init = usable(candidates)
+        return tries + 1, positions, ok | candidates_ok, at_init
 
-    first = draw(rng_key)
-    _, positions, ok = jax.lax.while_loop(
-        lambda carry: (carry[0] < MAX_START_TRIES) & ~jnp.all(carry[2]),
-        redraw,
-        (jnp.int32(1), first, usable(first)),
+    empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(draw, rng_key))
+    value = jax.eval_shape(target.logdensity, target.init)
+    nothing_yet = (
+        jnp.int32(0),
+        empty,
+        jnp.zeros(num_chains, dtype=bool),
+        (jnp.zeros(value.shape, value.dtype), jnp.bool_(False)),
     )
-    at_init = jax.tree.map(
+    _, positions, ok, at_init = jax.lax.while_loop(
+        lambda carry: (carry[0] < MAX_START_TRIES) & ~jnp.all(carry[2]), redraw, nothing_yet
+    )
+    at_fallback = jax.tree.map(
         lambda leaf: jnp.broadcast_to(leaf, (num_chains, *leaf.shape)),
         target.init if fallback is None else fallback,
     )
-    return choose(ok, positions, at_init)
+    return choose(ok, positions, at_fallback), at_init
 
 
 __all__ = [
@@ -269,5 +295,6 @@ __all__ = [
     "check_logdensity_at_init",
     "check_usable_at_init",
     "jittered_positions",
+    "starts_and_init_check",
     "target_domain",
 ]

@@ -137,7 +137,7 @@ def compile_ahead(owner, jitted: Callable, static: dict[str, Hashable], *args) -
     Returns:
       Whether a compile was started (``False`` where the program is known already).
     """
-    _enable_once()
+    ensure_compilation_cache()
     programs = _programs.setdefault(owner, {})
     key = _cache_key(jitted, static, args)
     if key in programs:
@@ -169,7 +169,7 @@ def compiled(
       ``(program, seconds spent compiling)``: the seconds this call waited, zero on a cache
       hit. Call the program with ``*args`` only.
     """
-    _enable_once()
+    ensure_compilation_cache()
     programs = _programs.setdefault(owner, {})
     key = _cache_key(jitted, static, args)
     start = time.perf_counter()
@@ -183,7 +183,11 @@ def compiled(
     return program, time.perf_counter() - start
 
 
-def _enable_once() -> None:
+def ensure_compilation_cache() -> None:
+    """Turns the persistent cache on with its defaults (``enable_compilation_cache()``),
+    unless this process has already turned it on or off: what a first compile does. Called
+    before work that compiles outside ``compiled``, such as building a ``Target`` from a
+    NumPyro model."""
     if not _persistent_cache_checked:
         enable_compilation_cache()
 
@@ -209,5 +213,6 @@ __all__ = [
     "default_cache_dir",
     "disable_compilation_cache",
     "enable_compilation_cache",
+    "ensure_compilation_cache",
     "programs_compiled",
 ]
