@@ -34,14 +34,10 @@ def strong(tree):
     return jax.tree.map(lambda leaf: jax.lax.convert_element_type(leaf, leaf.dtype), tree)
 
 
-def _start_states(target: Target, positions, kernel, mesh):
-    return strong(map_chains(kernel.warmup_algorithm(target).init, mesh)(positions))
-
-
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
 def warmup_init(target: Target, positions, kernel, mesh):
     """Every chain's warmup state at ``positions``."""
-    return _start_states(target, positions, kernel, mesh)
+    return strong(map_chains(kernel.warmup_algorithm(target).init, mesh)(positions))
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh", "num_chains", "domain"))
@@ -50,7 +46,7 @@ def start(target: Target, init_key: PRNGKey, kernel, mesh, num_chains, domain):
     ``target.init`` and whether its gradient is finite there:
     ``(warmup_state, (value, gradient_finite))``."""
     positions, at_init = starts_and_init_check(target, init_key, num_chains, domain)
-    return _start_states(target, positions, kernel, mesh), at_init
+    return warmup_init(target, positions, kernel=kernel, mesh=mesh), at_init
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh"))

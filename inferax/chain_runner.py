@@ -10,7 +10,6 @@ Every program a run needs is compiled ahead, side by side, before the first runs
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 import weakref
@@ -104,9 +103,11 @@ class ChainRunner:
             lambda leaf: jax.ShapeDtypeStruct((self.settings.num_chains, *leaf.shape), leaf.dtype),
             self.target.init,
         )
+        # The jitted functions' own eval_shape: their traces are kept, and the start program
+        # and compile_ahead's lowering of the end of warmup reuse them.
         static = {"kernel": self.kernel, "mesh": self.mesh}
-        warmup = jax.eval_shape(functools.partial(warmup_init, **static), self.target, positions)
-        sampling = jax.eval_shape(functools.partial(warmup_final, **static), self.target, warmup)
+        warmup = warmup_init.eval_shape(self.target, positions, **static)
+        sampling = warmup_final.eval_shape(self.target, warmup, **static)
         return positions, warmup, sampling
 
     def structures(self):
@@ -116,8 +117,9 @@ class ChainRunner:
 
     def compile_ahead(self, phase: str, need_positions: bool) -> None:
         """Starts compiling, side by side, every program this run will call from ``phase``
-        on: the start first, whose result a run waits for, then the big ones. Chains laid
-        out over devices compile when first called, for the shardings of their arguments."""
+        on: the chunk program first, the longest to compile, then the start and the end of
+        warmup, which compile beside it. Chains laid out over devices compile when first
+        called, for the shardings of their arguments."""
         target, settings = self.target, self.settings
         if self.mesh is not None:
             return
@@ -126,13 +128,6 @@ class ChainRunner:
         positions, warmup_state, (states, tuned) = self.shapes()
         key = self.run_key
         step = jax.ShapeDtypeStruct((), jnp.int32)
-        if phase == "warmup":
-            if need_positions:
-                submitted |= compile_ahead(
-                    target, start, self.static(**self.start_settings()), target, self.init_key
-                )
-            else:
-                submitted |= compile_ahead(target, warmup_init, self.static(), target, positions)
         if self.stepwise:
             submitted |= compile_ahead(
                 target,
@@ -156,6 +151,12 @@ class ChainRunner:
                 target, sampling_chunk, static, target, tuned, states, key, step, step
             )
         if phase == "warmup":
+            if need_positions:
+                submitted |= compile_ahead(
+                    target, start, self.static(**self.start_settings()), target, self.init_key
+                )
+            else:
+                submitted |= compile_ahead(target, warmup_init, self.static(), target, positions)
             submitted |= compile_ahead(target, warmup_final, self.static(), target, warmup_state)
         if submitted:
             self.timing["compile"] += time.perf_counter() - started

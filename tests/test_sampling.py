@@ -42,7 +42,7 @@ def test_a_nuts_run_compiles_one_chunk_program_for_warmup_and_sampling():
     target = inferax.Target.from_logdensity(logdensity, {"a": jnp.zeros(2), "b": 0.0})
     before = compile_count()
     inferax.sample(target, KERNEL, jax.random.key(0), **SETTINGS)
-    assert programs_compiled(target) == ["start", "chain_chunk", "warmup_final"]
+    assert sorted(programs_compiled(target)) == ["chain_chunk", "start", "warmup_final"]
     assert compile_count() - before == 3
 
 
