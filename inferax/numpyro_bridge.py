@@ -136,7 +136,10 @@ def from_numpyro(
     if data is None:
         potential_fn = info.potential_fn
         return Target(
-            log_prior=lambda params: -potential_fn(params),
+            # Jitted, so that the model is traced once per process: the programs that hold
+            # the density (the start, the chunk) and the shapes traced before them reuse
+            # the trace, and their gradients and batches transform it, not the model.
+            log_prior=jax.jit(lambda params: -potential_fn(params)),
             init=init,
             constrain=constrain,
             observed_data=observed,
