@@ -191,15 +191,25 @@ def jittered_positions(
 
 
 def starts_and_init_check(
-    target: Target, rng_key: PRNGKey, num_chains: int, domain: Domain | None = None
+    target: Target,
+    rng_key: PRNGKey,
+    num_chains: int,
+    domain: Domain | None = None,
+    state_of=None,
 ):
     """``jittered_positions``, traced (call it inside a jitted function), with the log
     density at ``target.init`` and whether its gradient is finite there, computed in the
     same evaluations: ``(positions, (value, gradient_finite))``, for
-    ``check_usable_at_init``."""
+    ``check_usable_at_init``.
+
+    With ``state_of`` (a function from a batch of positions to a batch of chain states), the
+    chains' states at their starts instead of the positions: each candidate's state is
+    computed beside its check, where XLA finds the kernel's own evaluation of the density and
+    its gradient to be the check's and computes it once."""
     domain = target_domain(target, domain)
     if domain is not None:
-        return _jittered_in_domain(target, rng_key, num_chains, domain)
+        positions, at_init = _jittered_in_domain(target, rng_key, num_chains, domain)
+        return (positions if state_of is None else state_of(positions)), at_init
     leaves, treedef = jax.tree.flatten(target.init)
 
     def draw(key):
@@ -214,7 +224,7 @@ def starts_and_init_check(
             ]
         )
 
-    return _redraw_unusable(target, rng_key, num_chains, draw)
+    return _redraw_unusable(target, rng_key, num_chains, draw, state_of=state_of)
 
 
 def _jittered_in_domain(target: Target, rng_key: PRNGKey, num_chains: int, domain: Domain):
@@ -233,27 +243,36 @@ def _jittered_in_domain(target: Target, rng_key: PRNGKey, num_chains: int, domai
 
 
 def _redraw_unusable(
-    target: Target, rng_key: PRNGKey, num_chains: int, draw, domain=None, fallback=None
+    target: Target,
+    rng_key: PRNGKey,
+    num_chains: int,
+    draw,
+    domain=None,
+    fallback=None,
+    state_of=None,
 ):
     """``draw(key)``'s starts, drawn again where unusable; a chain that finds no usable
     start starts at ``fallback`` (``target.init`` unless given). Also the log density at
-    ``target.init`` and whether its gradient is finite there."""
+    ``target.init`` and whether its gradient is finite there. With ``state_of`` (only
+    without a ``fallback``), the states at the starts instead of the starts."""
 
-    def usable(positions):
+    def with_init(positions):
         # target.init rides along as one more point: the log density and its gradient
         # appear once in the program, however many things it checks.
-        points = jax.tree.map(
+        return jax.tree.map(
             lambda leaf, at: jnp.concatenate([leaf, at[None].astype(leaf.dtype)]),
             positions,
             target.init,
         )
+
+    def usable(points):
         values, grads = jax.vmap(target.logdensity_and_grad)(points)
         finite = jnp.isfinite(values)
         for leaf in jax.tree.leaves(grads):
             finite &= jnp.isfinite(leaf).reshape(num_chains + 1, -1).all(axis=1)
         ok = finite[:num_chains]
         if domain is not None:
-            ok &= jax.vmap(domain.contains)(positions)
+            ok &= jax.vmap(domain.contains)(jax.tree.map(lambda leaf: leaf[:num_chains], points))
         return ok, (values[num_chains], finite[num_chains])
 
     def choose(keep, kept, other):
@@ -261,15 +280,24 @@ def _redraw_unusable(
             lambda a, b: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), kept, other
         )
 
-    def redraw(carry):
-        tries, positions, ok, _ = carry
-        key = jax.lax.cond(tries == 0, lambda: rng_key, lambda: jax.random.fold_in(rng_key, tries))
-        candidates = draw(key)
-        positions = choose(ok, positions, candidates)
-        candidates_ok, at_init = usable(candidates)
-        return tries + 1, positions, ok | candidates_ok, at_init
+    def candidates_of(points):
+        # What the search keeps for each chain: the start, or the chain state there (whose
+        # last row, at target.init, is every unlucky chain's fallback).
+        return points if state_of is None else state_of(points)
 
-    empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(draw, rng_key))
+    def redraw(carry):
+        tries, kept, ok, _ = carry
+        key = jax.lax.cond(tries == 0, lambda: rng_key, lambda: jax.random.fold_in(rng_key, tries))
+        points = with_init(draw(key))
+        found = candidates_of(points)
+        kept = choose(jnp.concatenate([ok, jnp.zeros(1, bool)]), kept, found)
+        points_ok, at_init = usable(points)
+        return tries + 1, kept, ok | points_ok, at_init
+
+    first_points = jax.eval_shape(lambda: with_init(draw(rng_key)))
+    empty = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(candidates_of, first_points)
+    )
     value = jax.eval_shape(target.logdensity, target.init)
     nothing_yet = (
         jnp.int32(0),
@@ -277,14 +305,20 @@ def _redraw_unusable(
         jnp.zeros(num_chains, dtype=bool),
         (jnp.zeros(value.shape, value.dtype), jnp.bool_(False)),
     )
-    _, positions, ok, at_init = jax.lax.while_loop(
+    _, kept, ok, at_init = jax.lax.while_loop(
         lambda carry: (carry[0] < MAX_START_TRIES) & ~jnp.all(carry[2]), redraw, nothing_yet
     )
-    at_fallback = jax.tree.map(
-        lambda leaf: jnp.broadcast_to(leaf, (num_chains, *leaf.shape)),
-        target.init if fallback is None else fallback,
-    )
-    return choose(ok, positions, at_fallback), at_init
+    if fallback is None:
+        # The last row was computed at target.init on the last try.
+        at_fallback = jax.tree.map(
+            lambda leaf: jnp.broadcast_to(leaf[num_chains], (num_chains, *leaf.shape[1:])), kept
+        )
+    else:
+        at_fallback = jax.tree.map(
+            lambda leaf: jnp.broadcast_to(leaf, (num_chains, *leaf.shape)), fallback
+        )
+    chosen = jax.tree.map(lambda leaf: leaf[:num_chains], kept)
+    return choose(ok, chosen, at_fallback), at_init
 
 
 __all__ = [
