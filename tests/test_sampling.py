@@ -47,39 +47,32 @@ def test_a_nuts_run_compiles_one_chunk_program_for_warmup_and_sampling():
 
 
 @dataclasses.dataclass(frozen=True)
-class two_program_hmc(samplers.hmc):  # noqa: N801
-    """HMC whose warmup is not given in parts: warmup and sampling chunks of their own."""
+class two_program_nuts(samplers.nuts):  # noqa: N801
+    """NUTS whose warmup is not given in parts: warmup and sampling chunks of their own."""
 
     def warmup_algorithm(self, target):
         return WarmupAlgorithm(*super().warmup_algorithm(target)[:3])
-
-
-def test_one_program_gives_the_draws_of_separate_warmup_and_sampling_programs():
-    # HMC: window adaptation as NUTS has it, with a step that compiles faster.
-    settings = dict(num_chains=2, num_warmup=100, num_samples=8, thinning=2, progress=False)
-    one = inferax.sample(TARGET, samplers.hmc(2), jax.random.key(3), **settings)
-    two = inferax.sample(TARGET, two_program_hmc(2), jax.random.key(3), **settings)
-    assert "warmup_chunk" in programs_compiled(TARGET)
-    for site in one.draws:
-        np.testing.assert_array_equal(one.draws[site], two.draws[site])
-    for name in one.stats:
-        np.testing.assert_array_equal(one.stats[name], two.stats[name])
-    for name in one.tuned:
-        np.testing.assert_array_equal(one.tuned[name], two.tuned[name])
 
 
 def test_different_key_different_draws():
     assert not np.array_equal(run(0).draws["a"], run(1).draws["a"])
 
 
-def test_chunk_size_does_not_change_the_draws():
-    # The automatic length (the default) runs chunks of growing length from 16 steps on.
+def test_neither_the_chunk_size_nor_separate_warmup_and_sampling_programs_change_the_draws():
+    # The automatic length (the default) runs chunks of growing length from 16 steps on;
+    # two_program_nuts runs warmup and sampling in programs of their own, as kernels whose
+    # warmup is not stepwise do.
     reference = run()
-    for chunk_size in (7, 50):
-        other = run(chunk_size=chunk_size)
+    for chunk_size, kernel in ((7, KERNEL), (50, two_program_nuts())):
+        settings = SETTINGS | {"chunk_size": chunk_size}
+        other = inferax.sample(TARGET, kernel, jax.random.key(0), **settings)
         for site in reference.draws:
             np.testing.assert_array_equal(reference.draws[site], other.draws[site])
-        np.testing.assert_array_equal(reference.stats["lp"], other.stats["lp"])
+        for name in reference.stats:
+            np.testing.assert_array_equal(reference.stats[name], other.stats[name])
+        for name in reference.tuned:
+            np.testing.assert_array_equal(reference.tuned[name], other.tuned[name])
+    assert {"warmup_chunk", "sampling_chunk", "chain_chunk"} <= set(programs_compiled(TARGET))
 
 
 def test_shapes_stats_and_timing():
