@@ -45,12 +45,15 @@ def start(target: Target, init_key: PRNGKey, kernel, mesh, num_chains, domain):
     """``jittered_positions`` and ``warmup_init`` in one program, with the log density at
     ``target.init`` and whether its gradient is finite there:
     ``(warmup_state, (value, gradient_finite))``."""
-    if mesh is not None:
+    algorithm = kernel.warmup_algorithm(target)
+    if mesh is not None or not algorithm.stepwise:
+        # Chains over devices, or a warmup whose initial state may reach across chains
+        # (MEADS's folds): the states of the chosen starts, in the chains' own layout.
         positions, at_init = starts_and_init_check(target, init_key, num_chains, domain)
         return warmup_init(target, positions, kernel=kernel, mesh=mesh), at_init
     # Each candidate's warmup state beside its check: the kernel's initial state and the
     # check evaluate the same density and gradient there, which XLA then computes once.
-    init = jax.vmap(kernel.warmup_algorithm(target).init)
+    init = jax.vmap(algorithm.init)
     states, at_init = starts_and_init_check(target, init_key, num_chains, domain, init)
     return strong(states), at_init
 

@@ -71,9 +71,11 @@ def stepwise_warmup(
     """A ``WarmupAlgorithm`` whose step is ``prepare``, one step of
     ``build(**parameters(warmup_state))`` from ``warmup_state.chain``, then ``adapt``.
 
+    ``inferax.sample``'s one program steps ``kernel.build(target, **parameters(state))``,
+    in warmup and sampling alike, so ``build`` must be that kernel's own ``build``.
+
     Args:
-      build: ``build(**tuned) -> SamplingAlgorithm``, the kernel as ``final``'s ``tuned``
-        builds it.
+      build: ``build(**tuned) -> SamplingAlgorithm``: ``kernel.build(target, **tuned)``.
       init: ``init(position) -> warmup_state``, a ``NamedTuple`` with a ``chain`` field.
       prepare: as in ``WarmupAlgorithm``.
       parameters: as in ``WarmupAlgorithm``.
