@@ -13,7 +13,8 @@ which a machine shared with other work inflates less than the wall-clock seconds
 ``inferax --help``, ``--version`` and an argument error, each in a fresh process. One line
 per figure:
 
-    ./dev bench first_call
+    ./dev bench first_call            # every model, then the command line
+    ./dev bench first_call baseball   # the models named
 """
 
 from __future__ import annotations
@@ -143,9 +144,12 @@ def run_worker(tool: str, name: str, env: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(models: list[str]) -> None:
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        raise SystemExit(f"unknown models {sorted(unknown)}; pick from {MODELS}")
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "INFERAX_"))}
-    for name in MODELS:
+    for name in models or MODELS:
         with tempfile.TemporaryDirectory(prefix="inferax-first-call-") as cache:
             env = base_env | {"XDG_CACHE_HOME": cache}
             numpyro = run_worker("numpyro", name, base_env)
@@ -170,6 +174,8 @@ def main() -> None:
             f"cpu_warm_cache_inferax/numpyro={warm['cpu_s'] / numpyro['cpu_s']:.2f}",
             flush=True,
         )
+    if models:
+        return
     cli = [sys.executable, "-m", "inferax"]
     for what, argv in (("--help", ["--help"]), ("--version", ["--version"]), ("error", ["run"])):
         done, seconds = fresh_process(cli + argv, base_env)
@@ -182,4 +188,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         print(json.dumps(worker(sys.argv[2], sys.argv[3])))
     else:
-        main()
+        main(sys.argv[1:])

@@ -3,13 +3,13 @@ then sampling chunks, with the progress bar and checkpoints between them.
 
 Step ``t`` splits ``fold_in(run_key, t)`` into one key per chain, so the draws do not
 depend on the chunk size. A chunk program loops over a step count given at run time into
-buffers of a fixed length, so one program serves every chunk of a phase, whatever its
-length; every program a run needs is compiled ahead, side by side, before the first runs.
+buffers of a fixed length, so one program serves every chunk, whatever its length; a kernel
+whose warmup is stepwise runs warmup and sampling in the same one (``inferax.chain_programs``).
+Every program a run needs is compiled ahead, side by side, before the first runs.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 import weakref
@@ -18,15 +18,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inferax.chain_starts import jittered_positions
+from inferax.chain_programs import (
+    chain_chunk,
+    sampling_chunk,
+    start,
+    warmup_chunk,
+    warmup_final,
+    warmup_init,
+)
+from inferax.chain_starts import check_usable_at_init
 from inferax.checkpoint import SavedPoint
 from inferax.chunking import ChunkSizer, buffer_length
 from inferax.compile_cache import compile_ahead, compiled
 from inferax.posterior import Posterior
 from inferax.progress import ProgressBar, progress_enabled
-from inferax.sharding import map_chains, shard_chains, tree_to_host
+from inferax.sharding import shard_chains, tree_to_host
 from inferax.target import Target
-from inferax.typing import PRNGKey
 
 
 class ChainRunner:
@@ -44,6 +51,9 @@ class ChainRunner:
         self.timing = {"compile": 0.0, "warmup": 0.0, "sampling": 0.0}
         self.draw_files: list[str] = []
         self.sizer = ChunkSizer(settings.chunk_size)
+        # One program for warmup and sampling where the warmup comes in parts.
+        self.stepwise = kernel.warmup_algorithm(target).stepwise
+        self.final_warmup_state = None
         self.warmup_length = buffer_length(settings.chunk_size, settings.num_warmup)
         self.sampling_length = buffer_length(
             settings.chunk_size,
@@ -93,9 +103,11 @@ class ChainRunner:
             lambda leaf: jax.ShapeDtypeStruct((self.settings.num_chains, *leaf.shape), leaf.dtype),
             self.target.init,
         )
+        # The jitted functions' own eval_shape: their traces are kept, and the start program
+        # and compile_ahead's lowering of the end of warmup reuse them.
         static = {"kernel": self.kernel, "mesh": self.mesh}
-        warmup = jax.eval_shape(functools.partial(_warmup_init, **static), self.target, positions)
-        sampling = jax.eval_shape(functools.partial(_warmup_final, **static), self.target, warmup)
+        warmup = warmup_init.eval_shape(self.target, positions, **static)
+        sampling = warmup_final.eval_shape(self.target, warmup, **static)
         return positions, warmup, sampling
 
     def structures(self):
@@ -105,8 +117,9 @@ class ChainRunner:
 
     def compile_ahead(self, phase: str, need_positions: bool) -> None:
         """Starts compiling, side by side, every program this run will call from ``phase``
-        on: the two big ones (the warmup and the sampling chunk) first. Chains laid out
-        over devices compile when first called, for the shardings of their arguments."""
+        on: the chunk program first, the longest to compile, then the start and the end of
+        warmup, which compile beside it. Chains laid out over devices compile when first
+        called, for the shardings of their arguments."""
         target, settings = self.target, self.settings
         if self.mesh is not None:
             return
@@ -115,22 +128,36 @@ class ChainRunner:
         positions, warmup_state, (states, tuned) = self.shapes()
         key = self.run_key
         step = jax.ShapeDtypeStruct((), jnp.int32)
-        if phase == "warmup" and settings.num_warmup:
-            entries = self.schedule_entries(0, 0)
-            chunk_args = (target, warmup_state, key, step, step, entries)
-            submitted |= compile_ahead(target, _warmup_chunk, self.static(), *chunk_args)
-        static = self.static(thinning=settings.thinning, num_draws=self.sampling_length)
-        submitted |= compile_ahead(
-            target, _sampling_chunk, static, target, tuned, states, key, step, step
-        )
+        if self.stepwise:
+            submitted |= compile_ahead(
+                target,
+                chain_chunk,
+                self.static(thinning=settings.thinning, num_draws=self.sampling_length),
+                target,
+                warmup_state,
+                tuned,
+                key,
+                step,
+                step,
+                step,
+                self.schedule_entries(0, 0),
+            )
+        else:
+            if phase == "warmup" and settings.num_warmup:
+                chunk_args = (target, warmup_state, key, step, step, self.schedule_entries(0, 0))
+                submitted |= compile_ahead(target, warmup_chunk, self.static(), *chunk_args)
+            static = self.static(thinning=settings.thinning, num_draws=self.sampling_length)
+            submitted |= compile_ahead(
+                target, sampling_chunk, static, target, tuned, states, key, step, step
+            )
         if phase == "warmup":
             if need_positions:
-                starts = {"num_chains": settings.num_chains, "domain": self.domain}
                 submitted |= compile_ahead(
-                    target, jittered_positions, starts, target, self.init_key
+                    target, start, self.static(**self.start_settings()), target, self.init_key
                 )
-            for jitted, args in ((_warmup_init, positions), (_warmup_final, warmup_state)):
-                submitted |= compile_ahead(target, jitted, self.static(), target, args)
+            else:
+                submitted |= compile_ahead(target, warmup_init, self.static(), target, positions)
+            submitted |= compile_ahead(target, warmup_final, self.static(), target, warmup_state)
         if submitted:
             self.timing["compile"] += time.perf_counter() - started
 
@@ -139,6 +166,10 @@ class ChainRunner:
         ``settings``."""
         return {"kernel": self.kernel, "mesh": self.mesh, **settings}
 
+    def start_settings(self) -> dict:
+        """The static arguments of the start program besides the kernel and the mesh."""
+        return {"num_chains": self.settings.num_chains, "domain": self.domain}
+
     def schedule_entries(self, first: int, count: int) -> np.ndarray:
         """The warmup schedule's rows for steps ``first`` to ``first + count``, in a buffer
         of the warmup program's length."""
@@ -146,6 +177,17 @@ class ChainRunner:
         entries = np.zeros((self.warmup_length, schedule.shape[1]), dtype=schedule.dtype)
         entries[:count] = schedule[first : first + count]
         return entries
+
+    def placeholder(self, shapes, chain=None):
+        """Zeros of ``shapes`` laid out as the chains are; a warmup state's ``chain`` field
+        is ``chain`` instead, where given. The one-program path carries a warmup state
+        while sampling and tuned settings while warming up: these fill the part not used."""
+        if chain is not None:
+            shapes = shapes._replace(chain=())
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        if chain is not None:
+            zeros = zeros._replace(chain=chain)
+        return shard_chains(zeros, self.mesh)
 
     def execute(self, saved: SavedPoint | None, positions) -> Posterior:
         target, kernel, settings = self.target, self.kernel, self.settings
@@ -167,14 +209,13 @@ class ChainRunner:
         else:
             self.compile_ahead("warmup", need_positions=positions is None)
             if positions is None:
-                positions, _ = self.call(
-                    jittered_positions,
-                    {"num_chains": settings.num_chains, "domain": self.domain},
-                    target,
-                    self.init_key,
+                (warmup_state, at_init), seconds = self.call(
+                    start, self.static(**self.start_settings()), target, self.init_key
                 )
-            positions = shard_chains(positions, self.mesh)
-            warmup_state, seconds = self.call(_warmup_init, self.static(), target, positions)
+                check_usable_at_init(target, *at_init)
+            else:
+                positions = shard_chains(positions, self.mesh)
+                warmup_state, seconds = self.call(warmup_init, self.static(), target, positions)
             self.timing["warmup"] += seconds
             self.save("warmup", 0, warmup_state)
 
@@ -217,48 +258,94 @@ class ChainRunner:
     def warmup(self, warmup_state, first_step, bar):
         target, num_warmup = self.target, self.settings.num_warmup
         static = self.static()
+        if self.stepwise:
+            one_program = self.static(
+                thinning=self.settings.thinning, num_draws=self.sampling_length
+            )
+            unused_tuned = self.placeholder(self.shapes()[2][1])
         first, number = first_step, 0
         while first < num_warmup:
             count = self.sizer.next_count(num_warmup - first, self.warmup_length)
-            warmup_state, seconds = self.call(
-                _warmup_chunk,
-                static,
-                target,
-                warmup_state,
-                self.run_key,
-                jnp.int32(first),
-                jnp.int32(count),
-                self.schedule_entries(first, count),
-            )
+            entries = self.schedule_entries(first, count)
+            if self.stepwise:
+                (warmup_state, _), seconds = self.call(
+                    chain_chunk,
+                    one_program,
+                    target,
+                    warmup_state,
+                    unused_tuned,
+                    self.run_key,
+                    jnp.int32(first),
+                    jnp.int32(count),
+                    jnp.int32(num_warmup),
+                    entries,
+                )
+            else:
+                warmup_state, seconds = self.call(
+                    warmup_chunk,
+                    static,
+                    target,
+                    warmup_state,
+                    self.run_key,
+                    jnp.int32(first),
+                    jnp.int32(count),
+                    entries,
+                )
             self.sizer.record(count, seconds)
             self.timing["warmup"] += seconds
             bar.advance(count)
             first, number = first + count, number + 1
             if number % self.checkpoint_every == 0 and first < num_warmup:
                 self.save("warmup", first, warmup_state)
-        (states, tuned), seconds = self.call(_warmup_final, static, target, warmup_state)
+        (states, tuned), seconds = self.call(warmup_final, static, target, warmup_state)
         self.timing["warmup"] += seconds
         self.save("sampling", 0, (states, tuned))
+        if self.stepwise:
+            self.final_warmup_state = warmup_state
         return states, tuned
 
     def sampling(self, states, tuned, first_draw, draws, stats, bar):
         target, settings = self.target, self.settings
         num_samples, thinning = settings.num_samples, settings.thinning
         static = self.static(thinning=thinning, num_draws=self.sampling_length)
+        if self.stepwise:
+            # The warmup state's adaptation is not read while sampling: after a resume from
+            # a sampling checkpoint, which does not save it, zeros stand in for it.
+            warmup_state = self.final_warmup_state
+            if warmup_state is None:
+                warmup_state = self.placeholder(self.shapes()[1], chain=states)
+            else:
+                warmup_state = warmup_state._replace(chain=states)
+            entries = self.schedule_entries(0, 0)
         unsaved_from, first, number, pending = first_draw, first_draw, 0, 0
         while first < num_samples:
             count = self.sizer.next_count(num_samples - first, self.sampling_length, thinning)
             step_offset = settings.num_warmup + first * thinning
-            (states, (chunk_draws, chunk_stats)), seconds = self.call(
-                _sampling_chunk,
-                static,
-                target,
-                tuned,
-                states,
-                self.run_key,
-                jnp.int32(step_offset),
-                jnp.int32(count),
-            )
+            if self.stepwise:
+                (warmup_state, (chunk_draws, chunk_stats)), seconds = self.call(
+                    chain_chunk,
+                    static,
+                    target,
+                    warmup_state,
+                    tuned,
+                    self.run_key,
+                    jnp.int32(step_offset),
+                    jnp.int32(count * thinning),
+                    jnp.int32(settings.num_warmup),
+                    entries,
+                )
+                states = warmup_state.chain
+            else:
+                (states, (chunk_draws, chunk_stats)), seconds = self.call(
+                    sampling_chunk,
+                    static,
+                    target,
+                    tuned,
+                    states,
+                    self.run_key,
+                    jnp.int32(step_offset),
+                    jnp.int32(count),
+                )
             self.sizer.record(count * thinning, seconds)
             self.timing["sampling"] += seconds
             # The buffers hold the program's full length; the chunk filled the first `count`.
@@ -279,93 +366,6 @@ class ChainRunner:
 
 
 _shapes_memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _chain_keys(run_key: PRNGKey, step_index, num_chains: int):
-    return jax.random.split(jax.random.fold_in(run_key, step_index), num_chains)
-
-
-def _strong(tree):
-    # A loop's carry comes out strongly typed where it went in weakly typed: states are
-    # made strong up front, so that every chunk's arguments have the types of the first.
-    return jax.tree.map(lambda leaf: jax.lax.convert_element_type(leaf, leaf.dtype), tree)
-
-
-@functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
-def _warmup_init(target: Target, positions, kernel, mesh):
-    return _strong(map_chains(kernel.warmup_algorithm(target).init, mesh)(positions))
-
-
-@functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
-def _warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, kernel, mesh):
-    algorithm = kernel.warmup_algorithm(target)
-    num_chains = jax.tree.leaves(warmup_state)[0].shape[0]
-    # vmap over each device's chains (named: cross-chain warmups gather over it).
-    step = map_chains(algorithm.step, mesh, in_axes=(0, 0, None))
-
-    def one_step(offset, state):
-        return step(_chain_keys(run_key, first + offset, num_chains), state, entries[offset])
-
-    return jax.lax.fori_loop(0, count, one_step, warmup_state)
-
-
-@functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
-def _warmup_final(target: Target, warmup_state, kernel, mesh):
-    states, tuned = map_chains(kernel.warmup_algorithm(target).final, mesh)(warmup_state)
-    return _strong(states), tuned
-
-
-@functools.partial(jax.jit, static_argnames=("kernel", "thinning", "num_draws", "mesh"))
-def _sampling_chunk(
-    target: Target, tuned, states, run_key, first, count, kernel, thinning, num_draws, mesh
-):
-    """``count`` draws (``count <= num_draws``, set at run time) into buffers of
-    ``num_draws``, with a leading chain axis: ``(states, (draws, stats))``."""
-    num_chains = jax.tree.leaves(states)[0].shape[0]
-
-    def chain_step(key, state, chain_tuned):
-        new_state, info = kernel.build(target, **chain_tuned).step(key, state)
-        return new_state, kernel.sample_stats(new_state, info, chain_tuned)
-
-    step = map_chains(chain_step, mesh)
-
-    def one_draw(states, draw_index):
-        first_step = first + draw_index * thinning
-        if thinning == 1:
-            states, stats = step(_chain_keys(run_key, first_step, num_chains), states, tuned)
-            return states, (jax.vmap(target.constrain)(states.position), stats)
-
-        def one_step(carry, step_index):
-            states, diverging = carry
-            states, stats = step(_chain_keys(run_key, step_index, num_chains), states, tuned)
-            if "diverging" in stats:
-                diverging = diverging | stats["diverging"]
-            return (states, diverging), stats
-
-        step_indices = first_step + jnp.arange(thinning, dtype=jnp.int32)
-        no_divergence = jnp.zeros(num_chains, dtype=bool)
-        (states, diverging), stats = jax.lax.scan(one_step, (states, no_divergence), step_indices)
-        # A kept draw reports its own step, except that it counts a divergence in any of
-        # the steps thinned away before it.
-        stats = jax.tree.map(lambda s: s[-1], stats)
-        if "diverging" in stats:
-            stats["diverging"] = diverging
-        return states, (jax.vmap(target.constrain)(states.position), stats)
-
-    out_shapes = jax.eval_shape(one_draw, states, jnp.int32(0))[1]
-    buffers = jax.tree.map(lambda s: jnp.zeros((num_draws, *s.shape), s.dtype), out_shapes)
-
-    def record(draw_index, carry):
-        states, buffers = carry
-        states, out = one_draw(states, draw_index)
-        buffers = jax.tree.map(
-            lambda buffer, value: buffer.at[draw_index].set(value), buffers, out
-        )
-        return states, buffers
-
-    states, buffers = jax.lax.fori_loop(0, count, record, (states, buffers))
-    # The loop writes whole rows of a draw-major buffer; a Posterior holds (chain, draw, ...).
-    return states, jax.tree.map(functools.partial(jnp.swapaxes, axis1=0, axis2=1), buffers)
 
 
 def _bytes_per_draw(target: Target, num_chains: int) -> int:

@@ -100,9 +100,20 @@ def target_domain(target: Target, domain: Domain | None) -> Domain | None:
 def check_logdensity_at_init(target: Target) -> None:
     """The log density and its gradient must be finite at ``target.init``."""
     program, _ = compiled(target, _logdensity_and_grad, {}, target)
-    value, grad = jax.device_get(program(target))
-    finite_grad = all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(grad))
-    if not np.isfinite(value) or not finite_grad:
+    value, grad = program(target)
+    finite = jax.tree.map(lambda leaf: jnp.all(jnp.isfinite(leaf)), grad)
+    check_usable_at_init(target, value, all(bool(leaf) for leaf in jax.tree.leaves(finite)))
+
+
+def check_usable_at_init(target: Target, value, gradient_finite) -> None:
+    """Raises unless ``value``, the log density at ``target.init``, is finite and
+    ``gradient_finite`` is true.
+
+    Raises:
+      ValueError: naming what is not finite and the position.
+    """
+    value, gradient_finite = jax.device_get((value, gradient_finite))
+    if not np.isfinite(value) or not gradient_finite:
         position = {name: np.asarray(v).tolist() for name, v in named_sites(target.init).items()}
         what = (
             f"log density is {value}" if not np.isfinite(value) else "its gradient is not finite"
@@ -176,9 +187,29 @@ def jittered_positions(
     jitter is in its free coordinates, around ``target.init`` when that lies inside, else
     around the point whose free coordinates are 0 (the box's centre, the simplex's
     barycentre), so that every start lies inside it."""
+    return starts_and_init_check(target, rng_key, num_chains, domain)[0]
+
+
+def starts_and_init_check(
+    target: Target,
+    rng_key: PRNGKey,
+    num_chains: int,
+    domain: Domain | None = None,
+    state_of=None,
+):
+    """``jittered_positions``, traced (call it inside a jitted function), with the log
+    density at ``target.init`` and whether its gradient is finite there, computed in the
+    same evaluations: ``(positions, (value, gradient_finite))``, for
+    ``check_usable_at_init``.
+
+    With ``state_of`` (a function from a batch of positions to a batch of chain states), the
+    chains' states at their starts instead of the positions: each candidate's state is
+    computed beside its check, where XLA finds the kernel's own evaluation of the density and
+    its gradient to be the check's and computes it once."""
     domain = target_domain(target, domain)
     if domain is not None:
-        return _jittered_in_domain(target, rng_key, num_chains, domain)
+        positions, at_init = _jittered_in_domain(target, rng_key, num_chains, domain)
+        return (positions if state_of is None else state_of(positions)), at_init
     leaves, treedef = jax.tree.flatten(target.init)
 
     def draw(key):
@@ -193,7 +224,7 @@ def jittered_positions(
             ]
         )
 
-    return _redraw_unusable(target, rng_key, num_chains, draw)
+    return _redraw_unusable(target, rng_key, num_chains, draw, state_of=state_of)
 
 
 def _jittered_in_domain(target: Target, rng_key: PRNGKey, num_chains: int, domain: Domain):
@@ -212,42 +243,82 @@ def _jittered_in_domain(target: Target, rng_key: PRNGKey, num_chains: int, domai
 
 
 def _redraw_unusable(
-    target: Target, rng_key: PRNGKey, num_chains: int, draw, domain=None, fallback=None
+    target: Target,
+    rng_key: PRNGKey,
+    num_chains: int,
+    draw,
+    domain=None,
+    fallback=None,
+    state_of=None,
 ):
     """``draw(key)``'s starts, drawn again where unusable; a chain that finds no usable
-    start starts at ``fallback`` (``target.init`` unless given)."""
+    start starts at ``fallback`` (``target.init`` unless given). Also the log density at
+    ``target.init`` and whether its gradient is finite there. With ``state_of`` (only
+    without a ``fallback``), the states at the starts instead of the starts."""
 
-    def usable(positions):
-        values, grads = jax.vmap(target.logdensity_and_grad)(positions)
+    def with_init(positions):
+        # target.init rides along as one more point: the log density and its gradient
+        # appear once in the program, however many things it checks.
+        return jax.tree.map(
+            lambda leaf, at: jnp.concatenate([leaf, at[None].astype(leaf.dtype)]),
+            positions,
+            target.init,
+        )
+
+    def usable(points):
+        values, grads = jax.vmap(target.logdensity_and_grad)(points)
         finite = jnp.isfinite(values)
         for leaf in jax.tree.leaves(grads):
-            finite &= jnp.isfinite(leaf).reshape(num_chains, -1).all(axis=1)
+            finite &= jnp.isfinite(leaf).reshape(num_chains + 1, -1).all(axis=1)
+        ok = finite[:num_chains]
         if domain is not None:
-            finite &= jax.vmap(domain.contains)(positions)
-        return finite
+            ok &= jax.vmap(domain.contains)(jax.tree.map(lambda leaf: leaf[:num_chains], points))
+        return ok, (values[num_chains], finite[num_chains])
 
     def choose(keep, kept, other):
         return jax.tree.map(
             lambda a, b: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), kept, other
         )
 
-    def redraw(carry):
-        tries, positions, ok = carry
-        candidates = draw(jax.random.fold_in(rng_key, tries))
-        positions = choose(ok, positions, candidates)
-        return tries + 1, positions, ok | usable(candidates)
+    def candidates_of(points):
+        # What the search keeps for each chain: the start, or the chain state there (whose
+        # last row, at target.init, is every unlucky chain's fallback).
+        return points if state_of is None else state_of(points)
 
-    first = draw(rng_key)
-    _, positions, ok = jax.lax.while_loop(
-        lambda carry: (carry[0] < MAX_START_TRIES) & ~jnp.all(carry[2]),
-        redraw,
-        (jnp.int32(1), first, usable(first)),
+    def redraw(carry):
+        tries, kept, ok, _ = carry
+        key = jax.lax.cond(tries == 0, lambda: rng_key, lambda: jax.random.fold_in(rng_key, tries))
+        points = with_init(draw(key))
+        found = candidates_of(points)
+        kept = choose(jnp.concatenate([ok, jnp.zeros(1, bool)]), kept, found)
+        points_ok, at_init = usable(points)
+        return tries + 1, kept, ok | points_ok, at_init
+
+    first_points = jax.eval_shape(lambda: with_init(draw(rng_key)))
+    empty = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(candidates_of, first_points)
     )
-    at_init = jax.tree.map(
-        lambda leaf: jnp.broadcast_to(leaf, (num_chains, *leaf.shape)),
-        target.init if fallback is None else fallback,
+    value = jax.eval_shape(target.logdensity, target.init)
+    nothing_yet = (
+        jnp.int32(0),
+        empty,
+        jnp.zeros(num_chains, dtype=bool),
+        (jnp.zeros(value.shape, value.dtype), jnp.bool_(False)),
     )
-    return choose(ok, positions, at_init)
+    _, kept, ok, at_init = jax.lax.while_loop(
+        lambda carry: (carry[0] < MAX_START_TRIES) & ~jnp.all(carry[2]), redraw, nothing_yet
+    )
+    if fallback is None:
+        # The last row was computed at target.init on the last try.
+        at_fallback = jax.tree.map(
+            lambda leaf: jnp.broadcast_to(leaf[num_chains], (num_chains, *leaf.shape[1:])), kept
+        )
+    else:
+        at_fallback = jax.tree.map(
+            lambda leaf: jnp.broadcast_to(leaf, (num_chains, *leaf.shape)), fallback
+        )
+    chosen = jax.tree.map(lambda leaf: leaf[:num_chains], kept)
+    return choose(ok, chosen, at_fallback), at_init
 
 
 __all__ = [
@@ -256,6 +327,8 @@ __all__ = [
     "MAX_START_TRIES",
     "check_init",
     "check_logdensity_at_init",
+    "check_usable_at_init",
     "jittered_positions",
+    "starts_and_init_check",
     "target_domain",
 ]

@@ -95,6 +95,12 @@ def compile_count() -> int:
     return _compile_count
 
 
+def programs_compiled(owner) -> list[str]:
+    """The names of the programs compiled (or compiling) for ``owner``, one per program, in
+    the order they were first asked for (for tests)."""
+    return [key[0].__name__ for key in _programs.get(owner, {})]
+
+
 def _cache_key(jitted: Callable, static: dict[str, Hashable], args) -> tuple:
     # Arrays and ShapeDtypeStructs of one shape and dtype give the same key, so a program
     # compiled ahead from shapes alone serves the call with arrays. A layout over a mesh
@@ -131,7 +137,7 @@ def compile_ahead(owner, jitted: Callable, static: dict[str, Hashable], *args) -
     Returns:
       Whether a compile was started (``False`` where the program is known already).
     """
-    _enable_once()
+    ensure_compilation_cache()
     programs = _programs.setdefault(owner, {})
     key = _cache_key(jitted, static, args)
     if key in programs:
@@ -163,7 +169,7 @@ def compiled(
       ``(program, seconds spent compiling)``: the seconds this call waited, zero on a cache
       hit. Call the program with ``*args`` only.
     """
-    _enable_once()
+    ensure_compilation_cache()
     programs = _programs.setdefault(owner, {})
     key = _cache_key(jitted, static, args)
     start = time.perf_counter()
@@ -177,7 +183,11 @@ def compiled(
     return program, time.perf_counter() - start
 
 
-def _enable_once() -> None:
+def ensure_compilation_cache() -> None:
+    """Turns the persistent cache on with its defaults (``enable_compilation_cache()``),
+    unless this process has already turned it on or off: what a first compile does. Called
+    before work that compiles outside ``compiled``, such as building a ``Target`` from a
+    NumPyro model."""
     if not _persistent_cache_checked:
         enable_compilation_cache()
 
@@ -203,4 +213,6 @@ __all__ = [
     "default_cache_dir",
     "disable_compilation_cache",
     "enable_compilation_cache",
+    "ensure_compilation_cache",
+    "programs_compiled",
 ]

@@ -16,6 +16,7 @@ from numpyro.distributions import ImproperUniform, Unit
 from numpyro.infer import init_to_uniform
 from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
 
+from inferax.compile_cache import ensure_compilation_cache
 from inferax.target import Target
 
 ENUM_EXTRA = "pip install 'inferax[enum]'"
@@ -112,6 +113,8 @@ def from_numpyro(
     """
     if isinstance(data, str):
         data = (data,)  # one name, not its letters
+    # What NumPyro compiles here (its search for a start) is kept for the next process too.
+    ensure_compilation_cache()
     info = _initialize(model, args, kwargs)
     trace = info.model_trace
     enumerated = _enumerated_sites(trace)
@@ -133,7 +136,10 @@ def from_numpyro(
     if data is None:
         potential_fn = info.potential_fn
         return Target(
-            log_prior=lambda params: -potential_fn(params),
+            # Jitted, so that the model is traced once per process: the programs that hold
+            # the density (the start, the chunk) and the shapes traced before them reuse
+            # the trace, and their gradients and batches transform it, not the model.
+            log_prior=jax.jit(lambda params: -potential_fn(params)),
             init=init,
             constrain=constrain,
             observed_data=observed,
@@ -189,15 +195,19 @@ def _initialize(model: Callable, args: tuple, kwargs: dict):
     is usable there (the key is then irrelevant), else as near it as one is found."""
     _refuse_unenumerated_discrete(model, args, kwargs)
     last_error = None
+    # A batch of one key: NumPyro then searches in one compiled loop, where one key has it
+    # run the model's density and gradient op by op, compiling each operation on its own.
+    keys = jax.random.split(jax.random.key(0), 1)
     for radius in INIT_SEARCH_RADII:
         try:
-            return initialize_model(
-                jax.random.key(0),
+            info = initialize_model(
+                keys,
                 model,
                 init_strategy=init_to_uniform(radius=radius),
                 model_args=args,
                 model_kwargs=kwargs,
             )
+            return info._replace(param_info=jax.tree.map(lambda x: x[0], info.param_info))
         except RuntimeError as error:
             last_error = error
         except (ImportError, ModuleNotFoundError) as error:

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from inferax.chain_runner import ChainRunner
-from inferax.chain_starts import check_init, check_logdensity_at_init, jittered_positions
+from inferax.chain_starts import check_init, jittered_positions
 from inferax.checkpoint import CheckpointStore, decode_kernel, encode_kernel
 from inferax.fingerprint import compare_fingerprints, target_fingerprint
 from inferax.kernel import AbstractKernel
@@ -168,8 +168,7 @@ def sample(
     expected_bytes = _expected_bytes(target, kernel, settings)
     _check_memory(expected_bytes)
     if init is None:
-        check_logdensity_at_init(target)
-        positions = None
+        positions = None  # the start program draws them, and checks target.init
     else:
         positions = check_init(target, init, num_chains, kernel.domain(target))
     store = None

@@ -26,7 +26,7 @@ from blackjax.adaptation.window_adaptation import build_schedule
 from blackjax.base import SamplingAlgorithm
 from jax.flatten_util import ravel_pytree
 
-from inferax.kernel import WarmupAlgorithm
+from inferax.kernel import WarmupAlgorithm, stepwise_warmup
 
 REASONABLE_ACCEPTANCE = 0.8
 """The acceptance rate of a one-step proposal that the step-size search aims to cross, as in
@@ -122,22 +122,26 @@ def window_adaptation(
             mass_matrix_state.inverse_mass_matrix,
         )
 
-    def step(
-        rng_key, warmup_state: WindowAdaptationState, schedule_entry
-    ) -> WindowAdaptationState:
-        is_slow, is_window_end = schedule_entry[0], schedule_entry[1]
-        search_key, rng_key = jax.random.split(rng_key)
+    def prepare(rng_key, warmup_state: WindowAdaptationState, schedule_entry):
+        search_key, step_key = jax.random.split(rng_key)
         warmup_state = jax.lax.cond(
             schedule_entry[2] == 1,
             lambda state: _restart_from_reasonable_step_size(state, search_key),
             lambda state: state,
             warmup_state,
         )
-        algorithm = build(
-            step_size=warmup_state.step_size,
-            inverse_mass_matrix=warmup_state.inverse_mass_matrix,
-        )
-        chain, info = algorithm.step(rng_key, warmup_state.chain)
+        return warmup_state, step_key
+
+    def parameters(warmup_state: WindowAdaptationState) -> dict:
+        return {
+            "step_size": warmup_state.step_size,
+            "inverse_mass_matrix": warmup_state.inverse_mass_matrix,
+        }
+
+    def adapt(
+        warmup_state: WindowAdaptationState, chain, info, schedule_entry
+    ) -> WindowAdaptationState:
+        is_slow, is_window_end = schedule_entry[0], schedule_entry[1]
         # A transition that hit a non-finite energy reports a NaN acceptance rate; dual
         # averaging reads it as a rejection, which shrinks the step.
         acceptance_rate = jnp.nan_to_num(info.acceptance_rate, nan=0.0)
@@ -206,7 +210,7 @@ def window_adaptation(
         }
         return warmup_state.chain, tuned
 
-    return WarmupAlgorithm(init, step, final)
+    return stepwise_warmup(build, init, prepare, parameters, adapt, final)
 
 
 def window_adaptation_of(kernel, target) -> WarmupAlgorithm:

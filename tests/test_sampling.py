@@ -1,5 +1,7 @@
 """The sampling loop: keys, chunks, compile caching, thinning and starting points."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,8 @@ import pytest
 
 import inferax
 from inferax import samplers
-from inferax.compile_cache import compile_count
+from inferax.compile_cache import compile_count, programs_compiled
+from inferax.kernel import WarmupAlgorithm
 
 
 def logdensity(params):
@@ -35,18 +38,41 @@ def test_same_key_same_draws_and_second_call_does_not_compile():
         np.testing.assert_array_equal(first.stats[name], second.stats[name])
 
 
+def test_a_nuts_run_compiles_one_chunk_program_for_warmup_and_sampling():
+    target = inferax.Target.from_logdensity(logdensity, {"a": jnp.zeros(2), "b": 0.0})
+    before = compile_count()
+    inferax.sample(target, KERNEL, jax.random.key(0), **SETTINGS)
+    assert sorted(programs_compiled(target)) == ["chain_chunk", "start", "warmup_final"]
+    assert compile_count() - before == 3
+
+
+@dataclasses.dataclass(frozen=True)
+class two_program_nuts(samplers.nuts):  # noqa: N801
+    """NUTS whose warmup is not given in parts: warmup and sampling chunks of their own."""
+
+    def warmup_algorithm(self, target):
+        return WarmupAlgorithm(*super().warmup_algorithm(target)[:3])
+
+
 def test_different_key_different_draws():
     assert not np.array_equal(run(0).draws["a"], run(1).draws["a"])
 
 
-def test_chunk_size_does_not_change_the_draws():
-    # The automatic length (the default) runs chunks of growing length from 16 steps on.
+def test_neither_the_chunk_size_nor_separate_warmup_and_sampling_programs_change_the_draws():
+    # The automatic length (the default) runs chunks of growing length from 16 steps on;
+    # two_program_nuts runs warmup and sampling in programs of their own, as kernels whose
+    # warmup is not stepwise do.
     reference = run()
-    for chunk_size in (7, 50):
-        other = run(chunk_size=chunk_size)
+    for chunk_size, kernel in ((7, KERNEL), (50, two_program_nuts())):
+        settings = SETTINGS | {"chunk_size": chunk_size}
+        other = inferax.sample(TARGET, kernel, jax.random.key(0), **settings)
         for site in reference.draws:
             np.testing.assert_array_equal(reference.draws[site], other.draws[site])
-        np.testing.assert_array_equal(reference.stats["lp"], other.stats["lp"])
+        for name in reference.stats:
+            np.testing.assert_array_equal(reference.stats[name], other.stats[name])
+        for name in reference.tuned:
+            np.testing.assert_array_equal(reference.tuned[name], other.tuned[name])
+    assert {"warmup_chunk", "sampling_chunk", "chain_chunk"} <= set(programs_compiled(TARGET))
 
 
 def test_shapes_stats_and_timing():
