@@ -85,8 +85,9 @@ def chain_chunk(
     the chunk), a later one samples with ``tuned`` and keeps every ``thinning``-th draw
     into buffers of ``num_draws`` rows. A sampling chunk starts at a kept draw's first step.
 
-    Returns ``(warmup_state, (draws, stats))``, the buffers with a leading chain axis; the
-    chains' states are ``warmup_state.chain``.
+    Returns ``(warmup_state, (draws, stats))``, the buffers draw-major (a row holds one draw
+    of every chain, so the host copies only the rows a chunk filled); the chains' states are
+    ``warmup_state.chain``.
     """
     algorithm = kernel.warmup_algorithm(target)
     num_chains = jax.tree.leaves(warmup_state)[0].shape[0]
@@ -161,8 +162,7 @@ def chain_chunk(
     warmup_state, buffers, _ = jax.lax.fori_loop(
         0, count, one_step, (warmup_state, buffers, no_divergence)
     )
-    # The loop writes whole rows of a draw-major buffer; a Posterior holds (chain, draw, ...).
-    return warmup_state, jax.tree.map(functools.partial(jnp.swapaxes, axis1=0, axis2=1), buffers)
+    return warmup_state, buffers
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
@@ -183,9 +183,9 @@ def warmup_chunk(target: Target, warmup_state, run_key, first, count, entries, k
 def sampling_chunk(
     target: Target, tuned, states, run_key, first, count, kernel, thinning, num_draws, mesh
 ):
-    """``count`` draws (``count <= num_draws``, set at run time) into buffers of
-    ``num_draws``, with a leading chain axis: ``(states, (draws, stats))`` (a kernel whose
-    warmup is not stepwise)."""
+    """``count`` draws (``count <= num_draws``, set at run time) into draw-major buffers of
+    ``num_draws`` rows: ``(states, (draws, stats))`` (a kernel whose warmup is not
+    stepwise)."""
     num_chains = jax.tree.leaves(states)[0].shape[0]
 
     def chain_step(key, state, chain_tuned):
@@ -228,8 +228,7 @@ def sampling_chunk(
         )
         return states, buffers
 
-    states, buffers = jax.lax.fori_loop(0, count, record, (states, buffers))
-    return states, jax.tree.map(functools.partial(jnp.swapaxes, axis1=0, axis2=1), buffers)
+    return jax.lax.fori_loop(0, count, record, (states, buffers))
 
 
 __all__ = [

@@ -34,6 +34,7 @@ from inferax.posterior import Posterior
 from inferax.progress import ProgressBar, progress_enabled
 from inferax.sharding import shard_chains, tree_to_host
 from inferax.target import Target
+from inferax.validation import site_shapes
 
 
 class ChainRunner:
@@ -349,8 +350,8 @@ class ChainRunner:
             self.sizer.record(count * thinning, seconds)
             self.timing["sampling"] += seconds
             # The buffers hold the program's full length; the chunk filled the first `count`.
-            draws.append(jax.tree.map(lambda x, c=count: x[:, :c], tree_to_host(chunk_draws)))
-            stats.append(jax.tree.map(lambda x, c=count: x[:, :c], tree_to_host(chunk_stats)))
+            draws.append(_filled_rows(chunk_draws, count))
+            stats.append(_filled_rows(chunk_stats, count))
             bar.advance(count)
             first, number, pending = first + count, number + 1, pending + 1
             if number % self.checkpoint_every == 0 or first == num_samples:
@@ -368,9 +369,15 @@ class ChainRunner:
 _shapes_memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _filled_rows(buffers, count: int):
+    """The first ``count`` rows of a chunk's draw-major buffers, on the host, as
+    ``(chain, draw, ...)`` views: only the rows the chunk filled are copied."""
+    return jax.tree.map(lambda x: np.swapaxes(x[:count], 0, 1), tree_to_host(buffers))
+
+
 def _bytes_per_draw(target: Target, num_chains: int) -> int:
     """The bytes one kept draw of every chain takes in a sampling chunk's buffers."""
-    sites = jax.eval_shape(target.constrain, target.init)
+    sites = site_shapes(target)
     per_chain = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(sites))
     return num_chains * (per_chain + 8 * 8)
 

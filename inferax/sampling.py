@@ -24,6 +24,7 @@ from inferax.validation import (
     check_key,
     check_logdensity_shape,
     check_target_for_output,
+    site_shapes,
 )
 
 MAX_STEPS = 2**31 - 1
@@ -393,7 +394,7 @@ def _check_memory(expected: int) -> None:
 
 
 def _expected_bytes(target: Target, kernel, settings: RunSettings) -> int:
-    sites = jax.eval_shape(target.constrain, target.init)
+    sites = site_shapes(target)
     per_draw = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(sites))
     per_draw += 8 * 8  # the sampler statistics
     state = sum(np.size(leaf) * 8 for leaf in jax.tree.leaves(target.init)) * 8

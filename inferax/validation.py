@@ -4,6 +4,7 @@ made before anything compiles, with errors that name the argument."""
 from __future__ import annotations
 
 import numbers
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +38,26 @@ def check_key(rng_key) -> PRNGKey:
     )
 
 
+_traced_shapes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _traced(target: Target, name: str):
+    """The shape of ``target.<name>(target.init)``, traced once per target: a target is
+    immutable, and a repeated call on it should not pay for tracing again."""
+    memo = _traced_shapes.setdefault(target, {})
+    if name not in memo:
+        memo[name] = jax.eval_shape(getattr(target, name), target.init)
+    return memo[name]
+
+
+def site_shapes(target: Target):
+    """The shapes and dtypes of ``target.constrain(target.init)``, traced once per target."""
+    return _traced(target, "constrain")
+
+
 def check_logdensity_shape(target: Target) -> None:
     """The log density must be a float scalar; traced, not compiled."""
-    out = jax.eval_shape(target.logdensity, target.init)
+    out = _traced(target, "logdensity")
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
         shape = getattr(out, "shape", type(out).__name__)
         raise TypeError(f"the log density must return a scalar, got shape {shape}")
@@ -69,7 +87,7 @@ def check_target_for_output(target: Target) -> None:
                 f"init: positions must be float32 or float64, got {dtype}; cast the example "
                 "position, for example jnp.zeros(2, jnp.float32)"
             )
-    sites = jax.eval_shape(target.constrain, target.init)
+    sites = site_shapes(target)
     if not isinstance(sites, dict) or not all(isinstance(name, str) for name in sites):
         raise TypeError(
             "constrain must return a dict of named arrays, such as {'x': x}, "
@@ -83,4 +101,10 @@ def check_target_for_output(target: Target) -> None:
             )
 
 
-__all__ = ["check_count", "check_key", "check_logdensity_shape", "check_target_for_output"]
+__all__ = [
+    "check_count",
+    "check_key",
+    "check_logdensity_shape",
+    "check_target_for_output",
+    "site_shapes",
+]
