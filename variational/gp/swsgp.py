@@ -129,19 +129,19 @@ class SWSGP(AbstractSparseGP):
             factor=1e-3 * jax.random.normal(factor_key, (size, self.rank), X.dtype),
         )
 
-    def local_terms(self, X, neighbours):
-        """Per point: the latent mean and variance and ``KL(q(u_a) || p(u_a))``, from its
-        neighbour indices ``(n, H)``."""
+    def local_terms(self, X, neighbours, with_kl=True):
+        """Per point: the latent mean and variance and (``with_kl``) ``KL(q(u_a) ||
+        p(u_a))``, from its neighbour indices ``(n, H)``."""
 
         def one(x, index):
             Za = self.inducing[index]
             size = index.shape[0]
             eye = jnp.eye(size, dtype=x.dtype)
-            factor, used = cholesky_with_jitter(self.kernel.matrix(Za, Za), self.jitter)
-            Kaa = self.kernel.matrix(Za, Za) + used * eye
-            K_inv = cho_solve((factor, True), eye)
+            Kaa = self.kernel.matrix(Za, Za)
+            factor, used = cholesky_with_jitter(Kaa, self.jitter)
+            Kaa = Kaa + used * eye
             kia = self.kernel.matrix(Za, x[None, :])[:, 0]
-            weights = K_inv @ kia
+            weights = cho_solve((factor, True), kia)
             scale = jax.nn.softplus(self.raw_scale[index])
             Wa = self.factor[index]
             ma = self.mean[index]
@@ -153,6 +153,10 @@ class SWSGP(AbstractSparseGP):
                 + scaled @ (Kaa @ scaled)
                 + jnp.sum((Wa.T @ weights) ** 2)
             )
+            f_var = jnp.maximum(f_var, 1e-12)
+            if not with_kl:
+                return f_mean, f_var, jnp.zeros((), x.dtype), used
+            K_inv = cho_solve((factor, True), eye)
             # KL(N(m_a, D K D + W W^T) || N(0, K)) without factorising S_aa: log|K| cancels,
             # and the determinant lemma gives log|S_aa| from an R x R matrix.
             trace = jnp.sum(K_inv * (scale[:, None] * Kaa * scale[None, :]))
@@ -165,7 +169,7 @@ class SWSGP(AbstractSparseGP):
                     jnp.log(jnp.diag(jnp.linalg.cholesky(capacitance)))
                 )
             kl = 0.5 * (trace + ma @ K_inv @ ma - size + log_det_ratio)
-            return f_mean, jnp.maximum(f_var, 1e-12), kl, used
+            return f_mean, f_var, kl, used
 
         return jax.vmap(one)(X, neighbours)
 
@@ -220,7 +224,8 @@ class SWSGP(AbstractSparseGP):
     def elbo_standardized(self, X, y, num_data, prior_rows=None):
         neighbours = nearest_inducing(self.kernel, self.inducing, X, self.num_neighbours)
         neighbours = jax.lax.stop_gradient(neighbours)
-        f_mean, f_var, kl, used = self.local_terms(X, neighbours)
+        with_kl = self.kl == "neighbour_average"
+        f_mean, f_var, kl, used = self.local_terms(X, neighbours, with_kl)
         expected = jnp.sum(self.likelihood.expected_log_prob(y, f_mean, f_var))
         if self.kl == "vecchia":
             if prior_rows is None:
@@ -241,7 +246,7 @@ class SWSGP(AbstractSparseGP):
 
         def chunk(rows):
             neighbours = nearest_inducing(self.kernel, self.inducing, rows, self.num_neighbours)
-            f_mean, f_var, _, used = self.local_terms(rows, neighbours)
+            f_mean, f_var, _, used = self.local_terms(rows, neighbours, with_kl=False)
             return f_mean, f_var, jnp.max(used)
 
         f_mean, f_var, used = jax.lax.map(chunk, padded)
