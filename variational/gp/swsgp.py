@@ -133,12 +133,17 @@ class SWSGP(AbstractSparseGP):
         """Per point: the latent mean and variance and (``with_kl``) ``KL(q(u_a) ||
         p(u_a))``, from its neighbour indices ``(n, H)``."""
 
-        def one(x, index):
+        # One factorisation of the stack: under vmap a jitter retry's cond would run every
+        # branch for every point.
+        Kaa = jax.vmap(
+            lambda index: self.kernel.matrix(self.inducing[index], self.inducing[index])
+        )(neighbours)
+        factors, used = cholesky_with_jitter(Kaa, self.jitter)
+
+        def one(x, index, Kaa, factor):
             Za = self.inducing[index]
             size = index.shape[0]
             eye = jnp.eye(size, dtype=x.dtype)
-            Kaa = self.kernel.matrix(Za, Za)
-            factor, used = cholesky_with_jitter(Kaa, self.jitter)
             Kaa = Kaa + used * eye
             kia = self.kernel.matrix(Za, x[None, :])[:, 0]
             weights = cho_solve((factor, True), kia)
@@ -155,7 +160,7 @@ class SWSGP(AbstractSparseGP):
             )
             f_var = jnp.maximum(f_var, 1e-12)
             if not with_kl:
-                return f_mean, f_var, jnp.zeros((), x.dtype), used
+                return f_mean, f_var, jnp.zeros((), x.dtype)
             K_inv = cho_solve((factor, True), eye)
             # KL(N(m_a, D K D + W W^T) || N(0, K)) without factorising S_aa: log|K| cancels,
             # and the determinant lemma gives log|S_aa| from an R x R matrix.
@@ -169,9 +174,10 @@ class SWSGP(AbstractSparseGP):
                     jnp.log(jnp.diag(jnp.linalg.cholesky(capacitance)))
                 )
             kl = 0.5 * (trace + ma @ K_inv @ ma - size + log_det_ratio)
-            return f_mean, f_var, kl, used
+            return f_mean, f_var, kl
 
-        return jax.vmap(one)(X, neighbours)
+        f_mean, f_var, kl = jax.vmap(one)(X, neighbours, Kaa, factors)
+        return f_mean, f_var, kl, used
 
     def prior_terms(self, rows):
         """For each inducing point ``j`` in ``rows``: its term of ``2 KL`` in the Vecchia
@@ -181,15 +187,18 @@ class SWSGP(AbstractSparseGP):
         index, valid = jax.lax.stop_gradient(index), jax.lax.stop_gradient(valid)
         scale = jax.nn.softplus(self.raw_scale)
 
-        def one(j, near, ok):
-            ok = ok.astype(self.mean.dtype)
-            size = near.shape[0]
-            eye = jnp.eye(size, dtype=ok.dtype)
+        def block(near, ok):
             # Empty slots (j has fewer than H predecessors) become unit, uncorrelated ones.
             both = ok[:, None] * ok[None, :]
             Knn = both * self.kernel.matrix(self.inducing[near], self.inducing[near])
-            factor, used = cholesky_with_jitter(Knn + (1 - both) * eye, self.jitter)
-            Knn = Knn + (1 - both) * eye + used * eye
+            return Knn + (1 - both) * jnp.eye(near.shape[0], dtype=Knn.dtype)
+
+        okf = valid.astype(self.mean.dtype)
+        blocks = jax.vmap(block)(index, okf)
+        factors, used = cholesky_with_jitter(blocks, self.jitter)
+
+        def one(j, near, ok, Knn, factor):
+            Knn = Knn + used * jnp.eye(near.shape[0], dtype=Knn.dtype)
             knj = ok * self.kernel.matrix(self.inducing[near], self.inducing[j][None, :])[:, 0]
             kjj = self.kernel.diag(self.inducing[j][None, :])[0] + used
             c = cho_solve((factor, True), knj)
@@ -205,9 +214,10 @@ class SWSGP(AbstractSparseGP):
             g = (self.factor[j] / scale[j] - c @ (self.factor[near] / scale[near][:, None])) / (
                 jnp.sqrt(conditional)
             )
-            return term - 2 * jnp.log(scale[j]), g, used
+            return term - 2 * jnp.log(scale[j]), g
 
-        return jax.vmap(one)(rows, index, valid)
+        terms, g = jax.vmap(one)(rows, index, okf, blocks, factors)
+        return terms, g, used
 
     def vecchia_kl(self, rows):
         """``KL(q(u) || p(u))`` with ``K^-1`` in its Vecchia form, estimated from the
