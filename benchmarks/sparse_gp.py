@@ -261,7 +261,7 @@ def main() -> None:
     parser.add_argument("--fixed-steps", type=int, default=3_000)
     args = parser.parse_args()
     if args.part == "swsgp-fixed":
-        swsgp_fixed(args.fixed_steps, ["svgp256", "swsgp1024-paper", "swsgp1024"])
+        swsgp_fixed(args.fixed_steps, ["svgp256", "swsgp1024", "swsgp1024-paper"])
         return
     models = args.models.split(",")
     unknown = set(models) - set(MODELS)
