@@ -79,15 +79,15 @@ class SWSGP(AbstractSparseGP):
     ``q(u) = N(m, S)`` over ``M`` inducing values. Point ``i`` uses the GP conditional on
     its ``H`` nearest inducing points ``a_i`` only: ``f_i | u_a ~ N(k_ia K_aa^-1 u_a,
     k_ii - k_ia K_aa^-1 k_ai)``, with ``q(u_a) = N(m_a, S_aa)``. The ELBO on a minibatch
-    ``B`` is ``(n/|B|) sum_i E log p(y_i | f_i) - KL``. With ``kl="vecchia"`` (the default)
+    ``B`` is ``(n/|B|) sum_i E log p(y_i | f_i) - KL``. With ``kl="vecchia"``
     ``KL`` is ``KL(q(u) || p(u))`` over all ``M`` values, with ``K^-1`` replaced by its
     Vecchia form ``sum_j (e_j - c_j)(e_j - c_j)^T / F_j`` (``c_j = K_NN^-1 k_Nj`` on the
     ``H`` nearest predecessors ``N`` of ``u_j``, ``F_j`` its conditional variance), summed
     over a random batch of the ``M`` inducing points and scaled up; it is exact when each
-    ``u_j`` conditions on all its predecessors. With ``kl="neighbour_average"`` it is Tran et
-    al.'s ``mean_i KL(q(u_a_i) || p(u_a_i))``: one ``H``-dimensional KL, about ``H / M`` of
-    the whole, so the prior is outweighed and ``q`` overfits. With ``H = M`` both are
-    SVGP's (unwhitened) ELBO.
+    ``u_j`` conditions on all its predecessors. With ``kl="neighbour_average"`` (the
+    default) it is Tran et al.'s ``mean_i KL(q(u_a_i) || p(u_a_i))``: one
+    ``H``-dimensional KL, about ``H / M`` of the whole, so the prior is outweighed. With
+    ``H = M`` both are SVGP's (unwhitened) ELBO.
 
     Covariance parameterisation: ``S = D Kuu D + W W^T``, ``D = diag(softplus(raw_scale))``
     and ``W (M, R)`` (``R = rank``, default 0). Its marginal ``S_aa = D_a K_aa D_a +
@@ -110,7 +110,7 @@ class SWSGP(AbstractSparseGP):
     rank: int = static_field(default=0)
     jitter: float = static_field(default=1e-3)
     standardize: bool = static_field(default=True)
-    kl: str = static_field(default="vecchia")
+    kl: str = static_field(default="neighbour_average")
 
     def initialize(self, rng_key, X, y):
         del y
@@ -322,7 +322,7 @@ def swsgp(
     rank: int = 0,
     jitter: float = 1e-3,
     standardize: bool = True,
-    kl: str = "vecchia",
+    kl: str = "neighbour_average",
 ) -> SWSGP:
     """A sparse-within-sparse GP: ``M`` inducing points, ``H = num_neighbours`` per point.
 
@@ -342,9 +342,10 @@ def swsgp(
         than SVGP's keeps them tame (``docs/sparse-gp.md`` compares ``1e-3`` with
         ``1e-6``).
       standardize: standardise ``X`` (and ``y`` for a Gaussian likelihood) before fitting.
-      kl: the prior term, one of ``KL_RULES``: ``"vecchia"`` (the whole ``M``-dimensional
-        KL, ``K^-1`` in Vecchia form) or ``"neighbour_average"`` (Tran et al.'s average of
-        ``H``-dimensional KLs, which weighs the prior about ``H / M`` as much).
+      kl: the prior term, one of ``KL_RULES``: ``"neighbour_average"`` (Tran et al.'s
+        average of ``H``-dimensional KLs, which weighs the prior about ``H / M`` as much) or
+        ``"vecchia"`` (the whole ``M``-dimensional KL, ``K^-1`` in Vecchia form; slower to
+        converge under Adam, see ``docs/sparse-gp.md``).
 
     Returns:
       An unfitted ``SWSGP``.
