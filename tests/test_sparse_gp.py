@@ -380,6 +380,67 @@ def test_swsgp_with_all_inducing_points_as_neighbours_is_svgp(issue_problem):
     assert abs(local.elbo(X, y) - svgp.elbo(X, y)) > 1e-6
 
 
+def test_swsgp_vecchia_kl_is_the_whole_kl_with_the_vecchia_precision():
+    rng = np.random.default_rng(6)
+    M, rank, jitter = 12, 2, 1e-3
+    Z = rng.uniform(-2, 2, (M, 2))
+    kernel = gp.rbf(np.array([0.8, 1.3]), 1.5)
+    K = np.asarray(kernel.matrix(jnp.asarray(Z), jnp.asarray(Z))) + jitter * np.eye(M)
+    mean, raw_scale = rng.normal(size=M), rng.normal(size=M) - 1.0
+    factor = 0.3 * rng.normal(size=(M, rank))
+    d = np.log1p(np.exp(raw_scale))
+    S = d[:, None] * K * d[None, :] + factor @ factor.T
+    kl = jax.jit(lambda model, rows: model.vecchia_kl(rows)[0])
+
+    def model(H):
+        return gp.SWSGP(
+            kernel,
+            gp.gaussian(0.1),
+            jnp.asarray(Z),
+            jnp.asarray(mean),
+            jnp.asarray(raw_scale),
+            jnp.asarray(factor),
+            Scaling.identity(2, jnp.float64),
+            num_inducing=M,
+            num_neighbours=H,
+            rank=rank,
+            jitter=jitter,
+            standardize=False,
+        )
+
+    # H = M: every u_j conditions on all its predecessors, and the KL is the exact one.
+    exact = 0.5 * (
+        np.trace(np.linalg.solve(K, S))
+        + mean @ np.linalg.solve(K, mean)
+        - M
+        + np.linalg.slogdet(K)[1]
+        - np.linalg.slogdet(S)[1]
+    )
+    got = kl(model(M), jnp.arange(M))
+    np.testing.assert_allclose(got, exact, rtol=1e-9)
+    # H = 3: K^-1 is replaced by the Vecchia precision on the 3 nearest predecessors, built
+    # here densely from the scaled distances.
+    scaled = Z / np.array([0.8, 1.3])
+    B, F = np.eye(M), np.zeros(M)
+    for j in range(M):
+        near = np.argsort(np.sum((scaled[:j] - scaled[j]) ** 2, axis=1))[:3]
+        c = np.linalg.solve(K[np.ix_(near, near)], K[near, j]) if j else np.zeros(0)
+        B[j, near] -= c
+        F[j] = K[j, j] - (K[near, j] @ c if j else 0.0)
+    P = B.T @ np.diag(1 / F) @ B
+    inner = factor / d[:, None]
+    vecchia = 0.5 * (
+        np.trace(P @ S)
+        + mean @ P @ mean
+        - M
+        - 2 * np.sum(np.log(d))
+        - np.linalg.slogdet(np.eye(rank) + inner.T @ P @ inner)[1]
+    )
+    local = model(3)
+    got = kl(local, jnp.arange(M))
+    np.testing.assert_allclose(got, vecchia, rtol=1e-9)
+
+
 def test_blocked_neighbour_search_is_exact():
     rng = np.random.default_rng(5)
     kernel = gp.rbf(np.array([0.5, 2.0, 1.0]))

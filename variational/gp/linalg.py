@@ -35,7 +35,7 @@ def cholesky_with_jitter(matrix: jax.Array, jitter: float) -> tuple[jax.Array, j
     Returns:
       ``(L, j)``: the factor (NaN if every attempt failed) and the jitter used.
     """
-    eye = jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
+    eye = jnp.broadcast_to(jnp.eye(matrix.shape[-1], dtype=matrix.dtype), matrix.shape)
 
     def attempt(level):
         value = jnp.asarray(jitter * JITTER_GROWTH**level, matrix.dtype)
@@ -52,10 +52,12 @@ def cholesky_with_jitter(matrix: jax.Array, jitter: float) -> tuple[jax.Array, j
 def _cholesky_with_jitter_jvp(jitter, primals, tangents):
     (matrix,), (tangent,) = primals, tangents
     factor, used = cholesky_with_jitter(matrix, jitter)
-    tangent = 0.5 * (tangent + tangent.T)
+    # Written for a stack of matrices too (leading axes): one retry decision for all.
+    tangent = 0.5 * (tangent + jnp.swapaxes(tangent, -1, -2))
     inner = solve_triangular(factor, tangent, lower=True)
-    inner = solve_triangular(factor, inner.T, lower=True).T
-    phi = jnp.tril(inner) - 0.5 * jnp.diag(jnp.diag(inner))
+    inner = jnp.swapaxes(solve_triangular(factor, jnp.swapaxes(inner, -1, -2), lower=True), -1, -2)
+    eye = jnp.broadcast_to(jnp.eye(inner.shape[-1], dtype=inner.dtype), inner.shape)
+    phi = jnp.tril(inner) - 0.5 * inner * eye
     return (factor, used), (factor @ phi, jnp.zeros_like(used))
 
 
