@@ -10,12 +10,7 @@ Prints one line per figure, each measured side by side in this run:
   against one process on one device.
 
 Times are warmup plus sampling seconds as ``Posterior.timing`` reports them (compiling
-excluded), the fastest of ``--repeats`` runs. By default each forced CPU device computes
-with XLA's usual thread pool, so a single device already spreads a large product over every
-core and a second device adds none. ``--one-thread-per-device`` turns XLA's multithreaded
-Eigen off (``--xla_cpu_multi_thread_eigen=false``), so that each device computes on one
-core, as one GPU is one device: the speed-ups then measure what sharding itself gives. Run
-with
+excluded), the fastest of ``--repeats`` runs. Run with
 
     XLA_FLAGS=--xla_force_host_platform_device_count=2 ./dev bench scale
 
@@ -85,13 +80,8 @@ def run(target, args, **layout):
     return draws, best
 
 
-ONE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
-
-
 def worker(args) -> None:
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1" + (
-        f" {ONE_THREAD_FLAG}" if args.one_thread_per_device else ""
-    )
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import inferax.sharding
 
@@ -113,7 +103,6 @@ def launch_two_processes(args):
     out = os.path.join(tempfile.mkdtemp(), "two_processes.npz")
     common = ["--port", str(port), "--out", out, "--repeats", str(args.repeats)]
     common += ["--warmup", str(args.warmup), "--samples", str(args.samples)]
-    common += ["--one-thread-per-device"] if args.one_thread_per_device else []
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     procs = [
         subprocess.Popen([sys.executable, __file__, "--worker", str(i), *common], env=env)
@@ -131,8 +120,6 @@ def main(args) -> None:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
         )
-    if args.one_thread_per_device:
-        os.environ["XLA_FLAGS"] += f" {ONE_THREAD_FLAG}"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
     import numpy as np
@@ -144,8 +131,7 @@ def main(args) -> None:
     started = time.perf_counter()
     label = (
         f"NUTS, {NUM_CHAINS} chains, {NUM_DATA} x {NUM_FEATURES} logistic regression, "
-        f"{args.warmup} + {args.samples} steps, {jax.devices()[0].platform}, "
-        + ("one thread per device" if args.one_thread_per_device else "XLA's default threads")
+        f"{args.warmup} + {args.samples} steps, {jax.devices()[0].platform}"
     )
     one, one_seconds = run(target, args)
     print(f"scale: {label}; one device {one_seconds:.2f} s", flush=True)
@@ -180,7 +166,6 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--one-thread-per-device", action="store_true")
     parser.add_argument("--worker", type=int, default=None)
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--out", default=None)
