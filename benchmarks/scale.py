@@ -9,7 +9,9 @@ Prints one line per figure, each measured side by side in this run:
   chains over both: whether the draws equal the one-process two-device run's, and the time
   against one process on one device.
 
-Times are warmup plus sampling seconds as ``Posterior.timing`` reports them (compiling
+First a ceiling measured without inferax: the same gradient for the same chains in a bare
+``shard_map``, chains split and data split, against one device. Times are warmup plus
+sampling seconds as ``Posterior.timing`` reports them (compiling
 excluded), the fastest of ``--repeats`` runs. Run with
 
     XLA_FLAGS=--xla_force_host_platform_device_count=2 ./dev bench scale
@@ -80,6 +82,61 @@ def run(target, args, **layout):
     return draws, best
 
 
+def bare_jax_speedups(target, devices) -> tuple[float, float]:
+    """The ceiling this machine gives, measured without inferax: 50 gradient evaluations of
+    the same log density for the same 8 chains in one jitted loop, on one device against
+    ``shard_map`` over ``devices`` with (a) the chains split and the data on both, (b) the
+    data split and the log likelihood summed with ``psum``. ``(speed-up a, speed-up b)``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    features, labels = (jnp.asarray(leaf) for leaf in target.data)
+    mesh = Mesh(np.asarray(devices), ("x",))
+
+    def gradients(weights, features, labels, reduce=lambda total: total):
+        def log_density(w):
+            logits = features @ w
+            total = jnp.sum(labels * logits - jnp.logaddexp(0.0, logits))
+            return reduce(total) - 0.5 * jnp.sum(w**2)
+
+        def body(_, weights):
+            return weights + 1e-9 * jax.vmap(jax.grad(log_density))(weights)
+
+        return jax.lax.fori_loop(0, 50, body, weights)
+
+    weights = jnp.zeros((NUM_CHAINS, NUM_FEATURES))
+    one = jax.jit(gradients)
+    chains = jax.jit(
+        jax.shard_map(gradients, mesh=mesh, in_specs=(P("x"), P(), P()), out_specs=P("x"))
+    )
+    data = jax.jit(
+        jax.shard_map(
+            lambda w, f, y: gradients(w, f, y, lambda t: jax.lax.psum(t, "x")),
+            mesh=mesh,
+            in_specs=(P(), P("x"), P("x")),
+            out_specs=P(),
+        )
+    )
+    split = jax.device_put((features, labels), NamedSharding(mesh, P("x")))
+
+    def seconds(program, *args):
+        jax.block_until_ready(program(*args))
+        best = np.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            jax.block_until_ready(program(*args))
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    single = seconds(one, weights, features, labels)
+    return single / seconds(chains, weights, features, labels), single / seconds(
+        data, weights, *split
+    )
+
+
 def worker(args) -> None:
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -132,6 +189,12 @@ def main(args) -> None:
     label = (
         f"NUTS, {NUM_CHAINS} chains, {NUM_DATA} x {NUM_FEATURES} logistic regression, "
         f"{args.warmup} + {args.samples} steps, {jax.devices()[0].platform}"
+    )
+    bare_chains, bare_data = bare_jax_speedups(target, devices)
+    print(
+        f"scale: bare JAX, the same gradient for the same chains, shard_map over 2 devices: "
+        f"chains split {bare_chains:.2f}x, data split {bare_data:.2f}x (this machine's ceiling)",
+        flush=True,
     )
     one, one_seconds = run(target, args)
     print(f"scale: {label}; one device {one_seconds:.2f} s", flush=True)
