@@ -54,7 +54,6 @@ class ChainRunner:
         self.sizer = ChunkSizer(settings.chunk_size)
         # One program for warmup and sampling where the warmup comes in parts.
         self.stepwise = kernel.warmup_algorithm(target).stepwise
-        self.final_warmup_state = None
         self.warmup_length = buffer_length(settings.chunk_size, settings.num_warmup)
         self.sampling_length = buffer_length(
             settings.chunk_size,
@@ -301,8 +300,6 @@ class ChainRunner:
         (states, tuned), seconds = self.call(warmup_final, static, target, warmup_state)
         self.timing["warmup"] += seconds
         self.save("sampling", 0, (states, tuned))
-        if self.stepwise:
-            self.final_warmup_state = warmup_state
         return states, tuned
 
     def sampling(self, states, tuned, first_draw, draws, stats, bar):
@@ -310,13 +307,9 @@ class ChainRunner:
         num_samples, thinning = settings.num_samples, settings.thinning
         static = self.static(thinning=thinning, num_draws=self.sampling_length)
         if self.stepwise:
-            # The warmup state's adaptation is not read while sampling: after a resume from
-            # a sampling checkpoint, which does not save it, zeros stand in for it.
-            warmup_state = self.final_warmup_state
-            if warmup_state is None:
-                warmup_state = self.placeholder(self.shapes()[1], chain=states)
-            else:
-                warmup_state = warmup_state._replace(chain=states)
+            # The warmup state's adaptation is not read while sampling (nor saved in a
+            # sampling checkpoint): zeros stand in for it.
+            warmup_state = self.placeholder(self.shapes()[1], chain=states)
             entries = self.schedule_entries(0, 0)
         unsaved_from, first, number, pending = first_draw, first_draw, 0, 0
         while first < num_samples:

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inferax.compile_cache import compiled
 from inferax.target import Target, named_sites
 from inferax.typing import ArrayLikeTree, PRNGKey
 
@@ -97,14 +96,6 @@ def target_domain(target: Target, domain: Domain | None) -> Domain | None:
     return declared() if callable(declared) else None
 
 
-def check_logdensity_at_init(target: Target) -> None:
-    """The log density and its gradient must be finite at ``target.init``."""
-    program, _ = compiled(target, _logdensity_and_grad, {}, target)
-    value, grad = program(target)
-    finite = jax.tree.map(lambda leaf: jnp.all(jnp.isfinite(leaf)), grad)
-    check_usable_at_init(target, value, all(bool(leaf) for leaf in jax.tree.leaves(finite)))
-
-
 def check_usable_at_init(target: Target, value, gradient_finite) -> None:
     """Raises unless ``value``, the log density at ``target.init``, is finite and
     ``gradient_finite`` is true.
@@ -163,11 +154,6 @@ def check_init(target: Target, init: ArrayLikeTree, num_chains: int, domain: Dom
             f"init: the log density or its gradient is not finite for chains {bad.tolist()}"
         )
     return init
-
-
-@jax.jit
-def _logdensity_and_grad(target: Target):
-    return target.logdensity_and_grad(target.init)
 
 
 MAX_START_TRIES = 100
@@ -326,7 +312,6 @@ __all__ = [
     "Domain",
     "MAX_START_TRIES",
     "check_init",
-    "check_logdensity_at_init",
     "check_usable_at_init",
     "jittered_positions",
     "starts_and_init_check",
