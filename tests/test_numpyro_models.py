@@ -1,8 +1,14 @@
 """Models users bring, written as NumPyro's own examples write them: improper priors,
 enumerated discrete sites, reparametrisation, scan with condition, and a hierarchical model.
-inferax's NUTS agrees with NumPyro's NUTS on each, within Monte Carlo standard errors."""
+inferax's NUTS agrees with NumPyro's NUTS on each, within Monte Carlo standard errors.
+
+The models and NumPyro's long-run posterior moments live in `benchmarks/numpyro_examples.py`
+and the JSON file it writes, so the tests compile only inferax's programs."""
 
 import functools
+import json
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,109 +17,27 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from mcse_helpers import mean_and_mcse, sd_and_mcse
-from numpyro.contrib.control_flow import scan
-from numpyro.distributions import constraints
-from numpyro.infer import MCMC, NUTS
-from numpyro.infer.reparam import LocScaleReparam
 
 import inferax
 from inferax import samplers
 
+BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+from numpyro_examples import (  # noqa: E402
+    BASEBALL_AT_BATS,
+    BASEBALL_HITS,
+    MODELS,
+    REFERENCE_FILE,
+    baseball,
+    flat_regression,
+    mixture,
+    regression_data,
+)
+
+with open(REFERENCE_FILE) as f:
+    REFERENCE = json.load(f)["models"]
+
 NUM_CHAINS, NUM_WARMUP, NUM_SAMPLES = 4, 500, 1000
-
-
-def flat_regression(x, y=None):
-    """Stan's unstated priors, as NumPyro writes them: flat on the line, flat on sigma > 0."""
-    beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (2,)))
-    sigma = numpyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
-    with numpyro.plate("obs", x.shape[0]):
-        numpyro.sample("y", dist.Normal(beta[0] + beta[1] * x, sigma), obs=y)
-
-
-def mixture(data):
-    """NumPyro's discrete-enumeration mixture: the assignments are summed out."""
-    weights = numpyro.sample("weights", dist.Dirichlet(jnp.ones(2)))
-    locs = numpyro.sample("locs", dist.Normal(jnp.array([-2.0, 2.0]), 1.0).to_event(1))
-    with numpyro.plate("data", data.shape[0]):
-        assignment = numpyro.sample(
-            "assignment", dist.Categorical(weights), infer={"enumerate": "parallel"}
-        )
-        numpyro.sample("obs", dist.Normal(locs[assignment], 1.0), obs=data)
-
-
-# Efron and Morris (1975): hits in the first 45 at-bats of the 1970 season, 18 players.
-BASEBALL_HITS = jnp.array([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7])
-BASEBALL_AT_BATS = jnp.full(18, 45)
-
-
-def baseball(at_bats, hits=None):
-    """NumPyro's baseball example, partially pooled on the logit scale."""
-    loc = numpyro.sample("loc", dist.Normal(-1.0, 1.0))
-    scale = numpyro.sample("scale", dist.HalfCauchy(1.0))
-    with numpyro.plate("num_players", at_bats.shape[0]):
-        alpha = numpyro.sample("alpha", dist.Normal(loc, scale))
-        numpyro.sample("obs", dist.Binomial(at_bats, logits=alpha), obs=hits)
-
-
-def funnel(dim=5):
-    """Neal's funnel, as NumPyro's funnel example writes it."""
-    y = numpyro.sample("y", dist.Normal(0.0, 3.0))
-    numpyro.sample("x", dist.Normal(jnp.zeros(dim - 1), jnp.exp(y / 2)).to_event(1))
-
-
-reparam_funnel = numpyro.handlers.reparam(funnel, config={"x": LocScaleReparam(0)})
-
-
-def ar2(y):
-    """NumPyro's ar2 example with scan, the observations given by condition."""
-    alpha_1 = numpyro.sample("alpha_1", dist.Normal(0.0, 1.0))
-    alpha_2 = numpyro.sample("alpha_2", dist.Normal(0.0, 1.0))
-    const = numpyro.sample("const", dist.Normal(0.0, 1.0))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
-
-    def transition(carry, _):
-        y_prev, y_prev_prev = carry
-        mean = const + alpha_1 * y_prev + alpha_2 * y_prev_prev
-        y_t = numpyro.sample("y", dist.Normal(mean, sigma))
-        return (y_t, y_prev), None
-
-    with numpyro.handlers.condition(data={"y": y[2:]}):
-        scan(transition, (y[1], y[0]), jnp.arange(y.shape[0] - 2))
-
-
-def _regression_data():
-    x = jnp.linspace(-1.0, 1.0, 20)
-    return x, 0.5 + 1.5 * x + 0.4 * jax.random.normal(jax.random.key(3), (20,))
-
-
-def _ar2_data():
-    rng = np.random.default_rng(0)
-    y = np.zeros(60)
-    for t in range(2, 60):
-        y[t] = 0.3 + 0.5 * y[t - 1] - 0.3 * y[t - 2] + 0.5 * rng.normal()
-    return jnp.asarray(y, dtype=jnp.float32)
-
-
-MODELS = {
-    "flat_regression": (flat_regression, _regression_data, {}),
-    "mixture": (mixture, lambda: (jnp.array([-2.1, -1.7, -2.4, 1.8, 2.2, 2.5, 1.9, 2.3]),), {}),
-    "baseball": (baseball, lambda: (BASEBALL_AT_BATS, BASEBALL_HITS), {}),
-    "reparam_funnel": (reparam_funnel, lambda: (), {}),
-    "ar2": (ar2, lambda: (_ar2_data(),), {}),
-}
-
-
-def _numpyro_draws(model, args, kwargs):
-    mcmc = MCMC(
-        NUTS(model),
-        num_warmup=NUM_WARMUP,
-        num_samples=NUM_SAMPLES,
-        num_chains=NUM_CHAINS,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    mcmc.run(jax.random.key(1), *args, **kwargs)
-    return {name: np.asarray(v) for name, v in mcmc.get_samples(group_by_chain=True).items()}
 
 
 def enumeration_broadcasts():
@@ -124,11 +48,10 @@ def enumeration_broadcasts():
 
 @functools.cache
 def runs_of(name):
-    """inferax's and NumPyro's NUTS on one model, run once per test process."""
+    """inferax's NUTS on one model, run once per test process."""
     model, make_args, kwargs = MODELS[name]
-    args = make_args()
     with enumeration_broadcasts():
-        target = inferax.from_numpyro(model, *args, **kwargs)
+        target = inferax.from_numpyro(model, *make_args(), **kwargs)
         post = inferax.sample(
             target,
             samplers.nuts(),
@@ -137,37 +60,34 @@ def runs_of(name):
             num_warmup=NUM_WARMUP,
             num_samples=NUM_SAMPLES,
         )
-        reference = _numpyro_draws(model, args, kwargs)
-    return name, target, post, reference
+    return name, target, post
 
 
 @pytest.fixture(params=sorted(MODELS))
-def both_runs(request):
+def one_run(request):
     return runs_of(request.param)
 
 
-def test_inferax_nuts_agrees_with_numpyro_nuts(both_runs):
-    name, _, post, reference = both_runs
+def test_inferax_nuts_agrees_with_numpyro_nuts(one_run):
+    name, _, post = one_run
     assert post.fault_counts()["diverging"] <= 0.01 * NUM_CHAINS * NUM_SAMPLES, name
-    for site, values in reference.items():
+    for site, theirs in REFERENCE[name]["sites"].items():
         if site not in post.draws:  # sites of the reparametrisation NumPyro keeps
             continue
         ours_mean, ours_mcse = mean_and_mcse(post.draws[site])
-        their_mean, their_mcse = mean_and_mcse(values)
-        bound = 4.0 * np.hypot(ours_mcse, their_mcse)
-        assert np.all(np.abs(ours_mean - their_mean) <= bound), (
-            f"{name}.{site}: mean {ours_mean} against NumPyro's {their_mean}, bound {bound}"
+        bound = 4.0 * np.hypot(ours_mcse, theirs["mean_mcse"])
+        assert np.all(np.abs(ours_mean - theirs["mean"]) <= bound), (
+            f"{name}.{site}: mean {ours_mean} against NumPyro's {theirs['mean']}, bound {bound}"
         )
         ours_sd, ours_sd_mcse = sd_and_mcse(post.draws[site])
-        their_sd, their_sd_mcse = sd_and_mcse(values)
-        bound = 4.0 * np.hypot(ours_sd_mcse, their_sd_mcse)
-        assert np.all(np.abs(ours_sd - their_sd) <= bound), (
-            f"{name}.{site}: sd {ours_sd} against NumPyro's {their_sd}, bound {bound}"
+        bound = 4.0 * np.hypot(ours_sd_mcse, theirs["sd_mcse"])
+        assert np.all(np.abs(ours_sd - theirs["sd"]) <= bound), (
+            f"{name}.{site}: sd {ours_sd} against NumPyro's {theirs['sd']}, bound {bound}"
         )
 
 
-def test_the_tree_has_what_arviz_reads_next(both_runs):
-    name, target, post, _ = both_runs
+def test_the_tree_has_what_arviz_reads_next(one_run):
+    name, target, post = one_run
     tree = post.to_datatree()
     if target.model.observed and not target.model.enumerated:
         assert "log_likelihood" in tree.children, name
@@ -176,7 +96,7 @@ def test_the_tree_has_what_arviz_reads_next(both_runs):
 
 
 def test_flat_priors_and_plates_become_dims():
-    x, y = _regression_data()
+    x, y = regression_data()
     target = inferax.from_numpyro(flat_regression, x, y=y)
     assert target.model.improper == ("beta", "sigma")
     assert target.model.dims == {"y": ["obs"]}
@@ -225,7 +145,7 @@ def test_an_enumerated_model_is_not_split():
 
 
 def test_infer_discrete_recovers_the_assignments():
-    _, target, post, _ = runs_of("mixture")
+    _, target, post = runs_of("mixture")
     with enumeration_broadcasts():
         post = inferax.infer_discrete(target, post, jax.random.key(1))
     assignment = post.draws["assignment"]
@@ -236,7 +156,7 @@ def test_infer_discrete_recovers_the_assignments():
 
 
 def test_predictive_and_prior_groups_have_the_plates_dims():
-    _, target, post, _ = runs_of("baseball")
+    _, target, post = runs_of("baseball")
     post = inferax.predictive(target, post, jax.random.key(1))
     post = inferax.prior_predictive(target, post, jax.random.key(2), num_samples=50)
     tree = post.to_datatree(coords={"num_players": np.arange(100, 118)})
@@ -261,7 +181,7 @@ def test_masks_scales_and_factors_enter_the_density_as_numpyro_has_them():
             with numpyro.handlers.mask(mask=keep):
                 numpyro.sample("y", dist.Normal(w * x, 1.0), obs=y)
 
-    x, y = _regression_data()
+    x, y = regression_data()
     keep = jnp.arange(20) % 3 != 0
     target = inferax.from_numpyro(model, x, y=y, keep=keep)
     w = jnp.array(0.7)
