@@ -200,16 +200,12 @@ def test_variational_initial_state_kl_is_the_gaussian_kl():
     assert float(kl) == pytest.approx(want, rel=1e-6)
 
 
-def test_fit_runs_on_the_shared_loop():
+def test_fit_runs_on_the_shared_loop(bridge_fits):
+    # One series: the bridge fits above. Two series share the grid and the observation times.
+    _, trace = bridge_fits[0.5]
+    assert trace.shape == (3000,) and np.all(np.isfinite(trace))
     model = sde.fractional_sde(jax.random.key(0), hurst=0.6, kind="I", horizon=2.0)
     optimizer = optax.adam(1e-2)
-    settings = dict(optimizer=optimizer, num_steps=6, num_paths=2, progress=False)
-    result = sde.fit(
-        model, jax.random.key(1), BRIDGE_TIMES, [50, 100], [0.3, 0.0], 0.1, **settings
-    )
-    assert isinstance(result, sde.SDEFit) and isinstance(result.sde, sde.FractionalSDE)
-    assert result.elbo.shape == (6,) and np.all(np.isfinite(result.elbo))
-    # Two series share the grid and the observation times.
     two = sde.fit(
         model,
         jax.random.key(1),
@@ -217,8 +213,13 @@ def test_fit_runs_on_the_shared_loop():
         [50, 100],
         [[0.3, 0.0], [0.1, 0.2]],
         0.1,
-        **settings,
+        optimizer=optimizer,
+        num_steps=6,
+        num_paths=2,
+        progress=False,
     )
+    assert isinstance(two, sde.SDEFit) and isinstance(two.sde, sde.FractionalSDE)
+    assert two.elbo.shape == (6,) and np.all(np.isfinite(two.elbo))
     value = two.sde.elbo(
         jax.random.key(2), BRIDGE_TIMES, [50, 100], [[0.3, 0.0], [0.1, 0.2]], 0.1, num_paths=4
     )
