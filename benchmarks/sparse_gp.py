@@ -63,6 +63,9 @@ MODELS = (
     "swsgp4096",
     "dklgp",
 )
+FIXED_MODELS = ("svgp256", "swsgp1024", "swsgp1024-scaled", "swsgp1024-paper")
+"""The models of ``--part swsgp-fixed``; ``svgp256`` first (the others are compared with
+it)."""
 STEP_FACTORS = {"swsgp4096": 4}
 """Models run for a multiple of ``--steps``: SWSGP at M = 4096 gets the time SVGP at
 M = 1024 spends, since more inducing points at the same cost are what it is for."""
@@ -212,10 +215,13 @@ def swsgp_fixed(steps, models):
 
     builders = {
         "svgp256": lambda: gp.svgp(Z[:256], *parts()),
-        "swsgp1024-paper": lambda: gp.swsgp(
-            Z, *parts(), num_neighbours=32, kl="neighbour_average"
+        "swsgp1024": lambda: gp.swsgp(Z, *parts(), num_neighbours=32),
+        "swsgp1024-scaled": lambda: gp.swsgp(
+            Z, *parts(), num_neighbours=32, parametrization="scaled"
         ),
-        "swsgp1024": lambda: gp.swsgp(Z, *parts(), num_neighbours=32, kl="vecchia"),
+        "swsgp1024-paper": lambda: gp.swsgp(
+            Z, *parts(), num_neighbours=32, kl="neighbour_average", parametrization="scaled"
+        ),
     }
     results = {}
     for name in models:
@@ -227,7 +233,7 @@ def swsgp_fixed(steps, models):
             num_steps=steps,
             batch_size=BATCH,
             learning_rate=1e-2,
-            fixed=("kernel", "likelihood"),
+            fixed=("kernel", "likelihood", "inducing"),
             progress=False,
         )
         nlpd = -float(jnp.mean(fit.model.log_predictive_density(Xt, yt)))
@@ -259,9 +265,10 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--part", choices=("all", "swsgp-fixed"), default="all")
     parser.add_argument("--fixed-steps", type=int, default=3_000)
+    parser.add_argument("--fixed-models", default=",".join(FIXED_MODELS))
     args = parser.parse_args()
     if args.part == "swsgp-fixed":
-        swsgp_fixed(args.fixed_steps, ["svgp256", "swsgp1024", "swsgp1024-paper"])
+        swsgp_fixed(args.fixed_steps, args.fixed_models.split(","))
         return
     models = args.models.split(",")
     unknown = set(models) - set(MODELS)
