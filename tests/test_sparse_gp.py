@@ -375,11 +375,6 @@ def test_swsgp_with_all_inducing_points_as_neighbours_is_svgp(issue_problem):
     # K_aa + 1e-6 I has a condition number near 1e6: solves agree to ~1e-10 * 1e6.
     for got, want in zip(model.predict(X[:30]), svgp.predict(X[:30]), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-10)
-    # With H < M each point reads only its neighbours: close to, but not, SVGP.
-    local = model.__class__(
-        **{**{f: getattr(model, f) for f in model.__dataclass_fields__}, "num_neighbours": 8}
-    )
-    assert abs(local.elbo(X, y) - svgp.elbo(X, y)) > 1e-6
 
 
 def dense_vecchia(scaled, K, H):
@@ -519,14 +514,15 @@ def test_swsgp_whitened_fit_reaches_the_optimum_of_its_family():
     y = np.sin(2 * X[:, 0]) + math.sqrt(noise) * rng.normal(size=n)
     Z = rng.uniform(-3, 3, (M, 1))
     kernel = gp.rbf(0.7, 1.0)
-    K = np.asarray(kernel.matrix(jnp.asarray(Z), jnp.asarray(Z))) + jitter * np.eye(M)
+    Kzx = np.exp(-0.5 * (Z - X[:, 0][None, :]) ** 2 / 0.7**2)
+    K = np.exp(-0.5 * (Z - Z.T) ** 2 / 0.7**2) + jitter * np.eye(M)
     prior, B, F, sets = dense_vecchia(Z / 0.7, K, H)
     # Each point's weights on its H nearest inducing values, and its conditional variance.
     near = np.asarray(nearest_inducing(kernel, jnp.asarray(Z), jnp.asarray(X), H))
     W, spare = np.zeros((n, M)), np.zeros(n)
     for i in range(n):
         a = near[i]
-        kia = np.asarray(kernel.matrix(jnp.asarray(Z[a]), jnp.asarray(X[i : i + 1])))[:, 0]
+        kia = Kzx[a, i]
         W[i, a] = np.linalg.solve(K[np.ix_(a, a)], kia)
         spare[i] = 1.0 - kia @ W[i, a]
     precision = prior + W.T @ W / noise
@@ -576,7 +572,7 @@ def test_swsgp_whitened_fit_reaches_the_optimum_of_its_family():
     # The bound never passes the family's optimum; Adam ends within a hundredth of a nat.
     assert got <= optimum + 1e-8
     assert optimum - got < 1e-2, (got, optimum)
-    np.testing.assert_allclose(fit.model.posterior_mean(), m, atol=1e-2)
+    np.testing.assert_allclose(jax.jit(type(model).posterior_mean)(fit.model), m, atol=1e-2)
 
 
 def test_blocked_neighbour_search_is_exact():
