@@ -269,7 +269,7 @@ def main() -> None:
     parser.add_argument("--dims", default="1,2,5")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--part", choices=("all", "swsgp-fixed"), default="all")
-    parser.add_argument("--fixed-steps", type=int, default=3_000)
+    parser.add_argument("--fixed-steps", type=int, default=1_500)
     parser.add_argument("--fixed-models", default=",".join(FIXED_MODELS))
     args = parser.parse_args()
     if args.part == "swsgp-fixed":

@@ -298,6 +298,14 @@ def test_bad_input_gets_clear_errors(issue_problem):
         model.predict(X)
     with pytest.raises(ValueError, match="fixed: unknown"):
         gp.fit(model, key, X, y, num_steps=1, fixed=("noise",))
+    with pytest.raises(ValueError, match="parametrization must be one of"):
+        gp.swsgp(Z, num_neighbours=4, parametrization="cholesky")
+    with pytest.raises(ValueError, match="needs parametrization='scaled'"):
+        gp.swsgp(Z, num_neighbours=4, kl="neighbour_average")
+    with pytest.raises(ValueError, match="factor_neighbours=5 exceeds num_neighbours=4"):
+        gp.swsgp(Z, num_neighbours=4, factor_neighbours=5)
+    with pytest.raises(ValueError, match="rank applies to parametrization='scaled'"):
+        gp.swsgp(Z, num_neighbours=4, rank=2)
 
 
 def test_cholesky_retries_with_growing_jitter_then_says_so(caplog, issue_problem):

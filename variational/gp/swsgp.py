@@ -111,7 +111,7 @@ class SWSGP(AbstractSparseGP):
     diag(softplus(raw_scale))`` and ``W (M, R)`` (``R = rank``): its marginal ``S_aa = D_a
     K_aa D_a + W_a W_a^T`` costs ``O(H^2 (D + R))``, but shrinking the prior's covariance
     by ``D`` cannot match a posterior that the data shrink far more along smooth directions
-    than rough ones, so its best ``S`` pays thousands of nats of ``log |S|`` in the KL
+    than rough ones, so its best ``S`` pays heavily in the KL's ``log |S|``
     (``docs/sparse-gp.md``); the Vecchia KL is then estimated from a random batch of the
     inducing points.
     """
