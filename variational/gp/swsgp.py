@@ -20,6 +20,7 @@ from inferax.variational.gp.inducing import inducing_inputs, initial_inducing
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
 from inferax.variational.gp.linalg import cholesky_with_jitter
 from inferax.variational.gp.model import AbstractSparseGP, descend, training_batch
+from inferax.variational.gp.vecchia import sparse_rows_norm, vecchia_coefficients, vecchia_solve
 
 PREDICT_CHUNK = 1024
 """Test points per chunk of the neighbour search in ``predict``."""
@@ -29,6 +30,11 @@ KL_RULES = ("vecchia", "neighbour_average")
 values with ``K^-1`` in its Vecchia form (each inducing point conditioned on its ``H``
 nearest predecessors); ``"neighbour_average"``, Tran et al.'s mean over the batch's points
 of ``KL(q(u_a) || p(u_a))`` on each point's ``H`` neighbours."""
+
+PARAMETRIZATIONS = ("whitened", "scaled")
+"""How ``q(u) = N(m, S)`` is held: ``"whitened"``, ``m = L_V v`` (``L_V`` the Vecchia
+prior's factor, ``v`` the parameter) and ``S = L L^T`` with ``L`` lower triangular on the
+Vecchia pattern; ``"scaled"``, ``m`` itself and ``S = D Kuu D + W W^T``."""
 
 
 def nearest_inducing(kernel, Z, X, num_neighbours):
@@ -79,23 +85,35 @@ class SWSGP(AbstractSparseGP):
     ``q(u) = N(m, S)`` over ``M`` inducing values. Point ``i`` uses the GP conditional on
     its ``H`` nearest inducing points ``a_i`` only: ``f_i | u_a ~ N(k_ia K_aa^-1 u_a,
     k_ii - k_ia K_aa^-1 k_ai)``, with ``q(u_a) = N(m_a, S_aa)``. The ELBO on a minibatch
-    ``B`` is ``(n/|B|) sum_i E log p(y_i | f_i) - KL``. With ``kl="vecchia"``
-    ``KL`` is ``KL(q(u) || p(u))`` over all ``M`` values, with ``K^-1`` replaced by its
-    Vecchia form ``sum_j (e_j - c_j)(e_j - c_j)^T / F_j`` (``c_j = K_NN^-1 k_Nj`` on the
-    ``H`` nearest predecessors ``N`` of ``u_j``, ``F_j`` its conditional variance), summed
-    over a random batch of the ``M`` inducing points and scaled up; it is exact when each
-    ``u_j`` conditions on all its predecessors. With ``kl="neighbour_average"`` (the
-    default) it is Tran et al.'s ``mean_i KL(q(u_a_i) || p(u_a_i))``: one
-    ``H``-dimensional KL, about ``H / M`` of the whole, so the prior is outweighed. With
-    ``H = M`` both are SVGP's (unwhitened) ELBO.
+    ``B`` is ``(n/|B|) sum_i E log p(y_i | f_i) - KL``. With ``kl="vecchia"`` (the
+    default) ``KL`` is ``KL(q(u) || p(u))`` over all ``M`` values, with ``K^-1`` replaced
+    by its Vecchia form ``sum_j (e_j - c_j)(e_j - c_j)^T / F_j`` (``c_j = K_NN^-1 k_Nj`` on
+    the ``H`` nearest predecessors ``N(j)`` of ``u_j``, ``F_j`` its conditional variance);
+    it is exact when each ``u_j`` conditions on all its predecessors. With
+    ``kl="neighbour_average"`` (``parametrization="scaled"`` only) it is Tran et al.'s
+    ``mean_i KL(q(u_a_i) || p(u_a_i))``: one ``H``-dimensional KL, about ``H / M`` of the
+    whole, so the prior is outweighed. With ``H = M`` both are SVGP's ELBO.
 
-    Covariance parameterisation: ``S = D Kuu D + W W^T``, ``D = diag(softplus(raw_scale))``
-    and ``W (M, R)`` (``R = rank``, default 0). Its marginal ``S_aa = D_a K_aa D_a +
-    W_a W_a^T`` is exact and costs ``O(H^2 (D + R))``: no ``M x M`` factor is stored, and
-    unlike a sub-block ``L[a, a]`` of a global Cholesky factor, ``S_aa`` is the marginal of
-    one global ``q(u)``. ``D Kuu D`` keeps the prior's correlations between close inducing
-    points (a diagonal ``S`` cannot sit below a near-singular ``K_aa``), and the scaling
-    shrinks it where the data inform ``u``.
+    ``parametrization="whitened"`` (the default) holds ``m = L_V v`` with ``L_V = (I -
+    C)^-1 F^1/2`` the Vecchia prior's factor (``mean`` is ``v``: the prior's part of the KL
+    is ``|v|^2 / 2``, as in a whitened SVGP, and a step on ``v`` moves ``m`` along the
+    prior's correlations) and ``S = L L^T`` with ``L`` lower triangular on the Vecchia
+    pattern: row ``j`` has ``L_jj = softplus(raw_scale_j)`` and ``factor[j]`` at the
+    ``Q = factor_neighbours`` nearest of ``N(j)`` (``Q = 0``, the default: mean-field).
+    Then ``f_i``'s variance reads ``|L[a_i, :]^T w_i|^2`` and the KL's trace
+    ``sum_j |L^T (e_j - c_j)|^2 / F_j``, sums over ``H (Q + 1)`` entries each, and
+    ``log |S| = 2 sum_j log L_jj``: the whole KL is exact and costs ``O(M H^3)``, no
+    ``M x M`` matrix. The pattern (``prior_neighbours``, ``-1`` in empty slots) is set
+    from ``Z`` when the fit starts and kept as ``Z`` moves (any pattern gives a valid
+    prior). Computing ``m`` is one pass over the inducing points in order.
+
+    ``parametrization="scaled"`` holds ``m`` itself and ``S = D Kuu D + W W^T``, ``D =
+    diag(softplus(raw_scale))`` and ``W (M, R)`` (``R = rank``): its marginal ``S_aa = D_a
+    K_aa D_a + W_a W_a^T`` costs ``O(H^2 (D + R))``, but shrinking the prior's covariance
+    by ``D`` cannot match a posterior that the data shrink far more along smooth directions
+    than rough ones, so its best ``S`` pays heavily in the KL's ``log |S|``
+    (``docs/sparse-gp.md``); the Vecchia KL is then estimated from a random batch of the
+    inducing points.
     """
 
     kernel: AbstractCovariance
@@ -105,12 +123,19 @@ class SWSGP(AbstractSparseGP):
     raw_scale: Any = None
     factor: Any = None
     scaling: Any = None
+    prior_neighbours: Any = None
     num_inducing: int = static_field(default=0)
     num_neighbours: int = static_field(default=32)
     rank: int = static_field(default=0)
     jitter: float = static_field(default=1e-3)
     standardize: bool = static_field(default=True)
-    kl: str = static_field(default="neighbour_average")
+    kl: str = static_field(default="vecchia")
+    parametrization: str = static_field(default="whitened")
+    factor_neighbours: int = static_field(default=0)
+
+    @property
+    def whitened(self) -> bool:
+        return self.parametrization == "whitened"
 
     def initialize(self, rng_key, X, y):
         del y
@@ -121,6 +146,21 @@ class SWSGP(AbstractSparseGP):
             raise ValueError(
                 f"num_neighbours={self.num_neighbours} exceeds the {size} inducing points"
             )
+        if self.whitened:
+            index, valid = preceding_neighbours(
+                self.kernel, Z, jnp.arange(size), self.num_neighbours
+            )
+            index = jnp.where(valid, index, -1)
+            _, conditional, _ = vecchia_coefficients(self.kernel, Z, index, self.jitter)
+            # q(u) starts at N(0, diag(F)): each u_j with its variance given its neighbours.
+            return dataclasses.replace(
+                self,
+                inducing=Z,
+                mean=jnp.zeros(size, X.dtype),
+                raw_scale=softplus_inverse(jnp.sqrt(conditional)),
+                factor=jnp.zeros((size, self.factor_neighbours), X.dtype),
+                prior_neighbours=index,
+            )
         return dataclasses.replace(
             self,
             inducing=Z,
@@ -129,9 +169,50 @@ class SWSGP(AbstractSparseGP):
             factor=1e-3 * jax.random.normal(factor_key, (size, self.rank), X.dtype),
         )
 
-    def local_terms(self, X, neighbours, with_kl=True):
+    def whitened_posterior(self):
+        """``(m, rows, c, F, jitter)`` for ``parametrization="whitened"``: the mean of
+        ``q(u)``, the rows of ``L`` as ``(values, columns)`` (``(M, H + 1)`` each, the
+        diagonal first), and the Vecchia coefficients and conditional variances."""
+        index = self.prior_neighbours
+        c, conditional, used = vecchia_coefficients(self.kernel, self.inducing, index, self.jitter)
+        valid = index >= 0
+        safe = jnp.where(valid, index, 0)
+        m = vecchia_solve(c, safe, jnp.sqrt(conditional) * self.mean)
+        size = index.shape[0]
+        width = self.factor.shape[1]
+        values = jnp.concatenate(
+            [
+                jax.nn.softplus(self.raw_scale)[:, None],
+                jnp.where(valid[:, :width], self.factor, 0.0),
+            ],
+            axis=1,
+        )
+        columns = jnp.concatenate([jnp.arange(size)[:, None], safe[:, :width]], axis=1)
+        return m, (values, columns), c, conditional, used
+
+    def whitened_kl(self, rows, c, conditional):
+        """``KL(q(u) || p(u))`` with ``K^-1`` in Vecchia form, exactly (``O(M H^3)``)."""
+        values, columns = rows
+        size = values.shape[0]
+        neighbours = jnp.where(self.prior_neighbours >= 0, self.prior_neighbours, 0)
+        block = jnp.concatenate([jnp.arange(size)[:, None], neighbours], axis=1)
+        residual = jnp.concatenate([jnp.ones((size, 1), c.dtype), -c], axis=1)
+        trace = jax.vmap(
+            lambda near, weights: sparse_rows_norm(weights, values[near], columns[near])
+        )(block, residual)
+        value = (
+            jnp.sum(trace / conditional)
+            + jnp.sum(self.mean**2)
+            - size
+            + jnp.sum(jnp.log(conditional))
+            - 2 * jnp.sum(jnp.log(values[:, 0]))
+        )
+        return 0.5 * value
+
+    def local_terms(self, X, neighbours, with_kl=True, posterior=None):
         """Per point: the latent mean and variance and (``with_kl``) ``KL(q(u_a) ||
-        p(u_a))``, from its neighbour indices ``(n, H)``."""
+        p(u_a))``, from its neighbour indices ``(n, H)``; ``posterior`` is ``(m, rows)``
+        from ``whitened_posterior`` when ``parametrization="whitened"``."""
 
         # One factorisation of the stack: under vmap a jitter retry's cond would run every
         # branch for every point.
@@ -147,17 +228,18 @@ class SWSGP(AbstractSparseGP):
             Kaa = Kaa + used * eye
             kia = self.kernel.matrix(Za, x[None, :])[:, 0]
             weights = cho_solve((factor, True), kia)
+            prior_var = self.kernel.diag(x[None, :])[0] - kia @ weights
+            if posterior is not None:
+                m, (values, columns) = posterior
+                spread = sparse_rows_norm(weights, values[index], columns[index])
+                f_var = jnp.maximum(prior_var + spread, 1e-12)
+                return weights @ m[index], f_var, jnp.zeros((), x.dtype)
             scale = jax.nn.softplus(self.raw_scale[index])
             Wa = self.factor[index]
             ma = self.mean[index]
             scaled = scale * weights
             f_mean = weights @ ma
-            f_var = (
-                self.kernel.diag(x[None, :])[0]
-                - kia @ weights
-                + scaled @ (Kaa @ scaled)
-                + jnp.sum((Wa.T @ weights) ** 2)
-            )
+            f_var = prior_var + scaled @ (Kaa @ scaled) + jnp.sum((Wa.T @ weights) ** 2)
             f_var = jnp.maximum(f_var, 1e-12)
             if not with_kl:
                 return f_mean, f_var, jnp.zeros((), x.dtype)
@@ -234,16 +316,22 @@ class SWSGP(AbstractSparseGP):
     def elbo_standardized(self, X, y, num_data, prior_rows=None):
         neighbours = nearest_inducing(self.kernel, self.inducing, X, self.num_neighbours)
         neighbours = jax.lax.stop_gradient(neighbours)
-        with_kl = self.kl == "neighbour_average"
-        f_mean, f_var, kl, used = self.local_terms(X, neighbours, with_kl)
-        expected = jnp.sum(self.likelihood.expected_log_prob(y, f_mean, f_var))
-        if self.kl == "vecchia":
-            if prior_rows is None:
-                prior_rows = jnp.arange(self.inducing.shape[0])
-            kl, prior_used = self.vecchia_kl(prior_rows)
-            used = jnp.maximum(jnp.max(used), prior_used)
+        if self.whitened:
+            m, rows, c, conditional, prior_used = self.whitened_posterior()
+            f_mean, f_var, _, used = self.local_terms(X, neighbours, False, (m, rows))
+            kl = self.whitened_kl(rows, c, conditional)
+            used = jnp.maximum(used, prior_used)
         else:
-            kl = jnp.mean(kl)
+            with_kl = self.kl == "neighbour_average"
+            f_mean, f_var, kl, used = self.local_terms(X, neighbours, with_kl)
+            if self.kl == "vecchia":
+                if prior_rows is None:
+                    prior_rows = jnp.arange(self.inducing.shape[0])
+                kl, prior_used = self.vecchia_kl(prior_rows)
+                used = jnp.maximum(jnp.max(used), prior_used)
+            else:
+                kl = jnp.mean(kl)
+        expected = jnp.sum(self.likelihood.expected_log_prob(y, f_mean, f_var))
         value = (num_data / X.shape[0]) * expected - kl
         return value, jnp.max(used)
 
@@ -253,14 +341,19 @@ class SWSGP(AbstractSparseGP):
         padded = jnp.concatenate(
             [X, jnp.zeros((chunks * PREDICT_CHUNK - n, X.shape[1]), X.dtype)]
         ).reshape(chunks, PREDICT_CHUNK, X.shape[1])
+        posterior, prior_used = None, jnp.zeros((), X.dtype)
+        if self.whitened:
+            m, rows, _, _, prior_used = self.whitened_posterior()
+            posterior = (m, rows)
 
         def chunk(rows):
             neighbours = nearest_inducing(self.kernel, self.inducing, rows, self.num_neighbours)
-            f_mean, f_var, _, used = self.local_terms(rows, neighbours, with_kl=False)
+            f_mean, f_var, _, used = self.local_terms(rows, neighbours, False, posterior)
             return f_mean, f_var, jnp.max(used)
 
         f_mean, f_var, used = jax.lax.map(chunk, padded)
-        return f_mean.reshape(-1)[:n], f_var.reshape(-1)[:n], jnp.max(used)
+        used = jnp.maximum(jnp.max(used), prior_used)
+        return f_mean.reshape(-1)[:n], f_var.reshape(-1)[:n], used
 
     def training_step(self, settings):
         step = SWSGPStep(
@@ -276,9 +369,18 @@ class SWSGP(AbstractSparseGP):
     def covariance(self) -> jax.Array:
         """The dense ``S`` (``M x M``), for checks on small problems only."""
         Z = self.inducing
-        K = self.kernel.matrix(Z, Z) + self.jitter * jnp.eye(Z.shape[0], dtype=Z.dtype)
+        size = Z.shape[0]
+        if self.whitened:
+            _, (values, columns), _, _, _ = self.whitened_posterior()
+            L = jnp.zeros((size, size), Z.dtype).at[jnp.arange(size)[:, None], columns].add(values)
+            return L @ L.T
+        K = self.kernel.matrix(Z, Z) + self.jitter * jnp.eye(size, dtype=Z.dtype)
         scale = jax.nn.softplus(self.raw_scale)
         return scale[:, None] * K * scale[None, :] + self.factor @ self.factor.T
+
+    def posterior_mean(self) -> jax.Array:
+        """``m``, the mean of ``q(u)`` (for ``"whitened"``, ``L_V v`` from ``mean = v``)."""
+        return self.whitened_posterior()[0] if self.whitened else self.mean
 
 
 @final
@@ -322,30 +424,41 @@ def swsgp(
     rank: int = 0,
     jitter: float = 1e-3,
     standardize: bool = True,
-    kl: str = "neighbour_average",
+    kl: str = "vecchia",
+    parametrization: str = "whitened",
+    factor_neighbours: int = 0,
 ) -> SWSGP:
     """A sparse-within-sparse GP: ``M`` inducing points, ``H = num_neighbours`` per point.
 
-    A step costs ``O(B (M D + H^3))`` for a minibatch of ``B``: the neighbour search, then
-    an ``H x H`` factorisation per point. The optimizer (Adam by default) trains all
-    parameters.
+    A step costs ``O(B (M D + H^3) + M H^3)`` for a minibatch of ``B``: the neighbour
+    search, an ``H x H`` factorisation per point, and (``"whitened"``) one per inducing
+    point for the Vecchia prior. The optimizer (Adam by default) trains all parameters.
 
     Args:
       inducing: inducing inputs ``Z (M, D)`` in the units of ``X``, or an integer ``M``.
       kernel: default ``rbf()``.
       likelihood: default ``gaussian()``.
       num_neighbours: ``H``, the inducing points each data point reads.
-      rank: ``R``, the rank of the ``W W^T`` part of ``S``.
+      rank: ``R``, the rank of the ``W W^T`` part of ``S`` (``parametrization="scaled"``
+        only).
       jitter: a nugget added to each ``K_aa``'s diagonal, in the prior and the
         conditional alike. Near neighbours make ``K_aa`` nearly singular, and the weights
         ``K_aa^-1 k_ai`` then amplify every wobble of the optimised ``m``; a larger nugget
         than SVGP's keeps them tame (``docs/sparse-gp.md`` compares ``1e-3`` with
         ``1e-6``).
       standardize: standardise ``X`` (and ``y`` for a Gaussian likelihood) before fitting.
-      kl: the prior term, one of ``KL_RULES``: ``"neighbour_average"`` (Tran et al.'s
-        average of ``H``-dimensional KLs, which weighs the prior about ``H / M`` as much) or
-        ``"vecchia"`` (the whole ``M``-dimensional KL, ``K^-1`` in Vecchia form; slower to
-        converge under Adam, see ``docs/sparse-gp.md``).
+      kl: the prior term, one of ``KL_RULES``: ``"vecchia"`` (the whole
+        ``M``-dimensional KL, ``K^-1`` in Vecchia form) or ``"neighbour_average"`` (Tran
+        et al.'s average of ``H``-dimensional KLs, which weighs the prior about ``H / M``
+        as much; ``parametrization="scaled"`` only).
+      parametrization: one of ``PARAMETRIZATIONS``: ``"whitened"`` (``m = L_V v``,
+        ``S = L L^T`` with ``L`` sparse on the Vecchia pattern) or ``"scaled"`` (``m`` and
+        ``S = D Kuu D + W W^T``, the earlier form; its best ``S`` is far from the
+        posterior's, see ``docs/sparse-gp.md``).
+      factor_neighbours: ``Q <= H``, the entries of each row of ``L`` besides the
+        diagonal, on the ``Q`` nearest predecessors (``"whitened"`` only): ``0`` is a
+        mean-field ``S``; larger ``Q`` fits the posterior's local correlations, at
+        ``O(H Q log(H Q))`` more per point and per inducing point.
 
     Returns:
       An unfitted ``SWSGP``.
@@ -358,6 +471,22 @@ def swsgp(
     check_count("rank", rank, minimum=0)
     if kl not in KL_RULES:
         raise ValueError(f"kl must be one of {KL_RULES}, got {kl!r}")
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(
+            f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}"
+        )
+    if parametrization == "whitened" and kl != "vecchia":
+        raise ValueError(
+            f"kl={kl!r} needs parametrization='scaled': the whitened q(u) is whitened by the "
+            "Vecchia prior, whose KL is kl='vecchia'"
+        )
+    check_count("factor_neighbours", factor_neighbours, minimum=0)
+    if factor_neighbours > num_neighbours:
+        raise ValueError(
+            f"factor_neighbours={factor_neighbours} exceeds num_neighbours={num_neighbours}"
+        )
+    if parametrization == "whitened" and rank:
+        raise ValueError("rank applies to parametrization='scaled' only (S = D Kuu D + W W^T)")
     kernel = rbf() if kernel is None else kernel
     likelihood = gaussian() if likelihood is None else likelihood
     Z, size = inducing_inputs(inducing)
@@ -375,7 +504,17 @@ def swsgp(
         jitter=float(jitter),
         standardize=standardize,
         kl=kl,
+        parametrization=parametrization,
+        factor_neighbours=factor_neighbours,
     )
 
 
-__all__ = ["KL_RULES", "SWSGP", "SWSGPStep", "nearest_inducing", "preceding_neighbours", "swsgp"]
+__all__ = [
+    "KL_RULES",
+    "PARAMETRIZATIONS",
+    "SWSGP",
+    "SWSGPStep",
+    "nearest_inducing",
+    "preceding_neighbours",
+    "swsgp",
+]
