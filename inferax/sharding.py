@@ -209,6 +209,31 @@ def tree_to_host(tree):
     return jax.tree.map(to_host, tree)
 
 
+def spans_processes(mesh: Mesh | None, tree=None) -> bool:
+    """Whether a run over ``mesh`` (or none) with the arrays of ``tree`` (a target, say)
+    involves the devices of other processes: then every process must make the same calls
+    in the same order."""
+    if jax.process_count() == 1:
+        return False
+    if mesh is not None and any(
+        device.process_index != jax.process_index() for device in mesh.devices.flat
+    ):
+        return True
+    return any(
+        isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+        for leaf in jax.tree.leaves(tree)
+    )
+
+
+def same_on_every_process(value: int) -> int:
+    """Process 0's ``value``, on every process (a collective: every process must call this
+    in the same order). For choices made from measurements, such as a chunk's length from
+    its step time, that each process would otherwise make for itself."""
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def initialize(
     coordinator_address: str,
     num_processes: int,
@@ -292,7 +317,9 @@ __all__ = [
     "map_chains",
     "place_replicated",
     "place_sharded",
+    "same_on_every_process",
     "shard_chains",
+    "spans_processes",
     "to_host",
     "tree_to_host",
 ]
