@@ -96,25 +96,32 @@ class ChainRunner:
             )
             self.store = None
 
-    def shapes(self):
+    def shapes(self, drawn_starts: bool = False):
         """The shapes of the chains' positions, of the warmup state and of
         ``(states, tuned)``, traced without compiling (once per target, kernel and number
-        of chains)."""
+        of chains). ``drawn_starts``: the first call's run draws its starts (the start
+        program's trace then gives the warmup state's shapes)."""
         memo = _shapes_memo.setdefault(self.target, {})
         key = (self.kernel, self.settings.num_chains, self.mesh)
         if key not in memo:
-            memo[key] = self._trace_shapes()
+            memo[key] = self._trace_shapes(drawn_starts)
         return memo[key]
 
-    def _trace_shapes(self):
+    def _trace_shapes(self, drawn_starts: bool):
         positions = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct((self.settings.num_chains, *leaf.shape), leaf.dtype),
             self.target.init,
         )
-        # The jitted functions' own eval_shape: their traces are kept, and the start program
-        # and compile_ahead's lowering of the end of warmup reuse them.
+        # The jitted functions' own eval_shape: their traces are kept, and compile_ahead's
+        # lowering of the start program (or of warmup_init) and of the end of warmup reuse
+        # them. Where the start program computes the warmup state itself, warmup_init is
+        # never called: its trace would be one more of the kernel's initial state.
         static = {"kernel": self.kernel, "mesh": self.mesh}
-        warmup = warmup_init.eval_shape(self.target, positions, **static)
+        if drawn_starts and self.mesh is None and self.stepwise:
+            settings = self.start_settings()
+            warmup = start.eval_shape(self.target, self.init_key, **static, **settings)[0]
+        else:
+            warmup = warmup_init.eval_shape(self.target, positions, **static)
         sampling = warmup_final.eval_shape(self.target, warmup, **static)
         return positions, warmup, sampling
 
@@ -133,7 +140,7 @@ class ChainRunner:
             return
         started = time.perf_counter()
         submitted = False
-        positions, warmup_state, (states, tuned) = self.shapes()
+        positions, warmup_state, (states, tuned) = self.shapes(drawn_starts=need_positions)
         key = self.run_key
         step = jax.ShapeDtypeStruct((), jnp.int32)
         if self.stepwise:
