@@ -10,6 +10,7 @@ every process's devices and a mesh may span them all.
 from __future__ import annotations
 
 import contextvars
+import pathlib
 import socket
 import time
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ import jax.extend
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from inferax import compile_cache
 
 CHAIN_AXIS = "chains"
 """The name of the mesh axis that ``inferax.sample`` lays the chains out along."""
@@ -266,6 +269,7 @@ def initialize(
     """
     if process_id != 0:
         _wait_for_coordinator(coordinator_address, process_id, num_processes, timeout)
+    _cache_of_this_process(num_processes, process_id)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # Importing inferax.samplers imports blackjax, which computes a few constants at import
     # time and so starts the local backend; nothing of ours holds arrays on it yet, so it is
@@ -277,6 +281,27 @@ def initialize(
         process_id=process_id,
         initialization_timeout=max(1, int(np.ceil(timeout))),
     )
+
+
+def _cache_of_this_process(num_processes: int, process_id: int) -> None:
+    """Points inferax's persistent compilation cache at a folder of this process's own.
+
+    JAX's cache key does not tell a program compiled for several processes from the same
+    program compiled for one process with as many devices, nor one process's from
+    another's: a process that loads such a program hangs in its first collective (a run
+    with two devices in one process, then the same run over two processes, did). A cache
+    folder configured outside inferax (``jax_compilation_cache_dir``) is left as it is."""
+    compile_cache.ensure_compilation_cache()  # the default, unless turned off or set
+    configured = jax.config.jax_compilation_cache_dir
+    default = compile_cache.default_cache_dir()
+    if not configured or pathlib.Path(configured) != default:
+        return
+    folder = default / f"{num_processes}-processes" / f"process-{process_id}"
+    jax.config.update("jax_compilation_cache_dir", None)
+    if compile_cache.enable_compilation_cache(folder) is not None:
+        from jax.experimental.compilation_cache import compilation_cache
+
+        compilation_cache.reset_cache()  # reopened at the next compile, in the new folder
 
 
 def _wait_for_coordinator(address: str, process_id: int, num_processes: int, timeout: float):

@@ -29,8 +29,21 @@ def _free_port() -> int:
 def test_two_processes_give_the_draws_of_one_device(tmp_path):
     """Two processes of one device each (gloo): chains over both devices, and data over
     both, against everything on one device, in the same run; and with the automatic chunk
-    length, chunks timed differently in the two processes."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    length, chunks timed differently in the two processes. First the same runs in one
+    process with two devices, into the same persistent cache: JAX's cache key does not tell
+    its programs from the two processes', which hung in their first collective when they
+    loaded them."""
+    drop = ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # inferax's default cache, in here
+    one_process = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path / "one_process.npz"), "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert one_process.returncode == 0, one_process.stderr[-3000:]
     port = _free_port()
     procs = [
         subprocess.Popen(
@@ -65,6 +78,10 @@ def test_two_processes_give_the_draws_of_one_device(tmp_path):
     automatic = draws["automatic_chains_mala"]
     assert automatic.shape == (4, 40, 3)
     np.testing.assert_array_equal(automatic[:, :15], draws["chains_mala"])
+    # Two processes of one device each, and one process of two: the same chains per device.
+    np.testing.assert_array_equal(
+        draws["chains_mala"], np.load(tmp_path / "one_process.npz")["chains_mala"]
+    )
     # A chain's arithmetic is the same up to rounding: XLA compiles each device's batch of
     # chains, and a batched matmul sums in an order that depends on the batch size.
     np.testing.assert_allclose(draws["chains_mala"], draws["one_mala"], rtol=0, atol=1e-5)
