@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from inferax.chain_starts import starts_and_init_check
-from inferax.kernel import BurnInState
 from inferax.sharding import map_chains
-from inferax.target import Target, named_sites
+from inferax.target import Target
 from inferax.typing import PRNGKey
 
 
@@ -92,8 +91,6 @@ def chain_chunk(
     """
     algorithm = kernel.warmup_algorithm(target)
     num_chains = jax.tree.leaves(warmup_state)[0].shape[0]
-    # Only AbstractKernel's burn-in makes a BurnInState (tuning nothing, parameters {}).
-    burn_in = isinstance(warmup_state, BurnInState)
 
     def keep_state(step_key, warmup_state, entry):
         return warmup_state, step_key
@@ -102,12 +99,6 @@ def chain_chunk(
         return warmup_state._replace(chain=chain)
 
     def chain_step(key, warmup_state, chain_tuned, entry, adapting):
-        if burn_in:
-            # A burn-in's prepare and adapt pass the chain through: a warmup step is a
-            # sampling step, and a cheap step does not pay for two branches.
-            chain, info = kernel.build(target, **chain_tuned).step(key, warmup_state.chain)
-            stats = kernel.sample_stats(chain, info, chain_tuned)
-            return warmup_state._replace(chain=chain), stats
         warmup_state, step_key = jax.lax.cond(
             adapting, algorithm.prepare, keep_state, key, warmup_state, entry
         )
@@ -155,10 +146,7 @@ def chain_chunk(
         def draw():
             return jax.vmap(target.constrain)(warmup_state.chain.position), stats
 
-        if target.constrain is named_sites:
-            out = draw()  # naming the sites costs less than a branch around it
-        else:
-            out = jax.lax.cond(keep, draw, lambda: jax.tree.map(jnp.zeros_like, out_shapes))
+        out = jax.lax.cond(keep, draw, lambda: jax.tree.map(jnp.zeros_like, out_shapes))
         row = jnp.where(keep, offset // thinning, num_draws)
         buffers = jax.tree.map(
             lambda buffer, value: buffer.at[row].set(value, mode="drop"), buffers, out
