@@ -32,7 +32,7 @@ from inferax.chunking import ChunkSizer, buffer_length
 from inferax.compile_cache import compile_ahead, compiled
 from inferax.posterior import Posterior
 from inferax.progress import ProgressBar, progress_enabled
-from inferax.sharding import shard_chains, tree_to_host
+from inferax.sharding import same_on_every_process, shard_chains, spans_processes, tree_to_host
 from inferax.target import Target
 from inferax.validation import site_shapes
 
@@ -52,6 +52,9 @@ class ChainRunner:
         self.timing = {"compile": 0.0, "warmup": 0.0, "sampling": 0.0}
         self.draw_files: list[str] = []
         self.sizer = ChunkSizer(settings.chunk_size)
+        # Over processes, each picking its chunks from its own step times would run other
+        # chunks than the rest, and the gathers of their draws would never pair up.
+        self.lockstep = settings.chunk_size is None and spans_processes(mesh, target)
         # One program for warmup and sampling where the warmup comes in parts.
         self.stepwise = kernel.warmup_algorithm(target).stepwise
         self.warmup_length = buffer_length(settings.chunk_size, settings.num_warmup)
@@ -60,6 +63,11 @@ class ChainRunner:
             settings.num_samples,
             bytes_per_step=_bytes_per_draw(target, settings.num_chains),
         )
+
+    def next_count(self, remaining: int, length: int, steps_per_item: int = 1) -> int:
+        """The next chunk's count (``ChunkSizer.next_count``), process 0's over processes."""
+        count = self.sizer.next_count(remaining, length, steps_per_item)
+        return same_on_every_process(count) if self.lockstep else count
 
     def call(self, jitted, static, *args):
         program, seconds = compiled(self.target, jitted, static, *args)
@@ -88,25 +96,32 @@ class ChainRunner:
             )
             self.store = None
 
-    def shapes(self):
+    def shapes(self, drawn_starts: bool = False):
         """The shapes of the chains' positions, of the warmup state and of
         ``(states, tuned)``, traced without compiling (once per target, kernel and number
-        of chains)."""
+        of chains). ``drawn_starts``: the first call's run draws its starts (the start
+        program's trace then gives the warmup state's shapes)."""
         memo = _shapes_memo.setdefault(self.target, {})
         key = (self.kernel, self.settings.num_chains, self.mesh)
         if key not in memo:
-            memo[key] = self._trace_shapes()
+            memo[key] = self._trace_shapes(drawn_starts)
         return memo[key]
 
-    def _trace_shapes(self):
+    def _trace_shapes(self, drawn_starts: bool):
         positions = jax.tree.map(
             lambda leaf: jax.ShapeDtypeStruct((self.settings.num_chains, *leaf.shape), leaf.dtype),
             self.target.init,
         )
-        # The jitted functions' own eval_shape: their traces are kept, and the start program
-        # and compile_ahead's lowering of the end of warmup reuse them.
+        # The jitted functions' own eval_shape: their traces are kept, and compile_ahead's
+        # lowering of the start program (or of warmup_init) and of the end of warmup reuse
+        # them. Where the start program computes the warmup state itself, warmup_init is
+        # never called: its trace would be one more of the kernel's initial state.
         static = {"kernel": self.kernel, "mesh": self.mesh}
-        warmup = warmup_init.eval_shape(self.target, positions, **static)
+        if drawn_starts and self.mesh is None and self.stepwise:
+            settings = self.start_settings()
+            warmup = start.eval_shape(self.target, self.init_key, **static, **settings)[0]
+        else:
+            warmup = warmup_init.eval_shape(self.target, positions, **static)
         sampling = warmup_final.eval_shape(self.target, warmup, **static)
         return positions, warmup, sampling
 
@@ -125,7 +140,7 @@ class ChainRunner:
             return
         started = time.perf_counter()
         submitted = False
-        positions, warmup_state, (states, tuned) = self.shapes()
+        positions, warmup_state, (states, tuned) = self.shapes(drawn_starts=need_positions)
         key = self.run_key
         step = jax.ShapeDtypeStruct((), jnp.int32)
         if self.stepwise:
@@ -265,7 +280,7 @@ class ChainRunner:
             unused_tuned = self.placeholder(self.shapes()[2][1])
         first, number = first_step, 0
         while first < num_warmup:
-            count = self.sizer.next_count(num_warmup - first, self.warmup_length)
+            count = self.next_count(num_warmup - first, self.warmup_length)
             entries = self.schedule_entries(first, count)
             if self.stepwise:
                 (warmup_state, _), seconds = self.call(
@@ -313,7 +328,7 @@ class ChainRunner:
             entries = self.schedule_entries(0, 0)
         unsaved_from, first, number, pending = first_draw, first_draw, 0, 0
         while first < num_samples:
-            count = self.sizer.next_count(num_samples - first, self.sampling_length, thinning)
+            count = self.next_count(num_samples - first, self.sampling_length, thinning)
             step_offset = settings.num_warmup + first * thinning
             if self.stepwise:
                 (warmup_state, (chunk_draws, chunk_stats)), seconds = self.call(

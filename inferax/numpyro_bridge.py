@@ -12,9 +12,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
-from numpyro.distributions import ImproperUniform, Unit
+from numpyro.distributions import Delta, ImproperUniform, Unit
 from numpyro.infer import init_to_uniform
-from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
+
+# initialize_model's first half, without its search for a start (``_initialize``).
+from numpyro.infer.util import (
+    ModelInfo,
+    ParamInfo,
+    _get_model_transforms,
+    _prepare_model_for_potential,
+    constrain_fn,
+    get_potential_fn,
+    initialize_model,
+    potential_energy,
+    transform_fn,
+)
 
 from inferax.compile_cache import ensure_compilation_cache
 from inferax.target import Target
@@ -113,7 +125,7 @@ def from_numpyro(
     """
     if isinstance(data, str):
         data = (data,)  # one name, not its letters
-    # What NumPyro compiles here (its search for a start) is kept for the next process too.
+    # What is compiled here (the check at the origin) is kept for the next process too.
     ensure_compilation_cache()
     info = _initialize(model, args, kwargs)
     trace = info.model_trace
@@ -190,15 +202,82 @@ Chains start within 2 of the example position, so one near the origin gives them
 starts NumPyro gives its chains."""
 
 
-def _initialize(model: Callable, args: tuple, kwargs: dict):
-    """NumPyro's own initialisation, at the origin of unconstrained space where the density
-    is usable there (the key is then irrelevant), else as near it as one is found."""
+ONE_EVALUATION_OPTIONS = {"xla_backend_optimization_level": 0}
+"""XLA's options for a program that runs once (the check at the origin)."""
+
+
+def _initialize(model: Callable, args: tuple, kwargs: dict) -> ModelInfo:
+    """NumPyro's initialisation, at the origin of unconstrained space where the density and
+    its gradient are finite there, else as near it as NumPyro's search finds a position.
+
+    At the origin only one evaluation is compiled, of the density and its gradient at one
+    point: NumPyro's search compiles a loop around them, a second program holding the
+    model's gradient beside the one ``inferax.sample``'s start program compiles (on a model
+    whose gradient is slow to compile, such as a Beta's, the larger part of a first call's
+    set-up). The search runs only where the origin is not usable."""
     _refuse_unenumerated_discrete(model, args, kwargs)
+    try:
+        info = _at_the_origin(model, args, kwargs)
+    except (ImportError, ModuleNotFoundError) as error:
+        raise _funsor_missing(error) from error
+    origin = info.param_info.z
+    check = jax.jit(jax.value_and_grad(info.potential_fn)).lower(origin)
+    # Run once: XLA's optimisations would cost more compile time than they save.
+    value, gradient = check.compile(ONE_EVALUATION_OPTIONS)(origin)
+    # On the host: jnp's checks would each compile a small program.
+    host = jax.tree.leaves(jax.device_get((value, gradient)))
+    usable = all(np.all(np.isfinite(leaf)) for leaf in host)
+    if usable:
+        return info._replace(param_info=ParamInfo(origin, value, gradient))
+    return _search(model, args, kwargs)
+
+
+def _at_the_origin(model: Callable, args: tuple, kwargs: dict) -> ModelInfo:
+    """What ``initialize_model`` builds (the potential, the postprocess function, the
+    model's trace) with the origin of unconstrained space as the position, without its
+    search: the first half of ``initialize_model``, which gives its search's start as the
+    prototype."""
+    seeded = handlers.substitute(
+        handlers.seed(model, jax.random.key(0)), substitute_fn=init_to_uniform(radius=0.0)
+    )
+    inv_transforms, replay_model, enumerate_support, trace = _get_model_transforms(
+        seeded, args, kwargs
+    )
+    for name, site in trace.items():
+        if site["type"] == "sample" and not site["is_observed"] and isinstance(site["fn"], Delta):
+            raise ValueError(
+                f"from_numpyro: latent site '{name}' has a Delta distribution; record the "
+                "value with numpyro.deterministic instead"
+            )
+    prepared = _prepare_model_for_potential(model, trace, enum=enumerate_support)
+    potential_fn, postprocess_fn = get_potential_fn(
+        prepared,
+        inv_transforms,
+        replay_model=replay_model,
+        enum=enumerate_support,
+        model_args=args,
+        model_kwargs=kwargs,
+    )
+    constrained = {
+        name: site["value"]
+        for name, site in trace.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site["fn"].support.is_discrete
+    }
+    origin = transform_fn(inv_transforms, constrained, invert=True)
+    # Jitted, so that the model is traced once per process: the check at the origin, the
+    # target's density and the programs that hold it transform that one trace.
+    return ModelInfo(ParamInfo(origin, None, None), jax.jit(potential_fn), postprocess_fn, trace)
+
+
+def _search(model: Callable, args: tuple, kwargs: dict) -> ModelInfo:
+    """NumPyro's own search, within each of ``INIT_SEARCH_RADII`` past the origin in turn."""
     last_error = None
     # A batch of one key: NumPyro then searches in one compiled loop, where one key has it
     # run the model's density and gradient op by op, compiling each operation on its own.
     keys = jax.random.split(jax.random.key(0), 1)
-    for radius in INIT_SEARCH_RADII:
+    for radius in INIT_SEARCH_RADII[1:]:
         try:
             info = initialize_model(
                 keys,
@@ -211,15 +290,19 @@ def _initialize(model: Callable, args: tuple, kwargs: dict):
         except RuntimeError as error:
             last_error = error
         except (ImportError, ModuleNotFoundError) as error:
-            raise ValueError(
-                "from_numpyro: the model enumerates a discrete site, and NumPyro needs "
-                f"funsor to sum it out: {ENUM_EXTRA} ({error})"
-            ) from error
+            raise _funsor_missing(error) from error
     raise ValueError(
         "from_numpyro: no position with a finite log density and gradient was found, at the "
         f"origin of unconstrained space or in 100 tries within each of {INIT_SEARCH_RADII[1:]} "
         f"of it ({last_error}); check the model and its data"
     ) from last_error
+
+
+def _funsor_missing(error: Exception) -> ValueError:
+    return ValueError(
+        "from_numpyro: the model enumerates a discrete site, and NumPyro needs "
+        f"funsor to sum it out: {ENUM_EXTRA} ({error})"
+    )
 
 
 def _refuse_unenumerated_discrete(model: Callable, args: tuple, kwargs: dict) -> None:

@@ -10,6 +10,7 @@ every process's devices and a mesh may span them all.
 from __future__ import annotations
 
 import contextvars
+import pathlib
 import socket
 import time
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ import jax.extend
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from inferax import compile_cache
 
 CHAIN_AXIS = "chains"
 """The name of the mesh axis that ``inferax.sample`` lays the chains out along."""
@@ -209,6 +212,31 @@ def tree_to_host(tree):
     return jax.tree.map(to_host, tree)
 
 
+def spans_processes(mesh: Mesh | None, tree=None) -> bool:
+    """Whether a run over ``mesh`` (or none) with the arrays of ``tree`` (a target, say)
+    involves the devices of other processes: then every process must make the same calls
+    in the same order."""
+    if jax.process_count() == 1:
+        return False
+    if mesh is not None and any(
+        device.process_index != jax.process_index() for device in mesh.devices.flat
+    ):
+        return True
+    return any(
+        isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+        for leaf in jax.tree.leaves(tree)
+    )
+
+
+def same_on_every_process(value: int) -> int:
+    """Process 0's ``value``, on every process (a collective: every process must call this
+    in the same order). For choices made from measurements, such as a chunk's length from
+    its step time, that each process would otherwise make for itself."""
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def initialize(
     coordinator_address: str,
     num_processes: int,
@@ -241,6 +269,7 @@ def initialize(
     """
     if process_id != 0:
         _wait_for_coordinator(coordinator_address, process_id, num_processes, timeout)
+    _cache_of_this_process(num_processes, process_id)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # Importing inferax.samplers imports blackjax, which computes a few constants at import
     # time and so starts the local backend; nothing of ours holds arrays on it yet, so it is
@@ -252,6 +281,27 @@ def initialize(
         process_id=process_id,
         initialization_timeout=max(1, int(np.ceil(timeout))),
     )
+
+
+def _cache_of_this_process(num_processes: int, process_id: int) -> None:
+    """Points inferax's persistent compilation cache at a folder of this process's own.
+
+    JAX's cache key does not tell a program compiled for several processes from the same
+    program compiled for one process with as many devices, nor one process's from
+    another's: a process that loads such a program hangs in its first collective (a run
+    with two devices in one process, then the same run over two processes, did). A cache
+    folder configured outside inferax (``jax_compilation_cache_dir``) is left as it is."""
+    compile_cache.ensure_compilation_cache()  # the default, unless turned off or set
+    configured = jax.config.jax_compilation_cache_dir
+    default = compile_cache.default_cache_dir()
+    if not configured or pathlib.Path(configured) != default:
+        return
+    folder = default / f"{num_processes}-processes" / f"process-{process_id}"
+    jax.config.update("jax_compilation_cache_dir", None)
+    if compile_cache.enable_compilation_cache(folder) is not None:
+        from jax.experimental.compilation_cache import compilation_cache
+
+        compilation_cache.reset_cache()  # reopened at the next compile, in the new folder
 
 
 def _wait_for_coordinator(address: str, process_id: int, num_processes: int, timeout: float):
@@ -292,7 +342,9 @@ __all__ = [
     "map_chains",
     "place_replicated",
     "place_sharded",
+    "same_on_every_process",
     "shard_chains",
+    "spans_processes",
     "to_host",
     "tree_to_host",
 ]

@@ -28,8 +28,22 @@ def _free_port() -> int:
 
 def test_two_processes_give_the_draws_of_one_device(tmp_path):
     """Two processes of one device each (gloo): chains over both devices, and data over
-    both, against everything on one device, in the same run."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    both, against everything on one device, in the same run; and with the automatic chunk
+    length, chunks timed differently in the two processes. First the same runs in one
+    process with two devices, into the same persistent cache: JAX's cache key does not tell
+    its programs from the two processes', which hung in their first collective when they
+    loaded them."""
+    drop = ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # inferax's default cache, in here
+    one_process = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path / "one_process.npz"), "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert one_process.returncode == 0, one_process.stderr[-3000:]
     port = _free_port()
     procs = [
         subprocess.Popen(
@@ -58,8 +72,16 @@ def test_two_processes_give_the_draws_of_one_device(tmp_path):
             if proc.poll() is None:
                 proc.kill()
     draws = np.load(tmp_path / "p0.npz")
-    for name in draws:
+    for name in ("one_mala", "chains_mala", "data_mala"):
         assert draws[name].shape == (4, 15, 3) and np.all(np.isfinite(draws[name])), name
+    # With the automatic chunk length every process runs process 0's chunks.
+    automatic = draws["automatic_chains_mala"]
+    assert automatic.shape == (4, 40, 3)
+    np.testing.assert_array_equal(automatic[:, :15], draws["chains_mala"])
+    # Two processes of one device each, and one process of two: the same chains per device.
+    np.testing.assert_array_equal(
+        draws["chains_mala"], np.load(tmp_path / "one_process.npz")["chains_mala"]
+    )
     # A chain's arithmetic is the same up to rounding: XLA compiles each device's batch of
     # chains, and a batched matmul sums in an order that depends on the batch size.
     np.testing.assert_allclose(draws["chains_mala"], draws["one_mala"], rtol=0, atol=1e-5)
