@@ -26,9 +26,23 @@ CACHE_SWITCH = "INFERAX_COMPILATION_CACHE"
 
 def default_cache_dir() -> pathlib.Path:
     """The per-user folder of the persistent cache: ``$XDG_CACHE_HOME/inferax/jax``, or
-    ``~/.cache/inferax/jax``."""
+    ``~/.cache/inferax/jax``; once ``jax.distributed`` is initialised, the folder of this
+    process below it (``process_cache_dir``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return pathlib.Path(base).expanduser() / "inferax" / "jax"
+    folder = pathlib.Path(base).expanduser() / "inferax" / "jax"
+    if jax.distributed.is_initialized():
+        return process_cache_dir(folder, jax.process_count(), jax.process_index())
+    return folder
+
+
+def process_cache_dir(folder: pathlib.Path, num_processes: int, process_id: int):
+    """The cache folder of one process of a multi-process run, below ``folder``.
+
+    JAX's cache key does not tell a program compiled for several processes from the same
+    program compiled for one process with as many devices, nor one process's from
+    another's: a process that loads such a program hangs in its first collective (a run
+    with two devices in one process, then the same run over two processes, did)."""
+    return folder / f"{num_processes}-processes" / f"process-{process_id}"
 
 
 def _switched_off() -> bool:
@@ -214,5 +228,6 @@ __all__ = [
     "disable_compilation_cache",
     "enable_compilation_cache",
     "ensure_compilation_cache",
+    "process_cache_dir",
     "programs_compiled",
 ]

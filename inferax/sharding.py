@@ -284,19 +284,15 @@ def initialize(
 
 
 def _cache_of_this_process(num_processes: int, process_id: int) -> None:
-    """Points inferax's persistent compilation cache at a folder of this process's own.
-
-    JAX's cache key does not tell a program compiled for several processes from the same
-    program compiled for one process with as many devices, nor one process's from
-    another's: a process that loads such a program hangs in its first collective (a run
-    with two devices in one process, then the same run over two processes, did). A cache
-    folder configured outside inferax (``jax_compilation_cache_dir``) is left as it is."""
+    """Points inferax's persistent compilation cache at a folder of this process's own
+    (``compile_cache.process_cache_dir``, which says why). A cache folder configured outside
+    inferax (``jax_compilation_cache_dir``) is left as it is."""
     compile_cache.ensure_compilation_cache()  # the default, unless turned off or set
     configured = jax.config.jax_compilation_cache_dir
     default = compile_cache.default_cache_dir()
     if not configured or pathlib.Path(configured) != default:
         return
-    folder = default / f"{num_processes}-processes" / f"process-{process_id}"
+    folder = compile_cache.process_cache_dir(default, num_processes, process_id)
     jax.config.update("jax_compilation_cache_dir", None)
     if compile_cache.enable_compilation_cache(folder) is not None:
         from jax.experimental.compilation_cache import compilation_cache

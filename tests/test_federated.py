@@ -293,7 +293,11 @@ def _free_port() -> int:
 def test_same_draws_on_one_device_four_devices_and_two_processes(tmp_path):
     import test_federated_worker
 
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # The processes keep their programs in a cache of their own: the suite's shared one may
+    # hold one-process programs that a two-process run must not load.
+    drop = ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     port = _free_port()
     commands = {
         "four": [str(tmp_path / "four.npy"), "4"],
