@@ -14,6 +14,7 @@ from jax.flatten_util import ravel_pytree
 import inferax
 from inferax import diagnostics, examples, flows, variational
 from inferax.compile_cache import compile_count
+from inferax.variational.engine import ObjectiveStep
 
 MEAN = np.array([1.0, -2.0, 0.5])
 COV = np.array([[2.0, 0.8, 0.0], [0.8, 1.0, 0.3], [0.0, 0.3, 0.5]])
@@ -351,3 +352,25 @@ def test_nonfinite_steps_are_skipped_counted_and_warned():
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(approx.params))
     dt = approx.to_datatree(jax.random.key(1), 20)
     assert dt["posterior"].attrs["num_nonfinite"] == skipped
+
+
+def test_objective_step_with_an_infinite_gradient_entry_keeps_the_parameters():
+    # The loss is finite at loc = (0, 1) but its gradient in the first entry is infinite.
+    def objective(family, rng_key, logdensity_fn):
+        del rng_key, logdensity_fn
+        return jnp.sum(jnp.sqrt(jnp.abs(family.params["loc"])))
+
+    family = variational.meanfield_gaussian().init(jax.random.key(0), jnp.array([0.0, 1.0]))
+    optimizer = optax.adam(0.1)
+    step = ObjectiveStep(optimizer, objective)
+    target = inferax.Target.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
+    (new, opt_state), metrics = step((family, optimizer.init(family)), jax.random.key(1), target)
+    assert bool(metrics["nonfinite"]) and bool(jnp.isfinite(metrics["loss"]))
+    for before, after in zip(jax.tree.leaves(family), jax.tree.leaves(new), strict=True):
+        assert bool(jnp.all(before == after))
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(opt_state))
+    # A finite step moves the parameters.
+    shifted = variational.meanfield_gaussian().init(jax.random.key(0), jnp.array([0.5, 1.0]))
+    (moved, _), metrics = step((shifted, optimizer.init(shifted)), jax.random.key(1), target)
+    assert not bool(metrics["nonfinite"])
+    assert not bool(jnp.all(moved.params["loc"] == shifted.params["loc"]))
