@@ -107,6 +107,9 @@ def train(
     # Optimisation time is the loop's wall time less compiling and the hook: with chunks
     # in flight, the host's work between dispatches overlaps the steps themselves.
     outside = 0.0
+    # The caller's last operations on the state (a family's init, the optimiser's) may still
+    # be running: they are not optimisation.
+    state = jax.block_until_ready(state)
     begin = time.perf_counter()
     layout, packed = pack(state)
     static["layout"] = layout
