@@ -46,3 +46,41 @@ def test_the_fit_does_not_depend_on_the_chunk_size_and_is_compiled_once():
 def test_bad_settings_are_refused_by_name(settings, message):
     with pytest.raises(ValueError, match=message):
         train(noisy_descent, jnp.zeros(3), jax.random.key(0), jnp.zeros(3), **settings)
+
+
+def counting_step(state, rng_key, data):
+    """A state of several dtypes and a key, as a trainer's may hold."""
+    x, count, key = state
+    key, sub = jax.random.split(key)
+    x = jax.tree.map(lambda a, b: a - 0.1 * (a - b) + 0.01 * jax.random.normal(sub), x, data)
+    loss = sum(jnp.sum((a - b) ** 2) for a, b in zip(x.values(), data.values(), strict=True))
+    return (x, count + 1, key), {"loss": loss, "even": count % 2 == 0}
+
+
+def test_a_state_of_several_dtypes_and_a_key_comes_back_whole_with_or_without_a_hook():
+    state = ({"a": jnp.zeros((2, 3)), "b": jnp.ones(4)}, jnp.int32(5), jax.random.key(3))
+    data = {"a": jnp.full((2, 3), 2.0), "b": jnp.zeros(4)}
+    plain = train(counting_step, state, jax.random.key(0), data, num_steps=12, chunk_size=5)
+    hooked = []
+    watched = train(
+        counting_step,
+        state,
+        jax.random.key(0),
+        data,
+        num_steps=12,
+        chunk_size=5,
+        on_chunk=lambda first, state, metrics: hooked.append(int(state[1])),
+    )
+    assert hooked == [10, 15, 17]
+    for result in (plain, watched):
+        x, count, key = result.state
+        assert x["a"].shape == (2, 3) and x["a"].dtype == jnp.float32
+        assert count.dtype == jnp.int32 and int(count) == 17
+        assert jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        assert result.trace["even"].dtype == np.bool_ and result.trace["even"].shape == (12,)
+    leaves = zip(jax.tree.leaves(plain.state[:2]), jax.tree.leaves(watched.state[:2]), strict=True)
+    for a, b in leaves:
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(
+        jax.random.key_data(plain.state[2]), jax.random.key_data(watched.state[2])
+    )
