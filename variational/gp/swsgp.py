@@ -20,7 +20,12 @@ from inferax.variational.gp.inducing import inducing_inputs, initial_inducing
 from inferax.variational.gp.likelihoods import AbstractLikelihood, gaussian
 from inferax.variational.gp.linalg import cholesky_with_jitter
 from inferax.variational.gp.model import AbstractSparseGP, descend, training_batch
-from inferax.variational.gp.vecchia import sparse_rows_norm, vecchia_coefficients, vecchia_solve
+from inferax.variational.gp.vecchia import (
+    gp_conditionals,
+    sparse_rows_norm,
+    vecchia_coefficients,
+    vecchia_solve,
+)
 
 PREDICT_CHUNK = 1024
 """Test points per chunk of the neighbour search in ``predict``."""
@@ -219,6 +224,18 @@ class SWSGP(AbstractSparseGP):
         Kaa = jax.vmap(
             lambda index: self.kernel.matrix(self.inducing[index], self.inducing[index])
         )(neighbours)
+        if posterior is not None:
+            m, (values, columns) = posterior
+            kia = jax.vmap(lambda x, index: self.kernel.matrix(self.inducing[index], x[None, :]))(
+                X, neighbours
+            )[:, :, 0]
+            weights, prior_var, used = gp_conditionals(Kaa, kia, self.kernel.diag(X), self.jitter)
+            spread = jax.vmap(lambda w, index: sparse_rows_norm(w, values[index], columns[index]))(
+                weights, neighbours
+            )
+            f_mean = jnp.sum(weights * m[neighbours], axis=1)
+            f_var = jnp.maximum(prior_var + spread, 1e-12)
+            return f_mean, f_var, jnp.zeros_like(f_mean), used
         factors, used = cholesky_with_jitter(Kaa, self.jitter)
 
         def one(x, index, Kaa, factor):
@@ -229,11 +246,6 @@ class SWSGP(AbstractSparseGP):
             kia = self.kernel.matrix(Za, x[None, :])[:, 0]
             weights = cho_solve((factor, True), kia)
             prior_var = self.kernel.diag(x[None, :])[0] - kia @ weights
-            if posterior is not None:
-                m, (values, columns) = posterior
-                spread = sparse_rows_norm(weights, values[index], columns[index])
-                f_var = jnp.maximum(prior_var + spread, 1e-12)
-                return weights @ m[index], f_var, jnp.zeros((), x.dtype)
             scale = jax.nn.softplus(self.raw_scale[index])
             Wa = self.factor[index]
             ma = self.mean[index]

@@ -4,11 +4,60 @@ SWSGP whiten its ``q(u)`` by it: ``u_j = c_j^T u_N(j) + sqrt(F_j) v_j`` with ``N
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_solve
 
 from inferax.variational.gp.linalg import cholesky_with_jitter
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def gp_conditionals(blocks, cross, diag, jitter):
+    """A stack of GP conditionals ``u_0 | u_N``: the regression weights ``c = (K_NN + j
+    I)^-1 k_N0`` and the variances ``v = k_00 - k_N0^T c``, with ``j`` from one
+    ``cholesky_with_jitter`` of the whole stack (add ``j`` to ``v`` where ``k_00`` carries
+    the nugget too).
+
+    Its gradient is written out rather than taken through the Cholesky factor's JVP, which
+    reverse mode turns into several ``H x H`` triangular solves and products per block:
+    with ``g = (K_NN + j I)^-1 c_bar``, ``k_N0_bar = g - 2 v_bar c``, ``K_NN_bar = v_bar c
+    c^T - (g c^T + c g^T) / 2`` and ``k_00_bar = v_bar``, one solve per block.
+
+    Args:
+      blocks: ``(B, H, H)`` symmetric covariances ``K_NN``.
+      cross: ``(B, H)`` covariances ``k_N0``.
+      diag: ``(B,)`` variances ``k_00``.
+      jitter: the first diagonal jitter.
+
+    Returns:
+      ``(c, v, j)``: ``(B, H)``, ``(B,)`` and the jitter used.
+    """
+    return _conditionals_forward(blocks, cross, diag, jitter)[0]
+
+
+def _conditionals_forward(blocks, cross, diag, jitter):
+    factors, used = cholesky_with_jitter(blocks, jitter)
+    weights = jax.vmap(lambda factor, k: cho_solve((factor, True), k))(factors, cross)
+    variances = diag - jnp.sum(cross * weights, axis=-1)
+    return (weights, variances, used), (factors, weights)
+
+
+def _conditionals_backward(jitter, residuals, cotangents):
+    del jitter
+    factors, weights = residuals
+    weights_bar, variances_bar, _ = cotangents
+    g = jax.vmap(lambda factor, k: cho_solve((factor, True), k))(factors, weights_bar)
+    cross_bar = g - 2 * variances_bar[:, None] * weights
+    outer = weights[:, :, None] * (
+        variances_bar[:, None, None] * weights[:, None, :] - g[:, None, :]
+    )
+    blocks_bar = 0.5 * (outer + jnp.swapaxes(outer, -1, -2))
+    return blocks_bar, cross_bar, variances_bar
+
+
+gp_conditionals.defvjp(_conditionals_forward, _conditionals_backward)
 
 
 def vecchia_coefficients(kernel, Z, index, jitter):
@@ -29,16 +78,11 @@ def vecchia_coefficients(kernel, Z, index, jitter):
         return Knn + (1 - both) * jnp.eye(near.shape[0], dtype=Knn.dtype)
 
     blocks = jax.vmap(block)(safe, okf)
-    factors, used = cholesky_with_jitter(blocks, jitter)
-
-    def one(z, near, ok, factor):
-        knj = ok * kernel.matrix(Z[near], z[None, :])[:, 0]
-        c = cho_solve((factor, True), knj)
-        kjj = kernel.diag(z[None, :])[0] + used
-        return c, jnp.maximum(kjj - knj @ c, 1e-12)
-
-    c, F = jax.vmap(one)(Z, safe, okf, factors)
-    return c, F, used
+    cross = jax.vmap(lambda z, near, ok: ok * kernel.matrix(Z[near], z[None, :])[:, 0])(
+        Z, safe, okf
+    )
+    c, F, used = gp_conditionals(blocks, cross, kernel.diag(Z), jitter)
+    return c, jnp.maximum(F + used, 1e-12), used
 
 
 @jax.custom_vjp
@@ -99,4 +143,4 @@ def sparse_rows_norm(weights, values, columns):
     return jnp.sum(sums**2)
 
 
-__all__ = ["sparse_rows_norm", "vecchia_coefficients", "vecchia_solve"]
+__all__ = ["gp_conditionals", "sparse_rows_norm", "vecchia_coefficients", "vecchia_solve"]
