@@ -224,18 +224,33 @@ class SWSGP(AbstractSparseGP):
         Kaa = jax.vmap(
             lambda index: self.kernel.matrix(self.inducing[index], self.inducing[index])
         )(neighbours)
+        if with_kl and posterior is None:
+            return self.neighbour_average_terms(X, neighbours, Kaa)
+        kia = jax.vmap(lambda x, index: self.kernel.matrix(self.inducing[index], x[None, :]))(
+            X, neighbours
+        )[:, :, 0]
+        weights, prior_var, used = gp_conditionals(Kaa, kia, self.kernel.diag(X), self.jitter)
         if posterior is not None:
             m, (values, columns) = posterior
-            kia = jax.vmap(lambda x, index: self.kernel.matrix(self.inducing[index], x[None, :]))(
-                X, neighbours
-            )[:, :, 0]
-            weights, prior_var, used = gp_conditionals(Kaa, kia, self.kernel.diag(X), self.jitter)
             spread = jax.vmap(lambda w, index: sparse_rows_norm(w, values[index], columns[index]))(
                 weights, neighbours
             )
             f_mean = jnp.sum(weights * m[neighbours], axis=1)
-            f_var = jnp.maximum(prior_var + spread, 1e-12)
-            return f_mean, f_var, jnp.zeros_like(f_mean), used
+        else:
+            # w^T S_aa w with S_aa = D_a (K_aa + j I) D_a + W_a W_a^T
+            scaled = jax.nn.softplus(self.raw_scale)[neighbours] * weights
+            spread = (
+                jnp.einsum("ni,nij,nj->n", scaled, Kaa, scaled)
+                + used * jnp.sum(scaled**2, axis=1)
+                + jnp.sum(jnp.einsum("nh,nhr->nr", weights, self.factor[neighbours]) ** 2, axis=1)
+            )
+            f_mean = jnp.sum(weights * self.mean[neighbours], axis=1)
+        f_var = jnp.maximum(prior_var + spread, 1e-12)
+        return f_mean, f_var, jnp.zeros_like(f_mean), used
+
+    def neighbour_average_terms(self, X, neighbours, Kaa):
+        """``local_terms`` with ``KL(q(u_a) || p(u_a))`` for ``kl="neighbour_average"``
+        (``parametrization="scaled"``), given the stack of ``K_aa``."""
         factors, used = cholesky_with_jitter(Kaa, self.jitter)
 
         def one(x, index, Kaa, factor):
@@ -253,8 +268,6 @@ class SWSGP(AbstractSparseGP):
             f_mean = weights @ ma
             f_var = prior_var + scaled @ (Kaa @ scaled) + jnp.sum((Wa.T @ weights) ** 2)
             f_var = jnp.maximum(f_var, 1e-12)
-            if not with_kl:
-                return f_mean, f_var, jnp.zeros((), x.dtype)
             K_inv = cho_solve((factor, True), eye)
             # KL(N(m_a, D K D + W W^T) || N(0, K)) without factorising S_aa: log|K| cancels,
             # and the determinant lemma gives log|S_aa| from an R x R matrix.
@@ -289,14 +302,18 @@ class SWSGP(AbstractSparseGP):
 
         okf = valid.astype(self.mean.dtype)
         blocks = jax.vmap(block)(index, okf)
-        factors, used = cholesky_with_jitter(blocks, self.jitter)
+        Z = self.inducing
+        cross = jax.vmap(
+            lambda j, near, ok: ok * self.kernel.matrix(Z[near], Z[j][None, :])[:, 0]
+        )(rows, index, okf)
+        coefficients, variances, used = gp_conditionals(
+            blocks, cross, self.kernel.diag(Z[rows]), self.jitter
+        )
 
-        def one(j, near, ok, Knn, factor):
+        def one(j, near, Knn, knj, c, conditional):
             Knn = Knn + used * jnp.eye(near.shape[0], dtype=Knn.dtype)
-            knj = ok * self.kernel.matrix(self.inducing[near], self.inducing[j][None, :])[:, 0]
             kjj = self.kernel.diag(self.inducing[j][None, :])[0] + used
-            c = cho_solve((factor, True), knj)
-            conditional = jnp.maximum(kjj - knj @ c, 1e-12)
+            conditional = jnp.maximum(conditional + used, 1e-12)
             # (e_j - c_j)^T D K D (e_j - c_j) over the block {j} + N(j)
             weighted = -c * scale[near]
             quad = (
@@ -310,7 +327,7 @@ class SWSGP(AbstractSparseGP):
             )
             return term - 2 * jnp.log(scale[j]), g
 
-        terms, g = jax.vmap(one)(rows, index, okf, blocks, factors)
+        terms, g = jax.vmap(one)(rows, index, blocks, cross, coefficients, variances)
         return terms, g, used
 
     def vecchia_kl(self, rows):
