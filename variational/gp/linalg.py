@@ -23,29 +23,45 @@ def cholesky_with_jitter(matrix: jax.Array, jitter: float) -> tuple[jax.Array, j
     """The lower Cholesky factor of ``matrix + j I`` with the smallest ``j`` in
     ``jitter * 10^k``, ``k = 0 .. JITTER_RETRIES``, for which it exists.
 
-    Branches with ``lax.cond``, so a retry costs a factorisation only when the previous one
-    failed. The derivative is the Cholesky factor's own, ``dL = L Phi(L^-1 dA L^-T)``, at
-    the factor found, so a failed attempt's NaNs never reach a gradient. Callers check the
-    returned jitter (and the result's finiteness) on the host to log retries and raise.
+    The first attempt is made outright and the retries run in a ``lax.while_loop`` behind
+    one ``lax.cond``, so a retry costs a factorisation only when the previous one failed
+    (a chain of nested conds, one a level, cost more than the factorisation itself for a
+    stack of a thousand small blocks). The derivative is the Cholesky factor's own, ``dL =
+    L Phi(L^-1 dA L^-T)``, at the factor found, so a failed attempt's NaNs never reach a
+    gradient. Callers check the returned jitter (and the result's finiteness) on the host to
+    log retries and raise.
 
     Args:
-      matrix: a symmetric ``(n, n)`` matrix.
+      matrix: a symmetric ``(n, n)`` matrix, or a stack of them (one jitter for all).
       jitter: the first diagonal jitter.
 
     Returns:
       ``(L, j)``: the factor (NaN if every attempt failed) and the jitter used.
     """
     eye = jnp.broadcast_to(jnp.eye(matrix.shape[-1], dtype=matrix.dtype), matrix.shape)
+    values = jnp.asarray(
+        [jitter * JITTER_GROWTH**level for level in range(JITTER_RETRIES + 1)], matrix.dtype
+    )
 
     def attempt(level):
-        value = jnp.asarray(jitter * JITTER_GROWTH**level, matrix.dtype)
-        factor = jnp.linalg.cholesky(matrix + value * eye)
-        if level == JITTER_RETRIES:
-            return factor, value
-        ok = jnp.all(jnp.isfinite(factor))
-        return jax.lax.cond(ok, lambda: (factor, value), lambda: attempt(level + 1))
+        return jnp.linalg.cholesky(matrix + values[level] * eye), values[level]
 
-    return attempt(0)
+    def failed(factor):
+        return ~jnp.all(jnp.isfinite(factor))
+
+    first = attempt(0)
+
+    def retry():
+        def again(state):
+            level, factor, _ = state
+            return (level < JITTER_RETRIES) & failed(factor)
+
+        def step(state):
+            return (state[0] + 1, *attempt(state[0] + 1))
+
+        return jax.lax.while_loop(again, step, (jnp.zeros((), jnp.int32), *first))[1:]
+
+    return jax.lax.cond(failed(first[0]), retry, lambda: first)
 
 
 @cholesky_with_jitter.defjvp
