@@ -26,23 +26,9 @@ CACHE_SWITCH = "INFERAX_COMPILATION_CACHE"
 
 def default_cache_dir() -> pathlib.Path:
     """The per-user folder of the persistent cache: ``$XDG_CACHE_HOME/inferax/jax``, or
-    ``~/.cache/inferax/jax``; once ``jax.distributed`` is initialised, the folder of this
-    process below it (``process_cache_dir``)."""
+    ``~/.cache/inferax/jax``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    folder = pathlib.Path(base).expanduser() / "inferax" / "jax"
-    if jax.distributed.is_initialized():
-        return process_cache_dir(folder, jax.process_count(), jax.process_index())
-    return folder
-
-
-def process_cache_dir(folder: pathlib.Path, num_processes: int, process_id: int):
-    """The cache folder of one process of a multi-process run, below ``folder``.
-
-    JAX's cache key does not tell a program compiled for several processes from the same
-    program compiled for one process with as many devices, nor one process's from
-    another's: a process that loads such a program hangs in its first collective (a run
-    with two devices in one process, then the same run over two processes, did)."""
-    return folder / f"{num_processes}-processes" / f"process-{process_id}"
+    return pathlib.Path(base).expanduser() / "inferax" / "jax"
 
 
 def _switched_off() -> bool:
@@ -62,7 +48,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
     ``JAX_COMPILATION_CACHE_DIR`` environment variable) or turned off
     (``jax_enable_compilation_cache=False``), nor when the environment variable
     ``INFERAX_COMPILATION_CACHE`` is ``0``. Programs of every compile time are cached,
-    since the small ones add up on a first call.
+    since the small ones add up on a first call. In a run over several processes
+    (``jax.distributed``) the default folder is not used: such a run compiles its programs.
 
     Args:
       path: the folder; by default ``default_cache_dir()``.
@@ -80,6 +67,11 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
     if configured:
         return pathlib.Path(configured) if jax.config.jax_enable_compilation_cache else None
     if _switched_off() or not jax.config.jax_enable_compilation_cache:
+        return None
+    if path is None and jax.distributed.is_initialized():
+        # A program of a run over several processes, loaded from the cache instead of
+        # compiled, waits forever in its first collective (JAX 0.12 on CPU with gloo: a
+        # second identical two-process run hung where the first, which compiled, did not).
         return None
     folder = pathlib.Path(path) if path is not None else default_cache_dir()
     jax.config.update("jax_compilation_cache_dir", str(folder))
@@ -228,6 +220,5 @@ __all__ = [
     "disable_compilation_cache",
     "enable_compilation_cache",
     "ensure_compilation_cache",
-    "process_cache_dir",
     "programs_compiled",
 ]

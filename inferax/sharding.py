@@ -269,7 +269,7 @@ def initialize(
     """
     if process_id != 0:
         _wait_for_coordinator(coordinator_address, process_id, num_processes, timeout)
-    _cache_of_this_process(num_processes, process_id)
+    _no_cache_across_processes()
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # Importing inferax.samplers imports blackjax, which computes a few constants at import
     # time and so starts the local backend; nothing of ours holds arrays on it yet, so it is
@@ -283,21 +283,15 @@ def initialize(
     )
 
 
-def _cache_of_this_process(num_processes: int, process_id: int) -> None:
-    """Points inferax's persistent compilation cache at a folder of this process's own
-    (``compile_cache.process_cache_dir``, which says why). A cache folder configured outside
-    inferax (``jax_compilation_cache_dir``) is left as it is."""
-    compile_cache.ensure_compilation_cache()  # the default, unless turned off or set
+def _no_cache_across_processes() -> None:
+    """Turns inferax's default persistent compilation cache off in this process: a program
+    of a run over several processes that is loaded from the cache instead of compiled
+    waits forever in its first collective (``compile_cache.enable_compilation_cache``). A
+    cache folder configured outside inferax (``jax_compilation_cache_dir``) is left as it
+    is."""
     configured = jax.config.jax_compilation_cache_dir
-    default = compile_cache.default_cache_dir()
-    if not configured or pathlib.Path(configured) != default:
-        return
-    folder = compile_cache.process_cache_dir(default, num_processes, process_id)
-    jax.config.update("jax_compilation_cache_dir", None)
-    if compile_cache.enable_compilation_cache(folder) is not None:
-        from jax.experimental.compilation_cache import compilation_cache
-
-        compilation_cache.reset_cache()  # reopened at the next compile, in the new folder
+    if not configured or pathlib.Path(configured) == compile_cache.default_cache_dir():
+        compile_cache.disable_compilation_cache()
 
 
 def _wait_for_coordinator(address: str, process_id: int, num_processes: int, timeout: float):

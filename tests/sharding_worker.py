@@ -101,6 +101,8 @@ def main(argv):
 
         process_id, num_processes, port = map(int, argv[2:5])
         inferax.sharding.initialize(f"127.0.0.1:{port}", num_processes, process_id, timeout=60)
+        # Programs of a multi-process run are compiled, never loaded from the cache.
+        assert jax.config.jax_compilation_cache_dir is None
     import numpy as np
 
     draws = runs()

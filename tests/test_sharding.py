@@ -30,9 +30,9 @@ def test_two_processes_give_the_draws_of_one_device(tmp_path):
     """Two processes of one device each (gloo): chains over both devices, and data over
     both, against everything on one device, in the same run; and with the automatic chunk
     length, chunks timed differently in the two processes. First the same runs in one
-    process with two devices, into the same persistent cache: JAX's cache key does not tell
-    its programs from the two processes', which hung in their first collective when they
-    loaded them."""
+    process with two devices, into the default persistent cache, which the two processes
+    must not load from: a multi-process program loaded from JAX's cache hangs in its first
+    collective."""
     drop = ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # inferax's default cache, in here
