@@ -11,6 +11,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from inferax.flows.flow import AbstractTransform, Flow, check_num_layers
 from inferax.flows.mlp import mlp_apply, mlp_init
@@ -50,6 +51,39 @@ def coupling_indices(dim: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
+def coupling_layer_sizes(dim: int, num_layers: int, hidden: tuple[int, ...]):
+    """Each coupling layer's MLP widths: the half it keeps fixed, ``hidden``, and a shift
+    and a scale for each coordinate of the half it moves."""
+    sizes = []
+    for index in range(num_layers):
+        fixed, moved = coupling_indices(dim, index)
+        sizes.append((fixed.size, *hidden, 2 * moved.size))
+    return sizes
+
+
+def split_weights(weights: jax.Array, layer_sizes) -> list:
+    """The MLPs ``[[(W, b), ...], ...]`` of layers of widths ``layer_sizes``, cut from one
+    flat vector (``RealNVP``'s parameters) in the order ``ravel_pytree`` lays them out."""
+    shapes = [
+        shape
+        for sizes in layer_sizes
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True)
+        for shape in ((fan_in, fan_out), (fan_out,))
+    ]
+    ends = np.cumsum([math.prod(shape) for shape in shapes])
+    if ends[-1] != weights.shape[0]:
+        raise ValueError(
+            f"the coupling layers take {ends[-1]} weights, got a vector of {weights.shape[0]}"
+        )
+    # One split, whose gradient is one concatenation (a slice each would pad its gradient
+    # to the whole vector).
+    parts = iter(
+        part.reshape(shape)
+        for part, shape in zip(jnp.split(weights, ends[:-1]), shapes, strict=True)
+    )
+    return [[(next(parts), next(parts)) for _ in range(len(sizes) - 1)] for sizes in layer_sizes]
+
+
 @final
 class AffineCoupling(distrax.Bijector):
     """Affine coupling layers in order: layer ``i`` keeps the coordinates of
@@ -62,22 +96,39 @@ class AffineCoupling(distrax.Bijector):
     masked vector and asks for all of them: twice the weights at the input and output).
     The point is split into its even and odd coordinates once, and the layers, a Python
     loop (the halves differ in size when ``dim`` is odd), move one half each in turn.
+
+    Args:
+      weights: every layer's MLP weights in one flat vector (see ``split_weights``).
+      hidden: the MLPs' hidden widths.
+      scale_fn: ``raw -> (s, log s)``.
+      output_multiplier: multiplies each conditioner's output.
     """
 
-    def __init__(self, layers, scale_fn: Callable, output_multiplier: float = 1.0):
+    def __init__(
+        self,
+        weights: jax.Array,
+        num_layers: int,
+        hidden: tuple[int, ...],
+        scale_fn: Callable,
+        output_multiplier: float = 1.0,
+    ):
         super().__init__(event_ndims_in=1)
-        self.layers = layers
+        self.weights = weights
+        self.num_layers = num_layers
+        self.hidden = hidden
         self.scale_fn = scale_fn
         self.output_multiplier = output_multiplier
 
     def _run(self, x: jax.Array, inverse: bool) -> tuple[jax.Array, jax.Array]:
+        sizes = coupling_layer_sizes(x.shape[0], self.num_layers, self.hidden)
+        layers = split_weights(self.weights, sizes)
         halves = [x[0::2], x[1::2]]
         log_det = jnp.zeros((), x.dtype)
-        order = range(len(self.layers))
+        order = range(self.num_layers)
         for index in reversed(order) if inverse else order:
             # Layer ``index`` keeps the even coordinates fixed when ``index`` is even.
             fixed, moved = halves[index % 2], halves[1 - index % 2]
-            out = mlp_apply(self.layers[index], fixed).reshape(moved.shape[0], 2)
+            out = mlp_apply(layers[index], fixed).reshape(moved.shape[0], 2)
             if self.output_multiplier != 1.0:
                 out = self.output_multiplier * out
             scale, log_scale = self.scale_fn(out[:, 1])
@@ -103,7 +154,12 @@ class RealNVP(AbstractTransform):
     """Affine coupling layers: the coordinates a layer keeps fixed condition a shift and a
     scale for the others, through an MLP. The scale is ``softplus(raw + c) + 0.01``
     (``scale="softplus"``, flowjax's choice) or ``exp(scale_bound * tanh(raw /
-    scale_bound))`` (``"tanh"``)."""
+    scale_bound))`` (``"tanh"``).
+
+    The parameters are all the layers' MLP weights in one flat vector (``split_weights``
+    cuts them out), so an optimiser updates one array, not two per MLP layer: on a small
+    target each array's update is a compiled operation of its own, and together they
+    cost more than the flow itself."""
 
     num_layers: int
     hidden: tuple[int, ...]
@@ -114,11 +170,9 @@ class RealNVP(AbstractTransform):
     def init(self, rng_key: PRNGKey, dim: int):
         check_coupling_dim(dim)
         keys = jax.random.split(rng_key, self.num_layers)
-        layers = []
-        for index, key in enumerate(keys):
-            fixed, moved = coupling_indices(dim, index)
-            layers.append(mlp_init(key, (fixed.size, *self.hidden, 2 * moved.size)))
-        return layers
+        sizes = coupling_layer_sizes(dim, self.num_layers, self.hidden)
+        layers = [mlp_init(key, widths) for key, widths in zip(keys, sizes, strict=True)]
+        return ravel_pytree(layers)[0]
 
     def scale_and_log(self, raw: jax.Array) -> tuple[jax.Array, jax.Array]:
         """A layer's scales and their logs, from its conditioner's raw output."""
@@ -129,7 +183,9 @@ class RealNVP(AbstractTransform):
         return scale, jnp.log(scale)
 
     def bijector(self, params) -> distrax.Bijector:
-        return AffineCoupling(params, self.scale_and_log, self.output_multiplier)
+        return AffineCoupling(
+            params, self.num_layers, self.hidden, self.scale_and_log, self.output_multiplier
+        )
 
 
 def realnvp(
@@ -201,7 +257,9 @@ __all__ = [
     "RealNVP",
     "alternating_mask",
     "coupling_indices",
+    "coupling_layer_sizes",
     "check_coupling_dim",
     "check_hidden",
     "realnvp",
+    "split_weights",
 ]

@@ -5,8 +5,8 @@ training step; this module runs it for ``num_steps`` steps in compiled chunks. S
 uses the key ``fold_in(rng_key, t)``, so a fit does not depend on the chunk size. Between
 chunks the host advances the progress bar and calls ``on_chunk``, the hook for checks and
 checkpoints; with neither, the chunks are dispatched back to back and their metrics read
-at the end. Compiled chunks are cached, so a second fit with the same step and shapes
-does not compile again.
+at the end. Chunk lengths follow ``inferax.chunking``, as ``inferax.sample``'s do. Compiled
+chunks are cached, so a second fit with the same step and shapes does not compile again.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from inferax.chunking import ChunkSizer, buffer_length
 from inferax.compile_cache import compiled
 from inferax.progress import ProgressBar, progress_enabled
 from inferax.typing import ArrayTree, PRNGKey
@@ -52,7 +53,7 @@ def train(
     data: ArrayTree = (),
     *,
     num_steps: int,
-    chunk_size: int = 500,
+    chunk_size: int | None = None,
     progress: bool | None = None,
     description: str = "fit",
     owner: Hashable | None = None,
@@ -69,7 +70,10 @@ def train(
       data: a pytree of arrays the step reads; passed as an argument, never baked into the
         program, so new data of the same shapes reuses it.
       num_steps: how many steps.
-      chunk_size: steps per compiled chunk; the host runs between chunks.
+      chunk_size: steps per compiled chunk; the host runs between chunks. ``None``: the
+        automatic length of ``inferax.chunking``: one chunk of up to
+        ``MAX_BUFFER_LENGTH`` steps when nothing runs between chunks, else chunks of
+        about ``TARGET_CHUNK_SECONDS`` at the step time measured so far.
       progress: show a progress bar; ``None``: on an interactive terminal, not under CI.
       description: the progress bar's label.
       owner: the object the compiled chunks are kept with (a ``Target``); they go when it
@@ -92,8 +96,11 @@ def train(
       (True, (100,))
     """
     check_count("num_steps", num_steps, minimum=1)
-    check_count("chunk_size", chunk_size, minimum=1)
-    static = {"step": step, "chunk_size": chunk_size}
+    if chunk_size is not None:
+        check_count("chunk_size", chunk_size, minimum=1)
+    length = buffer_length(chunk_size, num_steps)
+    sizer = ChunkSizer(chunk_size)
+    static = {"step": step, "chunk_size": length}
     timing = {"compile": 0.0, "optimization": 0.0}
     chunks: list[tuple[int, dict[str, Any]]] = []
     show = progress_enabled(progress)
@@ -114,20 +121,27 @@ def train(
     layout, packed = pack(state)
     static["layout"] = layout
     try:
-        for first in range(0, num_steps, chunk_size):
-            count = min(chunk_size, num_steps - first)
+        first = 0
+        while first < num_steps:
+            if wait_each or chunk_size is not None:
+                count = sizer.next_count(num_steps - first, length)
+            else:
+                count = min(num_steps - first, length)
             # numpy scalars: a jnp.int32(...) is an op dispatched on its own, about 0.4 ms each.
             args = (packed, rng_key, data, np.int32(first), np.int32(count))
             program, seconds = compiled(step if owner is None else owner, _chunk, static, *args)
             timing["compile"] += seconds
+            start = time.perf_counter()
             packed, metrics = program(*args)
             if wait_each:
                 metrics = _host(metrics, count)
+                sizer.record(count, time.perf_counter() - start)
             if on_chunk is not None:
                 start = time.perf_counter()
                 on_chunk(first, unpack_on_host(layout, packed), metrics)
                 outside += time.perf_counter() - start
             chunks.append((count, metrics))
+            first += count
             if wait_each:
                 bar.advance(count)
         chunks = [(count, _host(metrics, count)) for count, metrics in chunks]

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from inferax import chunking
 from inferax.compile_cache import compile_count
 from inferax.training import train
 
@@ -37,6 +38,30 @@ def test_the_fit_does_not_depend_on_the_chunk_size_and_is_compiled_once():
     assert compile_count() == before + 1  # one program for every chunk of 10
     train(noisy_descent, jnp.ones(3), jax.random.key(1), data + 1, num_steps=7, chunk_size=10)
     assert compile_count() == before + 1  # new values, same shapes: no new program
+
+
+def test_the_automatic_chunk_length_starts_short_with_a_hook_and_is_one_chunk_without():
+    data = jnp.arange(3.0)
+    seen = []
+    watched = train(
+        noisy_descent,
+        jnp.zeros(3),
+        jax.random.key(0),
+        data,
+        num_steps=1500,
+        on_chunk=lambda first, state, metrics: seen.append((first, metrics["loss"].size)),
+    )
+    # The first chunk measures the step time; the next may grow by MAX_GROWTH at most.
+    first, second = seen[0], seen[1]
+    assert first == (0, chunking.FIRST_CHUNK_STEPS)
+    assert second[0] == chunking.FIRST_CHUNK_STEPS
+    assert second[1] <= chunking.MAX_GROWTH * chunking.FIRST_CHUNK_STEPS
+    assert sum(size for _, size in seen) == 1500
+    before = compile_count()
+    plain = train(noisy_descent, jnp.zeros(3), jax.random.key(0), data, num_steps=1500)
+    assert compile_count() == before  # the same 2048-step program, run once
+    np.testing.assert_array_equal(plain.state, watched.state)
+    np.testing.assert_array_equal(plain.trace["noise"], watched.trace["noise"])
 
 
 @pytest.mark.parametrize(

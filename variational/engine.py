@@ -150,7 +150,7 @@ def fit(
     objective="elbo",
     num_particles: int | tuple[int, int] = 1,
     estimator: str = "reparam",
-    chunk_size: int = 500,
+    chunk_size: int | None = None,
     progress: bool | None = None,
     num_khat_draws: int = 1000,
     init: ArrayTree | None = None,
@@ -189,7 +189,8 @@ def fit(
       num_particles: draws per step for a named objective; ``(M, K)`` for ``"miwae"``
         and ``"piwae"``.
       estimator: ``"reparam"`` or ``"stl"`` (sticking the landing), for a named objective.
-      chunk_size: steps per compiled chunk.
+      chunk_size: steps per compiled chunk; ``None``: picked by ``inferax.training.train``
+        (see ``inferax.chunking``).
       progress: show a progress bar; ``None``: on an interactive terminal, not under CI.
       num_khat_draws: draws for the PSIS k-hat of the fitted approximation.
       init: where to centre the family, a position in the target's unconstrained pytree;

@@ -64,7 +64,7 @@ def fit(
     fixed: tuple[str, ...] = (),
     num_stages: int = 1,
     reorder_tolerance: float = 0.2,
-    chunk_size: int = 500,
+    chunk_size: int | None = None,
     progress: bool | None = None,
     **settings,
 ) -> GPFit:
@@ -95,7 +95,8 @@ def fit(
         stages the ordering and sparsity pattern are rebuilt if a lengthscale moved by more
         than ``reorder_tolerance`` (relative), keeping ``mu`` and restarting ``V`` at ``U``.
       reorder_tolerance: see ``num_stages``.
-      chunk_size: steps per compiled chunk.
+      chunk_size: steps per compiled chunk; ``None``: picked by ``inferax.training.train``
+        (see ``inferax.chunking``).
       progress: show a progress bar; ``None``: on an interactive terminal, not under CI.
       **settings: the model's own settings: for SVGP ``natural_gradient=True`` and
         ``natgrad_step_size=0.1``.
@@ -130,7 +131,8 @@ def fit(
     rng_key = check_key(rng_key)
     check_count("num_stages", num_stages, minimum=1)
     check_count("num_steps", num_steps, minimum=num_stages)
-    check_count("chunk_size", chunk_size, minimum=1)
+    if chunk_size is not None:
+        check_count("chunk_size", chunk_size, minimum=1)
     if num_stages > 1 and not model.reorders:
         raise ValueError(f"num_stages: a {type(model).__name__} has no stages; only DKLGP does")
     unknown = set(fixed) - set(FIXABLE)

@@ -402,7 +402,7 @@ def fit(
     optimizer: optax.GradientTransformation,
     num_steps: int,
     num_paths: int = 32,
-    chunk_size: int = 500,
+    chunk_size: int | None = None,
     progress: bool | None = None,
 ) -> SDEFit:
     """Fits a ``FractionalSDE`` to noisy observations by maximising its ELBO.
@@ -424,7 +424,8 @@ def fit(
       optimizer: an optax optimizer.
       num_steps: optimisation steps.
       num_paths: paths per series in each step's ELBO estimate.
-      chunk_size: steps per compiled chunk.
+      chunk_size: steps per compiled chunk; ``None``: picked by ``inferax.training.train``
+        (see ``inferax.chunking``).
       progress: show a progress bar; ``None``: on an interactive terminal, not under CI.
 
     Returns:
