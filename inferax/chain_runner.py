@@ -70,6 +70,9 @@ class ChainRunner:
         return same_on_every_process(count) if self.lockstep else count
 
     def call(self, jitted, static, *args):
+        """Runs ``jitted`` on ``args`` and waits for it: ``(result, seconds)``. Step counts
+        go in as numpy scalars: a ``jnp.int32(...)`` is an operation dispatched on its
+        own, a fraction of a millisecond each, every chunk."""
         program, seconds = compiled(self.target, jitted, static, *args)
         self.timing["compile"] += seconds
         started = time.perf_counter()
@@ -290,9 +293,9 @@ class ChainRunner:
                     warmup_state,
                     unused_tuned,
                     self.run_key,
-                    jnp.int32(first),
-                    jnp.int32(count),
-                    jnp.int32(num_warmup),
+                    np.int32(first),
+                    np.int32(count),
+                    np.int32(num_warmup),
                     entries,
                 )
             else:
@@ -302,8 +305,8 @@ class ChainRunner:
                     target,
                     warmup_state,
                     self.run_key,
-                    jnp.int32(first),
-                    jnp.int32(count),
+                    np.int32(first),
+                    np.int32(count),
                     entries,
                 )
             self.sizer.record(count, seconds)
@@ -338,9 +341,9 @@ class ChainRunner:
                     warmup_state,
                     tuned,
                     self.run_key,
-                    jnp.int32(step_offset),
-                    jnp.int32(count * thinning),
-                    jnp.int32(settings.num_warmup),
+                    np.int32(step_offset),
+                    np.int32(count * thinning),
+                    np.int32(settings.num_warmup),
                     entries,
                 )
                 states = warmup_state.chain
@@ -352,8 +355,8 @@ class ChainRunner:
                     tuned,
                     states,
                     self.run_key,
-                    jnp.int32(step_offset),
-                    jnp.int32(count),
+                    np.int32(step_offset),
+                    np.int32(count),
                 )
             self.sizer.record(count * thinning, seconds)
             self.timing["sampling"] += seconds

@@ -25,16 +25,29 @@ def _mix(x: jax.Array, key: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
+def feistel_sizes(num_data: int) -> tuple[int, int]:
+    """The halves ``(L, R)`` of ``minibatch_indices``' Feistel network for ``num_data``
+    points: ``L R = num_data`` where a factorisation has ``R <= L <= 4 R`` (its rounds then
+    need no cycle walking, whose loop is a large part of a cheap step), else
+    ``L = ceil(sqrt(num_data))``, ``R = ceil(num_data / L)``."""
+    root = math.isqrt(num_data)
+    for right in range(root, root // 2, -1):
+        if num_data % right == 0:
+            return num_data // right, right
+    left = max(1, math.isqrt(num_data - 1) + 1)
+    return left, -(-num_data // left)
+
+
 def minibatch_indices(rng_key: PRNGKey, num_data: int, batch_size: int) -> jax.Array:
     """``batch_size`` distinct indices in ``[0, num_data)``, drawn without replacement.
 
     The indices are the images of ``0, ..., batch_size - 1`` under a random bijection of
     ``[0, num_data)`` keyed by ``rng_key``: a six-round Feistel network on the pairs
-    ``Z_L x Z_R`` (``L = ceil(sqrt(num_data))``, ``R = ceil(num_data / L)``) whose halves are
-    moved in turn by a keyed integer hash of the other, added modulo the half's size,
-    restricted to ``[0, num_data)`` by cycle walking (an image outside is permuted again
-    until it falls inside). ``L R - num_data < L``, so an image falls outside with
-    probability below ``1 / sqrt(num_data)`` and the walk rarely takes a second pass. Images
+    ``Z_L x Z_R`` (``feistel_sizes``) whose halves are moved in turn by a keyed integer hash
+    of the other, added modulo the half's size. Where ``L R = num_data`` that is a bijection
+    of ``[0, num_data)`` itself. Otherwise (``L R - num_data < L``) it is restricted to
+    ``[0, num_data)`` by cycle walking: an image outside is permuted again until it falls
+    inside, which happens with probability below ``1 / sqrt(num_data)`` a point. Images
     of distinct inputs under a bijection are distinct, and for a random key each data point
     is in the batch with probability ``batch_size / num_data``. The cost is
     ``O(batch_size)`` integer operations and one draw of six random words, against
@@ -55,8 +68,7 @@ def minibatch_indices(rng_key: PRNGKey, num_data: int, batch_size: int) -> jax.A
       Black, Rogaway, "Ciphers with Arbitrary Finite Domains", CT-RSA 2002.
     """
     num_data = max(int(num_data), 1)
-    left_size = max(1, math.isqrt(num_data - 1) + 1)
-    right_size = -(-num_data // left_size)
+    left_size, right_size = feistel_sizes(num_data)
     sizes = (jnp.uint32(left_size), jnp.uint32(right_size))
     round_keys = jax.random.bits(rng_key, (FEISTEL_ROUNDS,), jnp.uint32)
 
@@ -68,8 +80,10 @@ def minibatch_indices(rng_key: PRNGKey, num_data: int, batch_size: int) -> jax.A
             halves[moved] = jnp.where(value >= sizes[moved], value - sizes[moved], value)
         return halves[0] * sizes[1] + halves[1]
 
-    limit = jnp.uint32(num_data)
     images = permute(jnp.arange(batch_size, dtype=jnp.uint32))
+    if left_size * right_size == num_data:
+        return images.astype(jnp.int32)
+    limit = jnp.uint32(num_data)
     images = jax.lax.while_loop(
         lambda y: jnp.any(y >= limit),
         lambda y: jnp.where(y >= limit, permute(y), y),
@@ -93,4 +107,4 @@ def first_points(data: ArrayTree, batch_size: int) -> ArrayTree:
     return jax.tree.map(lambda leaf: leaf[:batch_size], data)
 
 
-__all__ = ["draw_minibatch", "first_points", "minibatch_indices"]
+__all__ = ["draw_minibatch", "feistel_sizes", "first_points", "minibatch_indices"]
