@@ -16,7 +16,7 @@ of ``log p(x) - log q(x)`` over ``EVAL_DRAWS`` fresh draws, ``log p`` from the i
 target (NumPyro's own potential energy), ``log q`` from each guide's own density, and the
 PSIS k-hat of the same weights (the worst over seeds). Time per step is the
 optimisation's wall time over its steps, compiling excluded, each call's dispatch included
-(inferax: ``Approximation.timing["optimization"]``, the training loop's four chunks of 500
+(inferax: ``Approximation.timing["optimization"]``, the training loop's one chunk of 2,000
 steps; NumPyro: a second call of one jitted ``lax.scan`` over ``SVI.update``, which is what
 ``SVI.run`` runs without a progress bar), the least over seeds for both: the two libraries'
 fits alternate, and on a machine shared with other work the least of three is the one

@@ -41,9 +41,21 @@ class ChainRunner:
     """The host loop: warmup chunks, then sampling chunks, saving between them."""
 
     def __init__(
-        self, target, kernel, settings, rng_key, store, checkpoint_every, progress, mesh=None
+        self,
+        target,
+        kernel,
+        settings,
+        rng_key,
+        store,
+        checkpoint_every,
+        progress,
+        mesh=None,
+        also_compile=(),
     ):
         self.target, self.kernel, self.settings = target, kernel, settings
+        # Programs the caller runs on the draws afterwards, as (jitted, static, *shapes):
+        # compiled ahead beside the run's own.
+        self.also_compile = also_compile
         self.init_key, self.run_key = jax.random.split(rng_key)
         self.store, self.checkpoint_every = store, checkpoint_every
         self.progress = progress
@@ -136,8 +148,9 @@ class ChainRunner:
     def compile_ahead(self, phase: str, need_positions: bool) -> None:
         """Starts compiling, side by side, every program this run will call from ``phase``
         on: the chunk program first, the longest to compile, then the start and the end of
-        warmup, which compile beside it. Chains laid out over devices compile when first
-        called, for the shardings of their arguments."""
+        warmup, which compile beside it, then ``also_compile``'s, beside the run. Chains
+        laid out over devices compile when first called, for the shardings of their
+        arguments."""
         target, settings = self.target, self.settings
         if self.mesh is not None:
             return
@@ -176,6 +189,8 @@ class ChainRunner:
             else:
                 submitted |= compile_ahead(target, warmup_init, self.static(), target, positions)
             submitted |= compile_ahead(target, warmup_final, self.static(), target, warmup_state)
+        for jitted, static, *args in self.also_compile:
+            submitted |= compile_ahead(target, jitted, static, *args)
         if submitted:
             self.timing["compile"] += time.perf_counter() - started
 

@@ -1,4 +1,5 @@
-"""How many steps each compiled chunk of ``inferax.sample`` runs.
+"""How many steps each compiled chunk of ``inferax.sample`` and of the training loop
+(``inferax.training.train``) runs.
 
 A chunk program loops over a step count given at run time, into buffers of a length fixed
 when it compiles; the host loop picks each chunk's count. An explicit ``chunk_size`` fixes

@@ -16,6 +16,9 @@ from inferax.typing import ArrayTree, PRNGKey
 FEISTEL_ROUNDS = 6
 """Rounds of the keyed permutation that draws minibatch indices."""
 
+MIN_EXACT_HALF = 16
+"""The smallest half ``feistel_sizes`` takes from an exact factorisation."""
+
 
 def _mix(x: jax.Array, key: jax.Array) -> jax.Array:
     """A 32-bit integer hash of ``x`` keyed by ``key`` (the MurmurHash3 finaliser)."""
@@ -27,13 +30,16 @@ def _mix(x: jax.Array, key: jax.Array) -> jax.Array:
 
 def feistel_sizes(num_data: int) -> tuple[int, int]:
     """The halves ``(L, R)`` of ``minibatch_indices``' Feistel network for ``num_data``
-    points: ``L R = num_data`` where a factorisation has ``R <= L <= 4 R`` (its rounds then
-    need no cycle walking, whose loop is a large part of a cheap step), else
-    ``L = ceil(sqrt(num_data))``, ``R = ceil(num_data / L)``."""
-    root = math.isqrt(num_data)
-    for right in range(root, root // 2, -1):
+    points: ``L R = num_data`` where a factorisation has ``16 <= R <= L <= 2 R`` (its
+    rounds then need no cycle walking, whose loop is a large part of a cheap step), else
+    ``L = ceil(sqrt(num_data))``, ``R = ceil(num_data / L)``. Halves of a few values, or
+    far apart in size, give a keyed permutation too few distinct round functions to draw
+    batches uniformly."""
+    right = math.isqrt(num_data)
+    while right >= MIN_EXACT_HALF and 2 * right * right >= num_data:
         if num_data % right == 0:
             return num_data // right, right
+        right -= 1
     left = max(1, math.isqrt(num_data - 1) + 1)
     return left, -(-num_data // left)
 

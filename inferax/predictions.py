@@ -8,6 +8,7 @@ Each is one compiled program over every draw: ``vmap`` over the draws of a chain
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import jax
@@ -17,11 +18,12 @@ from numpyro import handlers
 from numpyro.infer.util import log_likelihood
 from numpyro.primitives import Messenger
 
+from inferax.compile_cache import compiled
 from inferax.numpyro_bridge import ENUM_EXTRA, NumPyroModel
 from inferax.posterior import Posterior
 from inferax.target import Target
 from inferax.typing import PRNGKey
-from inferax.validation import check_count, check_key
+from inferax.validation import check_count, check_key, site_shapes
 
 LOG_LIKELIHOOD_MEMORY_LIMIT = 2**30
 """Bytes above which ``inferax.sample`` skips the pointwise log likelihood unless asked for
@@ -65,8 +67,9 @@ def pointwise_log_likelihood(target: Target, posterior: Posterior) -> Posterior:
             f"{list(model.enumerated)}; NumPyro's pointwise log likelihood does not sum them "
             "out, so there is none to give"
         )
-    values = _log_likelihood_program(model)(_device_draws(posterior))
-    return dataclasses.replace(posterior, log_likelihood=jax.device_get(values))
+    draws = _device_draws(posterior)
+    program, _ = compiled(target, _log_likelihood, {"model": model}, draws)
+    return dataclasses.replace(posterior, log_likelihood=jax.device_get(program(draws)))
 
 
 def predictive(target: Target, posterior: Posterior, rng_key: PRNGKey) -> Posterior:
@@ -174,9 +177,8 @@ def infer_discrete(
 
 def log_likelihood_groups(target: Target, posterior: Posterior, compute: bool | None) -> Posterior:
     """What ``inferax.sample`` adds for a NumPyro model: dims from its plates, its constant
-    data, and the pointwise log likelihood when ``compute`` is True, or when it is None and
-    the values fit in ``LOG_LIKELIHOOD_MEMORY_LIMIT`` bytes (a warning says the size when
-    they do not)."""
+    data, and the pointwise log likelihood where ``computes_log_likelihood`` says so (a
+    warning gives the size when it is too large to compute unasked)."""
     model = target.model
     if not isinstance(model, NumPyroModel):
         if compute:
@@ -185,18 +187,44 @@ def log_likelihood_groups(target: Target, posterior: Posterior, compute: bool | 
     posterior = dataclasses.replace(
         posterior, dims=dict(model.dims), constant_data=dict(model.constant_data)
     )
-    if compute is False or (compute is None and model.enumerated):
-        return posterior
-    num_bytes = posterior.num_chains * posterior.num_draws * _bytes_per_draw(target)
-    if compute is None and num_bytes > LOG_LIKELIHOOD_MEMORY_LIMIT:
+    if computes_log_likelihood(target, posterior.num_chains, posterior.num_draws, compute):
+        return pointwise_log_likelihood(target, posterior)
+    if compute is None and not model.enumerated:
+        num_bytes = posterior.num_chains * posterior.num_draws * _bytes_per_draw(target)
         warnings.warn(
             f"the pointwise log likelihood would take {num_bytes / 2**30:.1f} GiB (one value "
             "per draw and observation), so it was not computed; pass log_likelihood=True to "
             "sample, or call inferax.pointwise_log_likelihood on fewer draws",
             stacklevel=4,
         )
-        return posterior
-    return pointwise_log_likelihood(target, posterior)
+    return posterior
+
+
+def computes_log_likelihood(
+    target: Target, num_chains: int, num_draws: int, compute: bool | None
+) -> bool:
+    """Whether ``inferax.sample(..., log_likelihood=compute)`` computes the pointwise log
+    likelihood: for a NumPyro model, when ``compute`` is True, or when it is None, the
+    model enumerates no site and the values fit in ``LOG_LIKELIHOOD_MEMORY_LIMIT`` bytes."""
+    model = target.model
+    if not isinstance(model, NumPyroModel) or compute is False:
+        return False
+    if compute:
+        return True
+    num_bytes = num_chains * num_draws * _bytes_per_draw(target)
+    return not model.enumerated and num_bytes <= LOG_LIKELIHOOD_MEMORY_LIMIT
+
+
+def log_likelihood_program(target: Target, num_chains: int, num_draws: int):
+    """The pointwise log likelihood's program for ``num_chains`` chains of ``num_draws``
+    draws, as ``(jitted, static, *argument shapes)`` for
+    ``inferax.compile_cache.compile_ahead``: ``inferax.sample`` compiles it beside the
+    run's own programs."""
+    draws = {
+        name: jax.ShapeDtypeStruct((num_chains, num_draws, *site.shape), site.dtype)
+        for name, site in site_shapes(target).items()
+    }
+    return _log_likelihood, {"model": target.model}, draws
 
 
 class _Unobserved(Messenger):
@@ -252,13 +280,16 @@ def _over_chains(per_draw):
     return jax.jit(run)
 
 
-def _log_likelihood_program(model: NumPyroModel):
+@functools.partial(jax.jit, static_argnames=("model",))
+def _log_likelihood(draws, model: NumPyroModel):
+    """The pointwise log likelihood of ``(chain, draw, ...)`` draws, per observed site."""
+
     def per_draw(draw):
         # NumPyro's own; it also returns numpyro.factor terms, which are not observations.
         values = log_likelihood(model.model, draw, *model.args, batch_ndims=0, **model.kwargs)
         return {name: values[name] for name in model.observed}
 
-    return jax.jit(lambda draws: jax.lax.map(jax.vmap(per_draw), draws))
+    return jax.lax.map(jax.vmap(per_draw), draws)
 
 
 def _predictive_program(model: NumPyroModel):

@@ -15,7 +15,11 @@ from inferax.checkpoint import CheckpointStore, decode_kernel, encode_kernel
 from inferax.fingerprint import compare_fingerprints, target_fingerprint
 from inferax.kernel import AbstractKernel
 from inferax.posterior import Posterior
-from inferax.predictions import log_likelihood_groups
+from inferax.predictions import (
+    computes_log_likelihood,
+    log_likelihood_groups,
+    log_likelihood_program,
+)
 from inferax.sharding import chain_mesh
 from inferax.target import Target
 from inferax.typing import ArrayLikeTree, PRNGKey
@@ -183,8 +187,19 @@ def sample(
             "x64": bool(jax.config.jax_enable_x64),
         }
         store = CheckpointStore.create(checkpoint, manifest, expected_bytes)
+    also_compile = ()
+    if computes_log_likelihood(target, num_chains, num_samples, log_likelihood):
+        also_compile = (log_likelihood_program(target, num_chains, num_samples),)
     run = ChainRunner(
-        target, kernel, settings, rng_key, store, checkpoint_every, progress, chains_mesh
+        target,
+        kernel,
+        settings,
+        rng_key,
+        store,
+        checkpoint_every,
+        progress,
+        chains_mesh,
+        also_compile,
     )
     try:
         posterior = run.execute(saved=None, positions=positions)

@@ -14,6 +14,7 @@ from numpyro.infer import MCMC, NUTS
 
 import inferax
 from inferax import diagnostics, samplers
+from inferax.compile_cache import compile_count, programs_compiled
 
 X = jnp.linspace(-1.0, 1.0, 30)
 Y = 0.5 + 1.5 * X + 0.5 * jax.random.normal(jax.random.key(3), (30,))
@@ -108,7 +109,11 @@ def test_the_log_likelihood_is_skipped_on_request(runs):
         log_likelihood=False,
     )
     assert post.log_likelihood == {}
+    # The fixture's run compiled the program ahead, beside its own; it serves these draws.
+    assert "_log_likelihood" in programs_compiled(target)
+    before = compile_count()
     assert inferax.pointwise_log_likelihood(target, post).log_likelihood["y"].shape == (4, 500, 30)
+    assert compile_count() == before
     with pytest.raises(TypeError, match="log_likelihood must be True, False or None"):
         inferax.sample(target, samplers.nuts(), jax.random.key(0), log_likelihood="yes")
 
