@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from inferax.chain_starts import starts_and_init_check
+from inferax.compile_cache import runs_once
 from inferax.sharding import map_chains
 from inferax.target import Target
 from inferax.typing import PRNGKey
@@ -34,12 +35,14 @@ def strong(tree):
     return jax.tree.map(lambda leaf: jax.lax.convert_element_type(leaf, leaf.dtype), tree)
 
 
+@runs_once
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
 def warmup_init(target: Target, positions, kernel, mesh):
     """Every chain's warmup state at ``positions``."""
     return strong(map_chains(kernel.warmup_algorithm(target).init, mesh)(positions))
 
 
+@runs_once
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh", "num_chains", "domain"))
 def start(target: Target, init_key: PRNGKey, kernel, mesh, num_chains, domain):
     """``jittered_positions`` and ``warmup_init`` in one program, with the log density at
@@ -58,6 +61,7 @@ def start(target: Target, init_key: PRNGKey, kernel, mesh, num_chains, domain):
     return strong(states), at_init
 
 
+@runs_once
 @functools.partial(jax.jit, static_argnames=("kernel", "mesh"))
 def warmup_final(target: Target, warmup_state, kernel, mesh):
     """The end of warmup: ``(states, tuned)``, strongly typed."""

@@ -121,9 +121,27 @@ def _laid_out(leaf):
     return sharding if isinstance(sharding, jax.sharding.NamedSharding) else None
 
 
+RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 0}
+"""XLA's options for a program that runs once a call (a run's start, the end of its
+warmup): the backend's optimisations would cost more compile time than they save."""
+
+_run_once: set[Callable] = set()
+
+
+def runs_once(jitted: Callable) -> Callable:
+    """Marks ``jitted`` as a program that runs once a call, so ``compiled`` and
+    ``compile_ahead`` compile it with ``RUN_ONCE_OPTIONS``; returns it (a decorator)."""
+    _run_once.add(jitted)
+    return jitted
+
+
+def _options(jitted: Callable) -> dict | None:
+    return RUN_ONCE_OPTIONS if jitted in _run_once else None
+
+
 def _compile(jitted: Callable, static: dict[str, Hashable], args):
     global _compile_count
-    program = jitted.lower(*args, **static).compile()
+    program = jitted.lower(*args, **static).compile(_options(jitted))
     _compile_count += 1
     return program
 
@@ -149,10 +167,11 @@ def compile_ahead(owner, jitted: Callable, static: dict[str, Hashable], *args) -
     if key in programs:
         return False
     lowered = jitted.lower(*args, **static)
+    options = _options(jitted)
 
     def compile_lowered():
         global _compile_count
-        program = lowered.compile()
+        program = lowered.compile(options)
         _compile_count += 1
         return program
 
@@ -213,6 +232,7 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
 
 __all__ = [
     "CACHE_SWITCH",
+    "RUN_ONCE_OPTIONS",
     "compile_ahead",
     "compile_count",
     "compiled",
@@ -221,4 +241,5 @@ __all__ = [
     "enable_compilation_cache",
     "ensure_compilation_cache",
     "programs_compiled",
+    "runs_once",
 ]

@@ -28,7 +28,7 @@ from numpyro.infer.util import (
     transform_fn,
 )
 
-from inferax.compile_cache import ensure_compilation_cache
+from inferax.compile_cache import RUN_ONCE_OPTIONS, ensure_compilation_cache
 from inferax.target import Target
 
 ENUM_EXTRA = "pip install 'inferax[enum]'"
@@ -202,10 +202,6 @@ Chains start within 2 of the example position, so one near the origin gives them
 starts NumPyro gives its chains."""
 
 
-ONE_EVALUATION_OPTIONS = {"xla_backend_optimization_level": 0}
-"""XLA's options for a program that runs once (the check at the origin)."""
-
-
 def _initialize(model: Callable, args: tuple, kwargs: dict) -> ModelInfo:
     """NumPyro's initialisation, at the origin of unconstrained space where the density and
     its gradient are finite there, else as near it as NumPyro's search finds a position.
@@ -223,7 +219,7 @@ def _initialize(model: Callable, args: tuple, kwargs: dict) -> ModelInfo:
     origin = info.param_info.z
     check = jax.jit(jax.value_and_grad(info.potential_fn)).lower(origin)
     # Run once: XLA's optimisations would cost more compile time than they save.
-    value, gradient = check.compile(ONE_EVALUATION_OPTIONS)(origin)
+    value, gradient = check.compile(RUN_ONCE_OPTIONS)(origin)
     # On the host: jnp's checks would each compile a small program.
     host = jax.tree.leaves(jax.device_get((value, gradient)))
     usable = all(np.all(np.isfinite(leaf)) for leaf in host)
