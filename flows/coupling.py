@@ -61,6 +61,14 @@ def coupling_layer_sizes(dim: int, num_layers: int, hidden: tuple[int, ...]):
     return sizes
 
 
+FLAT_WEIGHTS_LIMIT = 8192
+"""``RealNVP`` keeps its MLPs' weights in one flat vector up to this many, and as each
+layer's list of ``(W, b)`` above it. An optimiser updates a flat vector in one operation,
+not one per array, which saves more than copying it costs while it is small: the vector
+is cut into its arrays every step, and its gradient joined back, a copy of every weight
+each way."""
+
+
 def split_weights(weights: jax.Array, layer_sizes) -> list:
     """The MLPs ``[[(W, b), ...], ...]`` of layers of widths ``layer_sizes``, cut from one
     flat vector (``RealNVP``'s parameters) in the order ``ravel_pytree`` lays them out."""
@@ -98,7 +106,8 @@ class AffineCoupling(distrax.Bijector):
     loop (the halves differ in size when ``dim`` is odd), move one half each in turn.
 
     Args:
-      weights: every layer's MLP weights in one flat vector (see ``split_weights``).
+      weights: every layer's MLP weights, ``[[(W, b), ...], ...]`` or in one flat vector
+        (see ``split_weights``).
       hidden: the MLPs' hidden widths.
       scale_fn: ``raw -> (s, log s)``.
       output_multiplier: multiplies each conditioner's output.
@@ -106,7 +115,7 @@ class AffineCoupling(distrax.Bijector):
 
     def __init__(
         self,
-        weights: jax.Array,
+        weights,
         num_layers: int,
         hidden: tuple[int, ...],
         scale_fn: Callable,
@@ -120,8 +129,10 @@ class AffineCoupling(distrax.Bijector):
         self.output_multiplier = output_multiplier
 
     def _run(self, x: jax.Array, inverse: bool) -> tuple[jax.Array, jax.Array]:
-        sizes = coupling_layer_sizes(x.shape[0], self.num_layers, self.hidden)
-        layers = split_weights(self.weights, sizes)
+        layers = self.weights
+        if isinstance(layers, jax.Array):
+            sizes = coupling_layer_sizes(x.shape[0], self.num_layers, self.hidden)
+            layers = split_weights(layers, sizes)
         halves = [x[0::2], x[1::2]]
         log_det = jnp.zeros((), x.dtype)
         order = range(self.num_layers)
@@ -156,10 +167,10 @@ class RealNVP(AbstractTransform):
     (``scale="softplus"``, flowjax's choice) or ``exp(scale_bound * tanh(raw /
     scale_bound))`` (``"tanh"``).
 
-    The parameters are all the layers' MLP weights in one flat vector (``split_weights``
-    cuts them out), so an optimiser updates one array, not two per MLP layer: on a small
-    target each array's update is a compiled operation of its own, and together they
-    cost more than the flow itself."""
+    The parameters are the layers' MLPs, ``[[(W, b), ...], ...]``, or, up to
+    ``FLAT_WEIGHTS_LIMIT`` weights, all of them in one flat vector that ``split_weights``
+    cuts up: on a small target an optimiser's update of each array is a compiled operation
+    of its own, and two arrays per MLP layer cost more than the flow itself."""
 
     num_layers: int
     hidden: tuple[int, ...]
@@ -172,7 +183,8 @@ class RealNVP(AbstractTransform):
         keys = jax.random.split(rng_key, self.num_layers)
         sizes = coupling_layer_sizes(dim, self.num_layers, self.hidden)
         layers = [mlp_init(key, widths) for key, widths in zip(keys, sizes, strict=True)]
-        return ravel_pytree(layers)[0]
+        flat = ravel_pytree(layers)[0]
+        return flat if flat.size <= FLAT_WEIGHTS_LIMIT else layers
 
     def scale_and_log(self, raw: jax.Array) -> tuple[jax.Array, jax.Array]:
         """A layer's scales and their logs, from its conditioner's raw output."""
@@ -253,6 +265,7 @@ def realnvp(
 
 
 __all__ = [
+    "FLAT_WEIGHTS_LIMIT",
     "AffineCoupling",
     "RealNVP",
     "alternating_mask",

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inferax import flows, variational
+from inferax.flows import coupling
 from inferax.variational.family import standard_normal_logpdf
 
 DIM = 3
@@ -58,6 +59,8 @@ FAMILIES = {
     "radial": variational.normalizing_flow(flows.radial(3)),
     "realnvp": variational.normalizing_flow(flows.realnvp(2, (8,))),
     "realnvp_tanh": variational.normalizing_flow(flows.realnvp(2, (8,), scale="tanh")),
+    # Above FLAT_WEIGHTS_LIMIT weights: each layer's (W, b) list, not one vector.
+    "realnvp_layers": variational.normalizing_flow(flows.realnvp(2, (64, 64))),
     "spline": variational.normalizing_flow(flows.spline(2, (8,), 4, interval=3.0)),
     "spline_unbounded": variational.normalizing_flow(
         flows.spline(2, (8,), 4, interval=3.0, output_bound=None)
@@ -146,6 +149,23 @@ def test_radial_stays_invertible_for_any_raw_parameters(z0, alpha, beta, z):
     assert np.isfinite(log_det)
     np.testing.assert_allclose(z_back, z, atol=2e-4)
     np.testing.assert_allclose(inv_log_det, -log_det, atol=2e-4)
+
+
+def test_realnvp_is_the_same_map_with_its_weights_flat_or_per_layer():
+    small = flows.realnvp(3, (8, 8)).transform
+    weights = small.init(jax.random.key(0), DIM)
+    assert weights.ndim == 1 and weights.size <= coupling.FLAT_WEIGHTS_LIMIT
+    weights = weights + 0.3 * jax.random.normal(jax.random.key(1), weights.shape)
+    layers = coupling.split_weights(weights, coupling.coupling_layer_sizes(DIM, 3, (8, 8)))
+    x = jnp.array([0.3, -1.2, 0.7])
+    flat_y, flat_log_det = small.bijector(weights).forward_and_log_det(x)
+    listed_y, listed_log_det = small.bijector(layers).forward_and_log_det(x)
+    np.testing.assert_allclose(flat_y, listed_y, rtol=1e-6)
+    np.testing.assert_allclose(flat_log_det, listed_log_det, rtol=1e-6)
+    large = flows.realnvp(3, (64, 64)).transform.init(jax.random.key(0), DIM)
+    assert isinstance(large, list) and len(large) == 3
+    with pytest.raises(ValueError, match="take 13 weights, got a vector of 10"):
+        coupling.split_weights(jnp.zeros(10), [(1, 4, 1)])
 
 
 def test_bad_configurations_are_refused():
