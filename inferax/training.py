@@ -180,17 +180,24 @@ def _packable(leaf) -> bool:
     )
 
 
+PACK_ABOVE_LEAVES = 16
+"""``pack`` joins a state of more leaves than this; a smaller one crosses calls as it is."""
+
+
 def pack(state: Any) -> tuple[Layout | None, Any]:
     """The state as one flat buffer per dtype plus the leaves that cannot join one (keys,
     arrays laid out over a mesh), and its ``Layout``; ``(None, state)`` when a leaf is
-    laid out over a mesh.
+    laid out over a mesh, or when there are at most ``PACK_ABOVE_LEAVES`` leaves.
 
     A compiled call costs a few microseconds per argument and per result on top of its
-    work: a flow's state (its weights and Adam's two moments of each) is some eighty
+    work: a flow's state (its weights and Adam's two moments of each) can be some eighty
     arrays, which made every chunk's call cost more than a tenth of its 500 steps on the
-    small models.
+    small models. Joining them, and cutting them apart at the end, costs a few hundred
+    microseconds a fit, more than a few arrays' calls.
     """
     leaves, treedef = jax.tree.flatten(state)
+    if len(leaves) <= PACK_ABOVE_LEAVES:
+        return None, state
     leaves = [
         jnp.asarray(leaf) if isinstance(leaf, int | float | bool) else leaf for leaf in leaves
     ]
