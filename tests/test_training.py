@@ -8,7 +8,7 @@ import pytest
 
 from inferax import chunking
 from inferax.compile_cache import compile_count
-from inferax.training import train
+from inferax.training import PACK_ABOVE_LEAVES, pack, train
 
 
 def noisy_descent(x, rng_key, data):
@@ -82,9 +82,16 @@ def counting_step(state, rng_key, data):
     return (x, count + 1, key), {"loss": loss, "even": count % 2 == 0}
 
 
-def test_a_state_of_several_dtypes_and_a_key_comes_back_whole_with_or_without_a_hook():
-    state = ({"a": jnp.zeros((2, 3)), "b": jnp.ones(4)}, jnp.int32(5), jax.random.key(3))
-    data = {"a": jnp.full((2, 3), 2.0), "b": jnp.zeros(4)}
+@pytest.mark.parametrize("num_extra", [0, PACK_ABOVE_LEAVES])  # as it is, and packed
+def test_a_state_of_several_dtypes_and_a_key_comes_back_whole_with_or_without_a_hook(num_extra):
+    extra = {f"c{i}": jnp.full((i + 1,), float(i)) for i in range(num_extra)}
+    state = (
+        {"a": jnp.zeros((2, 3)), "b": jnp.ones(4), **extra},
+        jnp.int32(5),
+        jax.random.key(3),
+    )
+    assert (pack(state)[0] is None) == (num_extra == 0)
+    data = {"a": jnp.full((2, 3), 2.0), "b": jnp.zeros(4), **extra}
     plain = train(counting_step, state, jax.random.key(0), data, num_steps=12, chunk_size=5)
     hooked = []
     watched = train(
