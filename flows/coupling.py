@@ -108,6 +108,7 @@ class AffineCoupling(distrax.Bijector):
     Args:
       weights: every layer's MLP weights, ``[[(W, b), ...], ...]`` or in one flat vector
         (see ``split_weights``).
+      num_layers: the coupling layers.
       hidden: the MLPs' hidden widths.
       scale_fn: ``raw -> (s, log s)``.
       output_multiplier: multiplies each conditioner's output.

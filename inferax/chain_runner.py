@@ -82,9 +82,9 @@ class ChainRunner:
         return same_on_every_process(count) if self.lockstep else count
 
     def call(self, jitted, static, *args):
-        """Runs ``jitted`` on ``args`` and waits for it: ``(result, seconds)``. Step counts
-        go in as numpy scalars: a ``jnp.int32(...)`` is an operation dispatched on its
-        own, a fraction of a millisecond each, every chunk."""
+        """Runs ``jitted`` on ``args`` and waits for it: ``(result, seconds)``. Callers pass
+        step counts as numpy scalars: a ``jnp.int32(...)`` is an operation dispatched on
+        its own, a fraction of a millisecond each, every chunk."""
         program, seconds = compiled(self.target, jitted, static, *args)
         self.timing["compile"] += seconds
         started = time.perf_counter()

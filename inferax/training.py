@@ -196,11 +196,11 @@ def pack(state: Any) -> tuple[Layout | None, Any]:
     microseconds a fit, more than a few arrays' calls.
     """
     leaves, treedef = jax.tree.flatten(state)
-    if len(leaves) <= PACK_ABOVE_LEAVES:
-        return None, state
     leaves = [
         jnp.asarray(leaf) if isinstance(leaf, int | float | bool) else leaf for leaf in leaves
     ]
+    if len(leaves) <= PACK_ABOVE_LEAVES:
+        return None, jax.tree.unflatten(treedef, leaves)
     if any(
         isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding) for leaf in leaves
     ):

@@ -3,6 +3,7 @@
 answer is known. Tolerances come from MCSE; seeds are fixed."""
 
 import dataclasses
+import math
 
 import arviz_stats
 import jax
@@ -17,7 +18,7 @@ from mcse_helpers import assert_within_mcse, mean_and_mcse, min_ess, sd_and_mcse
 import inferax
 from inferax import samplers
 from inferax.compile_cache import compile_count
-from inferax.minibatch import minibatch_indices
+from inferax.minibatch import feistel_sizes, minibatch_indices
 
 KEY = jax.random.key(20261123)
 
@@ -340,8 +341,13 @@ def test_nan_gradient_marks_the_step_diverging_and_keeps_the_last_finite_positio
 # ---- Pieces.
 
 
-def test_minibatch_indices_are_distinct_and_uniform():
-    num_data, batch_size, num_draws = 20, 6, 20_000
+@pytest.mark.parametrize(
+    ("num_data", "batch_size"),
+    [(22, 6), (256, 64)],  # 5 x 5 with cycle walking; 16 x 16 exactly, with none
+)
+def test_minibatch_indices_are_distinct_and_uniform(num_data, batch_size):
+    num_draws = 20_000
+    assert (math.prod(feistel_sizes(num_data)) == num_data) == (num_data == 256)
     keys = jax.random.split(jax.random.key(0), num_draws)
     for size in (batch_size, num_data):  # Floyd's algorithm, and the permutation path
         draws = np.asarray(
