@@ -40,7 +40,7 @@ def test_the_fit_does_not_depend_on_the_chunk_size_and_is_compiled_once():
     assert compile_count() == before + 1  # new values, same shapes: no new program
 
 
-def test_the_automatic_chunk_length_starts_short_with_a_hook_and_is_one_chunk_without():
+def test_the_automatic_chunk_length_starts_short_with_a_hook_and_gives_the_same_fit():
     data = jnp.arange(3.0)
     seen = []
     watched = train(
@@ -59,7 +59,7 @@ def test_the_automatic_chunk_length_starts_short_with_a_hook_and_is_one_chunk_wi
     assert sum(size for _, size in seen) == 1500
     before = compile_count()
     plain = train(noisy_descent, jnp.zeros(3), jax.random.key(0), data, num_steps=1500)
-    assert compile_count() == before  # the same 2048-step program, run once
+    assert compile_count() == before  # without a hook: the same 2048-step program
     np.testing.assert_array_equal(plain.state, watched.state)
     np.testing.assert_array_equal(plain.trace["noise"], watched.trace["noise"])
 
