@@ -11,8 +11,12 @@ Prints one line per figure, each measured side by side in this run:
 
 First a ceiling measured without inferax: the same gradient for the same chains in a bare
 ``shard_map``, chains split and data split, against one device. Times are warmup plus
-sampling seconds as ``Posterior.timing`` reports them (compiling
-excluded), the fastest of ``--repeats`` runs. Run with
+sampling seconds as ``Posterior.timing`` reports them (compiling excluded), the fastest of
+``--repeats`` runs. Each speed-up is printed twice: of the whole run, and of the sampling
+phase per lockstep gradient evaluation (``lockstep_gradients``). The layouts sum the
+likelihood in different orders, their draws part after a few steps, and so do their NUTS
+trajectories: one run can take a fifth more gradients than another, which the whole run's
+ratio counts as speed. Run with
 
     XLA_FLAGS=--xla_force_host_platform_device_count=2 ./dev bench scale
 
@@ -29,13 +33,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
+
+import numpy as np
 
 NUM_DATA, NUM_FEATURES, NUM_CHAINS = 100_000, 50, 8
 
 
 def make_target():
     import jax.numpy as jnp
-    import numpy as np
 
     import inferax
 
@@ -57,15 +63,33 @@ def make_target():
     )
 
 
-def run(target, args, **layout):
-    """(draws, fastest warmup + sampling seconds) of ``args.repeats`` identical runs."""
+class Run(NamedTuple):
+    """One layout's figures: the draws, the fastest warmup + sampling seconds and the
+    fastest sampling seconds of ``--repeats`` identical runs, and the sampling phase's
+    lockstep gradient evaluations (``lockstep_gradients``)."""
+
+    draws: np.ndarray
+    seconds: float
+    sampling_seconds: float
+    lockstep: int
+
+
+def lockstep_gradients(n_steps, groups: int) -> int:
+    """The gradient evaluations that set a run's sampling time: chains stepped together
+    (a ``vmap``) wait for the longest trajectory among them at every draw, and chains split
+    into ``groups`` over devices wait for the slowest group. ``n_steps`` is the stats'
+    ``(chains, draws)`` leapfrog counts; a group is a contiguous block of chains."""
+    return int(max(np.max(block, axis=0).sum() for block in np.split(np.asarray(n_steps), groups)))
+
+
+def run(target, args, groups: int = 1, **layout) -> Run:
+    """``Run`` of ``args.repeats`` identical runs, chains in ``groups`` over devices."""
     import jax
-    import numpy as np
 
     import inferax
     from inferax import samplers
 
-    best, draws = np.inf, None
+    best, best_sampling, draws = np.inf, np.inf, None
     for _ in range(args.repeats):
         post = inferax.sample(
             target,
@@ -78,8 +102,23 @@ def run(target, args, **layout):
             **layout,
         )
         best = min(best, post.timing["warmup"] + post.timing["sampling"])
+        best_sampling = min(best_sampling, post.timing["sampling"])
         draws = np.asarray(post.draws["x"])
-    return draws, best
+    return Run(draws, best, best_sampling, lockstep_gradients(post.stats["n_steps"], groups))
+
+
+def speed_ups(one: Run, other: Run) -> str:
+    """The whole run's speed-up, and the sampling phase's per lockstep gradient: the draws
+    differ with the order of the floating-point sums, and so do the trajectories, so the
+    two runs do not take the same number of gradients."""
+    per_gradient = (one.sampling_seconds / one.lockstep) / (
+        other.sampling_seconds / other.lockstep
+    )
+    return (
+        f"{other.seconds:.2f} s, speed-up {one.seconds / other.seconds:.2f}x; sampling "
+        f"per lockstep gradient {per_gradient:.2f}x ({other.lockstep} lockstep gradients "
+        f"against {one.lockstep})"
+    )
 
 
 def bare_jax_speedups(target, devices) -> tuple[float, float]:
@@ -89,7 +128,6 @@ def bare_jax_speedups(target, devices) -> tuple[float, float]:
     data split and the log likelihood summed with ``psum``. ``(speed-up a, speed-up b)``."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
@@ -144,15 +182,13 @@ def worker(args) -> None:
 
     inferax.sharding.initialize(f"127.0.0.1:{args.port}", 2, args.worker, timeout=120)
     import jax
-    import numpy as np
 
-    draws, seconds = run(make_target(), args, devices=jax.devices())
+    result = run(make_target(), args, groups=2, devices=jax.devices())
     if jax.process_index() == 0:
-        np.savez(args.out, draws=draws, seconds=seconds)
+        np.savez(args.out, **result._asdict())
 
 
 def launch_two_processes(args):
-    import numpy as np
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -169,7 +205,12 @@ def launch_two_processes(args):
         if proc.wait(timeout=3600) != 0:
             raise RuntimeError("a worker of the two-process run failed")
     saved = np.load(out)
-    return saved["draws"], float(saved["seconds"])
+    return Run(
+        saved["draws"],
+        float(saved["seconds"]),
+        float(saved["sampling_seconds"]),
+        int(saved["lockstep"]),
+    )
 
 
 def main(args) -> None:
@@ -179,7 +220,6 @@ def main(args) -> None:
         )
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
-    import numpy as np
 
     devices = jax.devices()
     assert len(devices) >= 2, "needs 2 devices: XLA_FLAGS=--xla_force_host_platform_device_count=2"
@@ -196,29 +236,27 @@ def main(args) -> None:
         f"chains split {bare_chains:.2f}x, data split {bare_data:.2f}x (this machine's ceiling)",
         flush=True,
     )
-    one, one_seconds = run(target, args)
-    print(f"scale: {label}; one device {one_seconds:.2f} s", flush=True)
-    chains, chains_seconds = run(target, args, devices=devices)
+    one = run(target, args)
+    print(f"scale: {label}; one device {one.seconds:.2f} s", flush=True)
+    chains = run(target, args, groups=2, devices=devices)
     print(
-        f"scale (a) chains over 2 devices: {chains_seconds:.2f} s, speed-up "
-        f"{one_seconds / chains_seconds:.2f}x, max |draw difference| "
-        f"{np.abs(chains - one).max():.2e}",
+        f"scale (a) chains over 2 devices: {speed_ups(one, chains)}, max |draw difference| "
+        f"{np.abs(chains.draws - one.draws).max():.2e}",
         flush=True,
     )
     mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
-    data, data_seconds = run(target.shard_data(mesh), args)
+    data = run(target.shard_data(mesh), args)
     print(
-        f"scale (b) data over 2 devices: {data_seconds:.2f} s, speed-up "
-        f"{one_seconds / data_seconds:.2f}x, max |draw difference| {np.abs(data - one).max():.2e}",
+        f"scale (b) data over 2 devices: {speed_ups(one, data)}, max |draw difference| "
+        f"{np.abs(data.draws - one.draws).max():.2e}",
         flush=True,
     )
-    processes, processes_seconds = launch_two_processes(args)
+    processes = launch_two_processes(args)
     print(
-        f"scale (c) two processes over gloo, chains over their 2 devices: "
-        f"{processes_seconds:.2f} s, speed-up against one process on one device "
-        f"{one_seconds / processes_seconds:.2f}x, draws identical to one process with 2 "
-        f"devices: {np.array_equal(processes, chains)}, max |draw difference| against one "
-        f"device {np.abs(processes - one).max():.2e}",
+        f"scale (c) two processes over gloo, chains over their 2 devices, against one "
+        f"process on one device: {speed_ups(one, processes)}, draws identical to one "
+        f"process with 2 devices: {np.array_equal(processes.draws, chains.draws)}, max "
+        f"|draw difference| against one device {np.abs(processes.draws - one.draws).max():.2e}",
         flush=True,
     )
     print(f"scale: whole benchmark {time.perf_counter() - started:.0f} s", flush=True)
