@@ -189,7 +189,6 @@ def worker(args) -> None:
 
 
 def launch_two_processes(args):
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
