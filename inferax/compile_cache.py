@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Hashable
 
 import jax
+import numpy as np
 from jax.api_util import shaped_abstractify
 
 _programs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -112,8 +113,16 @@ def _cache_key(jitted: Callable, static: dict[str, Hashable], args) -> tuple:
     # compiled ahead from shapes alone serves the call with arrays. A layout over a mesh
     # (chains or data over devices) is part of the key; the default device's is not.
     leaves, treedef = jax.tree.flatten(args)
-    avals = tuple((shaped_abstractify(leaf), _laid_out(leaf)) for leaf in leaves)
-    return (jitted, tuple(sorted(static.items())), treedef, avals)
+    return (jitted, tuple(sorted(static.items())), treedef, tuple(map(_signature, leaves)))
+
+
+def _signature(leaf) -> tuple:
+    # What an abstract value holds, read off the leaf: ``shaped_abstractify`` took several
+    # microseconds a leaf, which every chunk's call paid for each of its arguments.
+    if isinstance(leaf, jax.Array | jax.ShapeDtypeStruct | np.ndarray | np.generic):
+        return (leaf.shape, leaf.dtype, getattr(leaf, "weak_type", False), _laid_out(leaf))
+    aval = shaped_abstractify(leaf)
+    return (aval.shape, aval.dtype, aval.weak_type, None)
 
 
 def _laid_out(leaf):

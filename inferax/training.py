@@ -7,6 +7,12 @@ chunks the host advances the progress bar and calls ``on_chunk``, the hook for c
 checkpoints; with neither, the chunks are dispatched back to back and their metrics read
 at the end. Chunk lengths follow ``inferax.chunking``, as ``inferax.sample``'s do. Compiled
 chunks are cached, so a second fit with the same step and shapes does not compile again.
+
+A step may come with a ``fallback``: the same update, guarded so that no non-finite value
+reaches the state. The loop runs the plain step, and runs a chunk again with the fallback,
+from where that chunk started, when the chunk ends with a non-finite loss or state. A
+guard is a reduction over every gradient array each step, and XLA cannot fuse the
+optimiser's update into its own operations once that update waits for the reductions.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ def train(
     description: str = "fit",
     owner: Hashable | None = None,
     on_chunk: Callable[[int, Any, dict[str, np.ndarray]], None] | None = None,
+    fallback: TrainingStep | None = None,
 ) -> TrainingResult:
     """Runs ``state, metrics = step(state, fold_in(rng_key, t), data)`` for ``t < num_steps``.
 
@@ -81,6 +88,11 @@ def train(
       on_chunk: called as ``on_chunk(first_step, state, metrics)`` after each chunk with
         that chunk's metrics; it may raise to stop the fit (a non-finite loss) or save the
         state (a checkpoint).
+      fallback: a step that computes what ``step`` does wherever ``step``'s loss, state
+        and gradient are finite, and keeps non-finite values out of the state where they
+        are not. A chunk of ``step`` that ends with a non-finite state, or has a non-finite
+        ``"loss"``, is run again with it from where the chunk started. ``None``: ``step``
+        alone, as it is.
 
     Returns:
       A ``TrainingResult``.
@@ -100,7 +112,7 @@ def train(
         check_count("chunk_size", chunk_size, minimum=1)
     length = buffer_length(chunk_size, num_steps)
     sizer = ChunkSizer(chunk_size)
-    static = {"step": step, "chunk_size": length}
+    checked = fallback is not None
     timing = {"compile": 0.0, "optimization": 0.0}
     chunks: list[tuple[int, dict[str, Any]]] = []
     show = progress_enabled(progress)
@@ -119,7 +131,19 @@ def train(
     state = jax.block_until_ready(state)
     begin = time.perf_counter()
     layout, packed = pack(state)
-    static["layout"] = layout
+
+    def run_chunk(chunk_step, packed, first: int, count: int, check: bool):
+        # numpy scalars: a jnp.int32(...) is an op dispatched on its own, about 0.4 ms each.
+        args = (packed, rng_key, data, np.int32(first), np.int32(count))
+        static = {"step": chunk_step, "chunk_size": length, "layout": layout, "check": check}
+        program, seconds = compiled(step if owner is None else owner, _chunk, static, *args)
+        timing["compile"] += seconds
+        return program(*args)
+
+    # The last chunk dispatched back to back and not yet known finite: (first, count, the
+    # state it started from, its finite flag). Checking it waits for it while the next
+    # chunk is already queued behind it.
+    unchecked = None
     try:
         first = 0
         while first < num_steps:
@@ -127,15 +151,25 @@ def train(
                 count = sizer.next_count(num_steps - first, length)
             else:
                 count = min(num_steps - first, length)
-            # numpy scalars: a jnp.int32(...) is an op dispatched on its own, about 0.4 ms each.
-            args = (packed, rng_key, data, np.int32(first), np.int32(count))
-            program, seconds = compiled(step if owner is None else owner, _chunk, static, *args)
-            timing["compile"] += seconds
+            start_state = packed
             start = time.perf_counter()
-            packed, metrics = program(*args)
+            packed, metrics, finite = run_chunk(step, packed, first, count, checked)
             if wait_each:
+                if checked and not bool(finite):
+                    packed, metrics, _ = run_chunk(fallback, start_state, first, count, False)
                 metrics = _host(metrics, count)
                 sizer.record(count, time.perf_counter() - start)
+            elif checked:
+                if unchecked is not None and not bool(unchecked[3]):
+                    # This chunk started where the last went non-finite: run the last again.
+                    last_first, last_count, last_start, _ = unchecked
+                    packed, metrics, _ = run_chunk(
+                        fallback, last_start, last_first, last_count, False
+                    )
+                    chunks[-1] = (last_count, metrics)
+                    first, unchecked = last_first + last_count, None
+                    continue
+                unchecked = (first, count, start_state, finite)
             if on_chunk is not None:
                 start = time.perf_counter()
                 on_chunk(first, unpack_on_host(layout, packed), metrics)
@@ -144,6 +178,10 @@ def train(
             first += count
             if wait_each:
                 bar.advance(count)
+        if unchecked is not None and not bool(unchecked[3]):
+            last_first, last_count, last_start, _ = unchecked
+            packed, metrics, _ = run_chunk(fallback, last_start, last_first, last_count, False)
+            chunks[-1] = (last_count, metrics)
         chunks = [(count, _host(metrics, count)) for count, metrics in chunks]
         state = unpack_on_host(layout, packed)
         timing["optimization"] = time.perf_counter() - begin - timing["compile"] - outside
@@ -281,8 +319,8 @@ def _pack_traced(layout: Layout | None, state) -> Any:
     return tuple(buffers), loose
 
 
-@functools.partial(jax.jit, static_argnames=("step", "chunk_size", "layout"))
-def _chunk(packed, rng_key, data, first, count, step, chunk_size, layout):
+@functools.partial(jax.jit, static_argnames=("step", "chunk_size", "layout", "check"))
+def _chunk(packed, rng_key, data, first, count, step, chunk_size, layout, check):
     state = _unpack(layout, packed, _cut)
     _, shapes = jax.eval_shape(step, state, rng_key, data)
     metrics = {name: jnp.zeros((chunk_size,), shape.dtype) for name, shape in shapes.items()}
@@ -296,7 +334,19 @@ def _chunk(packed, rng_key, data, first, count, step, chunk_size, layout):
     # A traced trip count: XLA unrolls a scan of fixed length on CPU, and compile time would
     # then grow with chunk_size.
     state, metrics = jax.lax.fori_loop(0, count, one_step, (state, metrics))
-    return _pack_traced(layout, state), metrics
+    return _pack_traced(layout, state), metrics, _finite(state, metrics) if check else True
+
+
+def _finite(state, metrics) -> jax.Array:
+    """Whether every floating-point number of ``state`` and every loss is finite (the
+    losses past a chunk's last step are the buffer's zeros)."""
+    leaves = [leaf for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    if "loss" in metrics:
+        leaves.append(metrics["loss"])
+    finite = jnp.array(True)
+    for leaf in leaves:
+        finite = finite & jnp.all(jnp.isfinite(leaf))
+    return finite
 
 
 __all__ = ["TrainingResult", "TrainingStep", "train"]

@@ -116,3 +116,59 @@ def test_a_state_of_several_dtypes_and_a_key_comes_back_whole_with_or_without_a_
     np.testing.assert_array_equal(
         jax.random.key_data(plain.state[2]), jax.random.key_data(watched.state[2])
     )
+
+
+# A step that goes non-finite at steps 13 and 14 (its "loss" at 13, its state from 14 on),
+# and a fallback that skips them: from each chunk that went non-finite, ``train`` runs
+# the fallback, so its result is the fallback's all through.
+BAD_STEPS = (13, 14)
+
+
+def descent_that_overflows(x, rng_key, data, guarded=False):
+    noise = 0.01 * jax.random.normal(rng_key, x.shape, x.dtype)
+    new = x - 0.1 * (x - data) + noise
+    t = jnp.rint(x[-1]).astype(jnp.int32)  # the last coordinate counts the steps
+    bad = (t == BAD_STEPS[0]) | (t == BAD_STEPS[1])
+    loss = jnp.where(t == BAD_STEPS[0], jnp.nan, jnp.sum((x - data) ** 2))
+    new = jnp.where(t == BAD_STEPS[1], jnp.inf, new)
+    if guarded:
+        new = jnp.where(bad, x, new)
+    return new.at[-1].set(x[-1] + 1.0), {"loss": loss, "bad": bad}
+
+
+def guarded_descent(x, rng_key, data):
+    return descent_that_overflows(x, rng_key, data, guarded=True)
+
+
+@pytest.mark.parametrize("hook", [False, True])  # chunks back to back, and one at a time
+def test_a_chunk_that_went_non_finite_runs_again_with_the_fallback(hook):
+    data = jnp.array([1.0, 2.0, 0.0])
+    settings = {"num_steps": 30, "chunk_size": 8}
+    guarded = train(guarded_descent, jnp.zeros(3), jax.random.key(0), data, **settings)
+    assert guarded.trace["bad"].sum() == 2 and np.isfinite(guarded.state).all()
+    seen = []
+    result = train(
+        descent_that_overflows,
+        jnp.zeros(3),
+        jax.random.key(0),
+        data,
+        fallback=guarded_descent,
+        on_chunk=(lambda first, state, metrics: seen.append(first)) if hook else None,
+        **settings,
+    )
+    np.testing.assert_array_equal(result.state, guarded.state)
+    np.testing.assert_array_equal(result.trace["loss"], guarded.trace["loss"])
+    np.testing.assert_array_equal(result.trace["bad"], guarded.trace["bad"])
+    assert seen == ([0, 8, 16, 24] if hook else [])
+
+
+def test_a_finite_fit_never_compiles_its_fallback():
+    data = jnp.arange(3.0)
+    settings = {"num_steps": 20, "chunk_size": 8}
+    plain = train(noisy_descent, jnp.zeros(3), jax.random.key(0), data, **settings)
+    before = compile_count()
+    result = train(
+        noisy_descent, jnp.zeros(3), jax.random.key(0), data, fallback=guarded_descent, **settings
+    )
+    assert compile_count() == before + 1  # the checked chunk; never the fallback's
+    np.testing.assert_array_equal(result.state, plain.state)

@@ -53,30 +53,36 @@ class ObjectiveStep:
 
     A step whose loss or gradient is not finite (a draw where the log density overflows)
     leaves the family's parameters as they were, and says so in its ``"nonfinite"``
-    metric; ``fit`` counts these steps and warns. The optimiser sees that step's gradient
-    with its non-finite entries set to zero, so its state (Adam's moments) stays finite:
-    one such draw would otherwise turn every parameter, and the moments, into NaN for good.
+    metric; ``fit`` counts these steps and warns. The optimiser sees a zero gradient that
+    step, so its state (Adam's moments) stays finite: one such draw would otherwise turn
+    every parameter, and the moments, into NaN for good. ``guarded=False`` leaves out
+    that guard: the step ``fit`` runs first, with the guarded one as ``train``'s fallback.
 
     Args:
       optimizer: an optax optimizer.
       objective: ``(family, rng_key, logdensity_fn) -> loss``.
+      guarded: keep a step with a non-finite loss or gradient out of the state.
     """
 
     optimizer: optax.GradientTransformation
     objective: Callable
+    guarded: bool = True
 
     def __call__(self, state, rng_key: PRNGKey, target: Target):
         family, opt_state = state
         logdensity_fn, _ = flat_logdensity(target)
         loss, grads = jax.value_and_grad(self.objective)(family, rng_key, logdensity_fn)
+        if not self.guarded:
+            updates, opt_state = self.optimizer.update(grads, opt_state, family)
+            new_state = (optax.apply_updates(family, updates), opt_state)
+            return new_state, {"loss": loss, "nonfinite": ~jnp.isfinite(loss)}
         finite = jnp.isfinite(loss)
         for leaf in jax.tree.leaves(grads):
             finite = finite & jnp.all(jnp.isfinite(leaf))
-        # The guard acts on the gradient entry by entry and on the update, never on the
-        # whole state: a step that waited for ``finite`` before the optimiser, or selected
-        # between the new and the old state, kept XLA from fusing the optimiser's update
-        # into the gradient's last operations and took up to twice as long.
-        grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g)), grads)
+        # The guard zeroes the gradient and the update, never selects between the new and
+        # the old state: XLA then fused the optimiser's update into the select, and the step
+        # took up to twice as long.
+        grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
         updates, opt_state = self.optimizer.update(grads, opt_state, family)
         updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
         return (optax.apply_updates(family, updates), opt_state), {
@@ -173,8 +179,9 @@ def fit(
     on ``chunk_size``), and compiled chunks kept per target, so a second fit with the same
     target, family structure, optimizer and objective objects does not compile again.
     A step whose loss or gradient is not finite leaves the parameters as they were (the
-    optimiser sees its gradient with the non-finite entries set to zero); ``fit`` counts
-    such steps (``Approximation.num_nonfinite``; their losses stay in the trace) and warns.
+    optimiser sees a zero gradient); ``fit`` counts such steps
+    (``Approximation.num_nonfinite``; their losses stay in the trace) and warns. The steps
+    run without that guard, and a chunk that went non-finite runs again with it.
 
     Args:
       target: the log density, an ``inferax.Target``.
@@ -236,7 +243,7 @@ def fit(
         family = family.init(init_key, start)
     part = family.trained_part()
     result = train(
-        ObjectiveStep(optimizer, objective),
+        ObjectiveStep(optimizer, objective, guarded=False),
         (part, optimizer.init(part)),
         run_key,
         target,
@@ -244,6 +251,7 @@ def fit(
         chunk_size=chunk_size,
         progress=progress,
         owner=target,
+        fallback=ObjectiveStep(optimizer, objective),
     )
     num_nonfinite = int(np.sum(result.trace["nonfinite"]))
     if num_nonfinite:

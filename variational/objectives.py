@@ -39,14 +39,22 @@ def log_weights(
     mean and does not vanish as ``q`` approaches ``p``, drops out of the gradient; the
     draw itself still depends on the parameters.
     """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if num_draws == 1:
+        # One draw takes the key as it is: a split and a vmap of one cost a step of a small
+        # fit several per cent of its time.
+        return _log_weight(family, rng_key, logdensity_fn, estimator)[None]
     keys = jax.random.split(rng_key, num_draws)
+    return jax.vmap(lambda k: _log_weight(family, k, logdensity_fn, estimator))(keys)
+
+
+def _log_weight(family, rng_key, logdensity_fn, estimator):
     if estimator == "reparam":
-        return jax.vmap(lambda k: family.sample_and_log_weight(k, logdensity_fn)[1])(keys)
-    if estimator == "stl":
-        frozen = jax.lax.stop_gradient(family)
-        x = jax.vmap(family.sample)(keys)
-        return jax.vmap(logdensity_fn)(x) - jax.vmap(frozen.log_prob)(x)
-    raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        return family.sample_and_log_weight(rng_key, logdensity_fn)[1]
+    frozen = jax.lax.stop_gradient(family)
+    x = family.sample(rng_key)
+    return logdensity_fn(x) - frozen.log_prob(x)
 
 
 def _iwae_bound(log_w: jax.Array) -> jax.Array:
