@@ -140,10 +140,13 @@ def train(
         timing["compile"] += seconds
         return program(*args)
 
-    # The last chunk dispatched back to back and not yet known finite: (first, count, the
-    # state it started from, its finite flag). Checking it waits for it while the next
-    # chunk is already queued behind it.
-    unchecked = None
+    def run_again(chunk: _Unchecked):
+        packed, metrics, _ = run_chunk(fallback, chunk.start, chunk.first, chunk.count, False)
+        return packed, metrics
+
+    # The last chunk dispatched back to back and not yet known finite. Checking it waits
+    # for it while the next chunk is already queued behind it.
+    unchecked: _Unchecked | None = None
     try:
         first = 0
         while first < num_steps:
@@ -151,25 +154,22 @@ def train(
                 count = sizer.next_count(num_steps - first, length)
             else:
                 count = min(num_steps - first, length)
-            start_state = packed
+            chunk_start = packed
             start = time.perf_counter()
             packed, metrics, finite = run_chunk(step, packed, first, count, checked)
             if wait_each:
                 if checked and not bool(finite):
-                    packed, metrics, _ = run_chunk(fallback, start_state, first, count, False)
+                    packed, metrics = run_again(_Unchecked(first, count, chunk_start, finite))
                 metrics = _host(metrics, count)
                 sizer.record(count, time.perf_counter() - start)
             elif checked:
-                if unchecked is not None and not bool(unchecked[3]):
+                if unchecked is not None and not bool(unchecked.finite):
                     # This chunk started where the last went non-finite: run the last again.
-                    last_first, last_count, last_start, _ = unchecked
-                    packed, metrics, _ = run_chunk(
-                        fallback, last_start, last_first, last_count, False
-                    )
-                    chunks[-1] = (last_count, metrics)
-                    first, unchecked = last_first + last_count, None
+                    packed, metrics = run_again(unchecked)
+                    chunks[-1] = (unchecked.count, metrics)
+                    first, unchecked = unchecked.first + unchecked.count, None
                     continue
-                unchecked = (first, count, start_state, finite)
+                unchecked = _Unchecked(first, count, chunk_start, finite)
             if on_chunk is not None:
                 start = time.perf_counter()
                 on_chunk(first, unpack_on_host(layout, packed), metrics)
@@ -178,10 +178,9 @@ def train(
             first += count
             if wait_each:
                 bar.advance(count)
-        if unchecked is not None and not bool(unchecked[3]):
-            last_first, last_count, last_start, _ = unchecked
-            packed, metrics, _ = run_chunk(fallback, last_start, last_first, last_count, False)
-            chunks[-1] = (last_count, metrics)
+        if unchecked is not None and not bool(unchecked.finite):
+            packed, metrics = run_again(unchecked)
+            chunks[-1] = (unchecked.count, metrics)
         chunks = [(count, _host(metrics, count)) for count, metrics in chunks]
         state = unpack_on_host(layout, packed)
         timing["optimization"] = time.perf_counter() - begin - timing["compile"] - outside
@@ -192,6 +191,16 @@ def train(
     names = chunks[0][1]
     trace = {name: np.concatenate([metrics[name] for _, metrics in chunks]) for name in names}
     return TrainingResult(state, trace, timing)
+
+
+class _Unchecked(NamedTuple):
+    """A chunk of the plain step: its first step, its length, the state it started from
+    and whether it ended finite (a device scalar, read when needed)."""
+
+    first: int
+    count: int
+    start: Any
+    finite: jax.Array
 
 
 def _host(metrics: dict[str, Any], count: int) -> dict[str, np.ndarray]:
