@@ -10,9 +10,10 @@ chunks are cached, so a second fit with the same step and shapes does not compil
 
 A step may come with a ``fallback``: the same update, guarded so that no non-finite value
 reaches the state. The loop runs the plain step, and runs a chunk again with the fallback,
-from where that chunk started, when the chunk ends with a non-finite loss or state. A
-guard is a reduction over every gradient array each step, and XLA cannot fuse the
-optimiser's update into its own operations once that update waits for the reductions.
+from where that chunk started, when the chunk ends with a non-finite loss or state; the
+fallback then runs the rest of the fit. A guard is a reduction over every gradient array
+each step, and XLA cannot fuse the optimiser's update into its own operations once that
+update waits for the reductions.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def train(
       fallback: a step that computes what ``step`` does wherever ``step``'s loss, state
         and gradient are finite, and keeps non-finite values out of the state where they
         are not. A chunk of ``step`` that ends with a non-finite state, or has a non-finite
-        ``"loss"``, is run again with it from where the chunk started. ``None``: ``step``
-        alone, as it is.
+        ``"loss"``, is run again with it from where the chunk started, and it runs every
+        chunk after (a fit that went non-finite once mostly does again, and each such
+        chunk would run twice). ``None``: ``step`` alone, as it is.
 
     Returns:
       A ``TrainingResult``.
@@ -112,7 +114,6 @@ def train(
         check_count("chunk_size", chunk_size, minimum=1)
     length = buffer_length(chunk_size, num_steps)
     sizer = ChunkSizer(chunk_size)
-    checked = fallback is not None
     timing = {"compile": 0.0, "optimization": 0.0}
     chunks: list[tuple[int, dict[str, Any]]] = []
     show = progress_enabled(progress)
@@ -140,7 +141,11 @@ def train(
         timing["compile"] += seconds
         return program(*args)
 
+    current, checked = step, fallback is not None
+
     def run_again(chunk: _Unchecked):
+        nonlocal current, checked
+        current, checked = fallback, False
         packed, metrics, _ = run_chunk(fallback, chunk.start, chunk.first, chunk.count, False)
         return packed, metrics
 
@@ -156,7 +161,7 @@ def train(
                 count = min(num_steps - first, length)
             chunk_start = packed
             start = time.perf_counter()
-            packed, metrics, finite = run_chunk(step, packed, first, count, checked)
+            packed, metrics, finite = run_chunk(current, packed, first, count, checked)
             if wait_each:
                 if checked and not bool(finite):
                     packed, metrics = run_again(_Unchecked(first, count, chunk_start, finite))

@@ -119,7 +119,7 @@ def test_a_state_of_several_dtypes_and_a_key_comes_back_whole_with_or_without_a_
 
 
 # A step that goes non-finite at steps 13 and 14 (its "loss" at 13, its state from 14 on),
-# and a fallback that skips them: from each chunk that went non-finite, ``train`` runs
+# and a fallback that skips them: from the chunk that went non-finite on, ``train`` runs
 # the fallback, so its result is the fallback's all through.
 BAD_STEPS = (13, 14)
 
@@ -133,7 +133,7 @@ def descent_that_overflows(x, rng_key, data, guarded=False):
     new = jnp.where(t == BAD_STEPS[1], jnp.inf, new)
     if guarded:
         new = jnp.where(bad, x, new)
-    return new.at[-1].set(x[-1] + 1.0), {"loss": loss, "bad": bad}
+    return new.at[-1].set(x[-1] + 1.0), {"loss": loss, "bad": bad, "guarded": jnp.array(guarded)}
 
 
 def guarded_descent(x, rng_key, data):
@@ -160,6 +160,8 @@ def test_a_chunk_that_went_non_finite_runs_again_with_the_fallback(hook):
     np.testing.assert_array_equal(result.trace["loss"], guarded.trace["loss"])
     np.testing.assert_array_equal(result.trace["bad"], guarded.trace["bad"])
     assert seen == ([0, 8, 16, 24] if hook else [])
+    # The fallback ran the chunk that went non-finite (steps 8 to 15) and every one after.
+    np.testing.assert_array_equal(result.trace["guarded"], np.arange(30) >= 8)
 
 
 def test_a_finite_fit_never_compiles_its_fallback():

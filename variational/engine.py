@@ -181,7 +181,8 @@ def fit(
     A step whose loss or gradient is not finite leaves the parameters as they were (the
     optimiser sees a zero gradient); ``fit`` counts such steps
     (``Approximation.num_nonfinite``; their losses stay in the trace) and warns. The steps
-    run without that guard, and a chunk that went non-finite runs again with it.
+    run without that guard; a chunk that went non-finite runs again with it, as does the
+    rest of the fit.
 
     Args:
       target: the log density, an ``inferax.Target``.
