@@ -147,10 +147,11 @@ class ChainRunner:
 
     def compile_ahead(self, phase: str, need_positions: bool) -> None:
         """Starts compiling, side by side, every program this run will call from ``phase``
-        on: the chunk program first, the longest to compile, then the start and the end of
-        warmup, which compile beside it, then ``also_compile``'s, beside the run. Chains
-        laid out over devices compile when first called, for the shardings of their
-        arguments."""
+        on: the start program first, which compiles (or loads from the persistent cache)
+        and then runs while the chunk program, the longest to trace and compile, is traced;
+        then the chunk program, the end of warmup beside it, and ``also_compile``'s beside
+        the run. Chains laid out over devices compile when first called, for the shardings
+        of their arguments."""
         target, settings = self.target, self.settings
         if self.mesh is not None:
             return
@@ -159,6 +160,13 @@ class ChainRunner:
         positions, warmup_state, (states, tuned) = self.shapes(drawn_starts=need_positions)
         key = self.run_key
         step = jax.ShapeDtypeStruct((), jnp.int32)
+        if phase == "warmup":
+            if need_positions:
+                submitted |= compile_ahead(
+                    target, start, self.static(**self.start_settings()), target, self.init_key
+                )
+            else:
+                submitted |= compile_ahead(target, warmup_init, self.static(), target, positions)
         if self.stepwise:
             submitted |= compile_ahead(
                 target,
@@ -182,12 +190,6 @@ class ChainRunner:
                 target, sampling_chunk, static, target, tuned, states, key, step, step
             )
         if phase == "warmup":
-            if need_positions:
-                submitted |= compile_ahead(
-                    target, start, self.static(**self.start_settings()), target, self.init_key
-                )
-            else:
-                submitted |= compile_ahead(target, warmup_init, self.static(), target, positions)
             submitted |= compile_ahead(target, warmup_final, self.static(), target, warmup_state)
         for jitted, static, *args in self.also_compile:
             submitted |= compile_ahead(target, jitted, static, *args)
