@@ -96,17 +96,23 @@ def chain_chunk(
     algorithm = kernel.warmup_algorithm(target)
     num_chains = jax.tree.leaves(warmup_state)[0].shape[0]
 
+    def keep_state(step_key, warmup_state, entry):
+        return warmup_state, step_key
+
     def record(warmup_state, chain, info, entry):
         return warmup_state._replace(chain=chain)
 
     def chain_step(key, warmup_state, chain_tuned, entry, adapting):
+        warmup_state, step_key = jax.lax.cond(
+            adapting, algorithm.prepare, keep_state, key, warmup_state, entry
+        )
         current = algorithm.parameters(warmup_state)
         parameters = jax.tree.map(
             lambda now, final: jnp.where(adapting, now.astype(final.dtype), final),
             current,
             chain_tuned,
         )
-        chain, info = kernel.build(target, **parameters).step(key, warmup_state.chain)
+        chain, info = kernel.build(target, **parameters).step(step_key, warmup_state.chain)
         warmup_state = jax.lax.cond(
             adapting,
             lambda *args: strong(algorithm.adapt(*args)),

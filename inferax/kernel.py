@@ -38,6 +38,8 @@ class WarmupAlgorithm(NamedTuple):
     A warmup whose step is "step the kernel with the current parameters, then adapt" also
     gives that step in parts (``stepwise_warmup`` makes one), and ``inferax.sample`` then
     runs warmup and sampling in one compiled program holding one kernel step:
+    ``prepare(rng_key, warmup_state, schedule_entry) -> (warmup_state, step_key)``, the work
+    before the kernel step (a step-size search) and the key the step takes;
     ``parameters(warmup_state) -> tuned``, the keyword arguments of ``build`` for this step,
     with the structure and dtypes of ``final``'s;
     ``adapt(warmup_state, chain_state, info, schedule_entry) -> warmup_state``, which records
@@ -48,24 +50,26 @@ class WarmupAlgorithm(NamedTuple):
     init: Callable[[ArrayTree], Any]
     step: Callable[[PRNGKey, Any, jax.Array], Any]
     final: Callable[[Any], tuple[Any, dict[str, jax.Array]]]
+    prepare: Callable[[PRNGKey, Any, jax.Array], tuple[Any, PRNGKey]] | None = None
     parameters: Callable[[Any], dict[str, jax.Array]] | None = None
     adapt: Callable[[Any, Any, Any, jax.Array], Any] | None = None
 
     @property
     def stepwise(self) -> bool:
-        """Whether the step is given in parts (``parameters``, ``adapt``)."""
-        return None not in (self.parameters, self.adapt)
+        """Whether the step is given in parts (``prepare``, ``parameters``, ``adapt``)."""
+        return None not in (self.prepare, self.parameters, self.adapt)
 
 
 def stepwise_warmup(
     build: Callable[..., SamplingAlgorithm],
     init: Callable[[ArrayTree], Any],
+    prepare: Callable[[PRNGKey, Any, jax.Array], tuple[Any, PRNGKey]],
     parameters: Callable[[Any], dict[str, jax.Array]],
     adapt: Callable[[Any, Any, Any, jax.Array], Any],
     final: Callable[[Any], tuple[Any, dict[str, jax.Array]]],
 ) -> WarmupAlgorithm:
-    """A ``WarmupAlgorithm`` whose step is one step of ``build(**parameters(warmup_state))``
-    from ``warmup_state.chain``, then ``adapt``.
+    """A ``WarmupAlgorithm`` whose step is ``prepare``, one step of
+    ``build(**parameters(warmup_state))`` from ``warmup_state.chain``, then ``adapt``.
 
     ``inferax.sample``'s one program steps ``kernel.build(target, **parameters(state))``,
     in warmup and sampling alike, so ``build`` must be that kernel's own ``build``.
@@ -73,17 +77,19 @@ def stepwise_warmup(
     Args:
       build: ``build(**tuned) -> SamplingAlgorithm``: ``kernel.build(target, **tuned)``.
       init: ``init(position) -> warmup_state``, a ``NamedTuple`` with a ``chain`` field.
+      prepare: as in ``WarmupAlgorithm``.
       parameters: as in ``WarmupAlgorithm``.
       adapt: as in ``WarmupAlgorithm``.
       final: as in ``WarmupAlgorithm``.
     """
 
     def step(rng_key, warmup_state, schedule_entry):
+        warmup_state, step_key = prepare(rng_key, warmup_state, schedule_entry)
         algorithm = build(**parameters(warmup_state))
-        chain, info = algorithm.step(rng_key, warmup_state.chain)
+        chain, info = algorithm.step(step_key, warmup_state.chain)
         return adapt(warmup_state, chain, info, schedule_entry)
 
-    return WarmupAlgorithm(init, step, final, parameters, adapt)
+    return WarmupAlgorithm(init, step, final, prepare, parameters, adapt)
 
 
 class BurnInState(NamedTuple):
@@ -162,6 +168,10 @@ class AbstractKernel(AbstractSetting, abc.ABC):
         def init(position):
             return BurnInState(algorithm.init(position))
 
+        def prepare(rng_key, warmup_state, schedule_entry):
+            del schedule_entry
+            return warmup_state, rng_key
+
         def adapt(warmup_state, chain, info, schedule_entry):
             del warmup_state, info, schedule_entry
             return BurnInState(chain)
@@ -169,7 +179,9 @@ class AbstractKernel(AbstractSetting, abc.ABC):
         def final(warmup_state):
             return warmup_state.chain, {}
 
-        return stepwise_warmup(lambda: algorithm, init, lambda warmup_state: {}, adapt, final)
+        return stepwise_warmup(
+            lambda: algorithm, init, prepare, lambda warmup_state: {}, adapt, final
+        )
 
     def warmup(
         self, target: Target, rng_key: PRNGKey, position: ArrayLikeTree, num_steps: int

@@ -12,16 +12,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.adaptation.mass_matrix import MassMatrixAdaptationState, mass_matrix_adaptation
-from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
+from blackjax.adaptation.step_size import (
+    DualAveragingAdaptationState,
+    dual_averaging_adaptation,
+    find_reasonable_step_size,
+)
 from blackjax.adaptation.window_adaptation import build_schedule
 from blackjax.base import SamplingAlgorithm
 from jax.flatten_util import ravel_pytree
 
 from inferax.kernel import WarmupAlgorithm, stepwise_warmup
+
+REASONABLE_ACCEPTANCE = 0.8
+"""The acceptance rate of a one-step proposal that the step-size search aims to cross, as in
+NumPyro's ``find_reasonable_step_size``."""
 
 
 def _clip_log_step_size(log_step_size: jax.Array) -> jax.Array:
@@ -42,16 +51,26 @@ class WindowAdaptationState(NamedTuple):
 
 
 def window_schedule(num_steps: int) -> np.ndarray:
-    """Stan's schedule, one ``(is_slow, is_window_end)`` row per step. Warmups shorter than
-    20 steps only adapt the step size: blackjax's schedule needs at least that many to place
-    a slow window."""
-    if num_steps < 20:
-        return np.zeros((num_steps, 2), dtype=np.int32)
-    return np.asarray(build_schedule(num_steps), dtype=np.int32).reshape(-1, 2)
+    """Stan's schedule, one ``(is_slow, is_window_end, search_step_size)`` row per step.
+
+    ``search_step_size`` marks the first step and the step after each window's end, where a
+    step size is searched for afresh, as Stan and NumPyro do. Warmups shorter than 20 steps
+    only adapt the step size: blackjax's schedule needs at least that many to place a slow
+    window.
+    """
+    schedule = np.zeros((num_steps, 3), dtype=np.int32)
+    if num_steps >= 20:
+        schedule[:, :2] = np.asarray(build_schedule(num_steps), dtype=np.int32).reshape(-1, 2)
+    if num_steps:
+        schedule[0, 2] = 1
+        ends = np.flatnonzero(schedule[:-1, 1] == 1)
+        schedule[ends + 1, 2] = 1
+    return schedule
 
 
 def window_adaptation(
     build: Callable[..., SamplingAlgorithm],
+    logdensity_fn: Callable,
     *,
     is_mass_matrix_diagonal: bool,
     target_acceptance_rate: float,
@@ -64,15 +83,16 @@ def window_adaptation(
     the inverse mass matrix at each window's end, where dual averaging restarts. The final
     step size is dual averaging's running average.
 
-    Dual averaging starts from ``initial_step_size`` with no search for a reasonable one,
-    as in NumPyro's and blackjax's defaults (Stan searches at the start and after each
-    window; a search holds a second copy of the log density's gradient in the compiled
-    step). The step size is kept within the float type's positive range, so a chain whose
-    proposals all fail (a non-finite density far out) does not end warmup with a step size
-    of zero.
+    Where the schedule says so (the first step, and the step after each window's end), the
+    step size is first searched for by doubling and halving until a one-step HMC proposal's
+    acceptance crosses 0.8 (blackjax's ``find_reasonable_step_size``), and dual averaging
+    restarts from it, as in Stan and NumPyro. The step size is kept within the float type's
+    positive range. Together these keep a chain whose first proposals all fail (a
+    non-finite density far out) from ending warmup with a step size of zero.
 
     Args:
       build: ``build(step_size=..., inverse_mass_matrix=...) -> SamplingAlgorithm``.
+      logdensity_fn: the log density, for the step-size search's one-step proposals.
       is_mass_matrix_diagonal: adapt a diagonal (True) or dense inverse mass matrix.
       target_acceptance_rate: the acceptance rate dual averaging aims for.
       initial_step_size: where dual averaging starts.
@@ -101,6 +121,16 @@ def window_adaptation(
             step_size,
             mass_matrix_state.inverse_mass_matrix,
         )
+
+    def prepare(rng_key, warmup_state: WindowAdaptationState, schedule_entry):
+        search_key, step_key = jax.random.split(rng_key)
+        warmup_state = jax.lax.cond(
+            schedule_entry[2] == 1,
+            lambda state: _restart_from_reasonable_step_size(state, search_key),
+            lambda state: state,
+            warmup_state,
+        )
+        return warmup_state, step_key
 
     def parameters(warmup_state: WindowAdaptationState) -> dict:
         return {
@@ -152,6 +182,22 @@ def window_adaptation(
             chain, step_size_state, mass_matrix_state, step_size, inverse_mass_matrix
         )
 
+    def _restart_from_reasonable_step_size(warmup_state, rng_key):
+        inverse_mass_matrix = warmup_state.inverse_mass_matrix
+
+        def one_step_kernel(step_size):
+            return blackjax.hmc(logdensity_fn, step_size, inverse_mass_matrix, 1).step
+
+        step_size = find_reasonable_step_size(
+            rng_key,
+            one_step_kernel,
+            warmup_state.chain,
+            warmup_state.step_size,
+            target_accept=REASONABLE_ACCEPTANCE,
+        )
+        step_size = jnp.exp(_clip_log_step_size(jnp.log(step_size)))
+        return warmup_state._replace(step_size=step_size, step_size_state=da_init(step_size))
+
     def final(warmup_state: WindowAdaptationState):
         # Dual averaging's running average exists once it has seen a step; before that
         # (no warmup, or a window that ended on the last step) the current step size holds.
@@ -164,7 +210,7 @@ def window_adaptation(
         }
         return warmup_state.chain, tuned
 
-    return stepwise_warmup(build, init, parameters, adapt, final)
+    return stepwise_warmup(build, init, prepare, parameters, adapt, final)
 
 
 def window_adaptation_of(kernel, target) -> WarmupAlgorithm:
@@ -173,6 +219,7 @@ def window_adaptation_of(kernel, target) -> WarmupAlgorithm:
     ``build(target, step_size=..., inverse_mass_matrix=...)`` takes what it tunes."""
     return window_adaptation(
         lambda **tuned: kernel.build(target, **tuned),
+        target.logdensity,
         is_mass_matrix_diagonal=kernel.is_mass_matrix_diagonal,
         target_acceptance_rate=kernel.target_acceptance_rate,
         initial_step_size=kernel.initial_step_size,

@@ -9,6 +9,7 @@ import pytest
 import inferax
 from inferax import diagnostics, samplers
 from inferax.posterior import stuck_chains
+from inferax.samplers.adaptation import window_schedule
 
 
 def _pinned(x):
@@ -20,6 +21,14 @@ def _pinned(x):
 
 TARGET = inferax.Target.from_logdensity(_pinned, jnp.zeros(1))
 INIT = jnp.array([[0.3], [10.0]])
+
+
+def test_the_schedule_searches_a_step_size_at_the_start_and_after_each_window():
+    schedule = window_schedule(200)
+    searched = np.flatnonzero(schedule[:, 2])
+    ends = np.flatnonzero(schedule[:-1, 1])  # a window that ends warmup starts nothing
+    assert searched[0] == 0 and ends.size >= 2
+    np.testing.assert_array_equal(searched[1:], ends + 1)
 
 
 def test_each_sign_of_a_stuck_chain_is_read():
