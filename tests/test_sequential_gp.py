@@ -125,13 +125,20 @@ def test_learned_hyperparameters_reach_the_one_shot_nlpd(problem):
         num_hyper_steps=75,
         learning_rate=0.05,
     )
-    rng = np.random.default_rng(3)
-    for t, index in enumerate(np.array_split(rng.permutation(300), 3)):
-        sequential = sequential.update(jax.random.key(t), X[index], y[index])
-    nlpd = -float(np.mean(sequential.log_predictive_density(Xt, yt)))
+    # One stream's NLPD is a draw that moves with the order of the data (-0.13 to -0.03
+    # over six orders) and, for a given order, with floating-point detail: a 1e-9 shift in
+    # y moved one order's from -0.026 to -0.084, and two CPUs gave the two sides of the
+    # bound. The mean over six orders is what is compared.
+    nlpds = []
+    for order in range(6):
+        rng = np.random.default_rng(order)
+        streamed = sequential
+        for t, index in enumerate(np.array_split(rng.permutation(300), 3)):
+            streamed = streamed.update(jax.random.key(t), X[index], y[index])
+        nlpds.append(-float(np.mean(streamed.log_predictive_density(Xt, yt))))
     # The noise floor is 0.5 log(2 pi 0.04) + 0.5 = -0.19; 0.1 nats is a tenth of the
     # prior's NLPD above it.
-    assert nlpd < ceiling + 0.1, (nlpd, ceiling)
+    assert np.mean(nlpds) < ceiling + 0.1, (nlpds, ceiling)
 
 
 def test_bad_settings_are_refused_by_name():
