@@ -3,7 +3,11 @@ process's first NumPyro ``MCMC.run``, and the command line's start-up.
 
 For each model, three fresh processes: NumPyro's ``MCMC(NUTS, chain_method="vectorized")``
 (no persistent cache); inferax with an empty persistent compilation cache (a new folder);
-inferax again with that folder, now warm. Each times the first call from the model and its
+inferax again with that folder, now warm. The three run ``--repeats`` times (3 by default),
+one after another, and each figure is the median over the repeats: on a shared machine a
+process's speed drifts by a quarter within minutes, so a ratio of single runs moves with
+whichever process met a slow spell. The ratio line gives the median ratio and, in brackets,
+the ratios of the repeats. Each times the first call from the model and its
 data to draws on the host: ``MCMC(...)`` and ``run`` for NumPyro, ``inferax.from_numpyro``
 and ``inferax.sample`` (its pointwise log likelihood included) for inferax. Both use NUTS, 4
 chains, 500 warmup and 500 draws. ``compile_s`` is the tracing, lowering and compiling
@@ -13,18 +17,21 @@ which a machine shared with other work inflates less than the wall-clock seconds
 ``inferax --help``, ``--version`` and an argument error, each in a fresh process. One line
 per figure:
 
-    ./dev bench first_call            # every model, then the command line
-    ./dev bench first_call baseball   # the models named
+    ./dev bench first_call                          # every model, then the command line
+    ./dev bench first_call baseball                 # the models named
+    ./dev bench first_call --repeats 5 baseball     # five repeats
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NUM_CHAINS, NUM_WARMUP, NUM_SAMPLES = 4, 500, 500
@@ -144,34 +151,49 @@ def run_worker(tool: str, name: str, env: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(models: list[str]) -> None:
+def main(models: list[str], repeats: int) -> None:
     unknown = set(models) - set(MODELS)
     if unknown:
         raise SystemExit(f"unknown models {sorted(unknown)}; pick from {MODELS}")
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "INFERAX_"))}
     for name in models or MODELS:
-        with tempfile.TemporaryDirectory(prefix="inferax-first-call-") as cache:
-            env = base_env | {"XDG_CACHE_HOME": cache}
-            numpyro = run_worker("numpyro", name, base_env)
-            cold = run_worker("inferax", name, env)
-            warm = run_worker("inferax", name, env)
-        for tool, figures in (("numpyro", numpyro), ("inferax", cold), ("inferax_warm", warm)):
+        runs = {"numpyro": [], "inferax": [], "inferax_warm": []}
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory(prefix="inferax-first-call-") as cache:
+                env = base_env | {"XDG_CACHE_HOME": cache}
+                runs["numpyro"].append(run_worker("numpyro", name, base_env))
+                runs["inferax"].append(run_worker("inferax", name, env))
+                runs["inferax_warm"].append(run_worker("inferax", name, env))
+        for tool, figures in runs.items():
+            medians = {key: median([run[key] for run in figures]) for key in figures[0]}
             extra = (
-                f" compile_wait_s={figures['compile_wait_s']:6.2f}"
-                if "compile_wait_s" in figures
+                f" compile_wait_s={medians['compile_wait_s']:6.2f}"
+                if "compile_wait_s" in medians
                 else ""
             )
             print(
-                f"{name:30s} {tool:13s} first_call_s={figures['first_call_s']:6.2f} "
-                f"cpu_s={figures['cpu_s']:6.2f} compile_s={figures['compile_s']:6.2f}{extra}",
+                f"{name:30s} {tool:13s} first_call_s={medians['first_call_s']:6.2f} "
+                f"cpu_s={medians['cpu_s']:6.2f} compile_s={medians['compile_s']:6.2f}{extra}",
                 flush=True,
             )
+        ratios = {
+            f"{label}_inferax/numpyro": [
+                ours[key] / theirs[key]
+                for ours, theirs in zip(runs[tool], runs["numpyro"], strict=True)
+            ]
+            for label, tool, key in (
+                ("first_call", "inferax", "first_call_s"),
+                ("warm_cache", "inferax_warm", "first_call_s"),
+                ("cpu", "inferax", "cpu_s"),
+                ("cpu_warm_cache", "inferax_warm", "cpu_s"),
+            )
+        }
         print(
-            f"{name:30s} ratio         first_call_inferax/numpyro="
-            f"{cold['first_call_s'] / numpyro['first_call_s']:.2f} "
-            f"warm_cache_inferax/numpyro={warm['first_call_s'] / numpyro['first_call_s']:.2f} "
-            f"cpu_inferax/numpyro={cold['cpu_s'] / numpyro['cpu_s']:.2f} "
-            f"cpu_warm_cache_inferax/numpyro={warm['cpu_s'] / numpyro['cpu_s']:.2f}",
+            f"{name:30s} ratio         "
+            + " ".join(
+                f"{label}={median(values):.2f} ({' '.join(f'{v:.2f}' for v in values)})"
+                for label, values in ratios.items()
+            ),
             flush=True,
         )
     if models:
@@ -188,4 +210,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         print(json.dumps(worker(sys.argv[2], sys.argv[3])))
     else:
-        main(sys.argv[1:])
+        parser = argparse.ArgumentParser(description="First-call time against NumPyro's.")
+        parser.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)}")
+        parser.add_argument("--repeats", type=int, default=3, help="fresh-process repeats")
+        options = parser.parse_args()
+        main(options.models, options.repeats)
