@@ -3,19 +3,20 @@ process's first NumPyro ``MCMC.run``, and the command line's start-up.
 
 For each model, three fresh processes: NumPyro's ``MCMC(NUTS, chain_method="vectorized")``
 (no persistent cache); inferax with an empty persistent compilation cache (a new folder);
-inferax again with that folder, now warm. The three run ``--repeats`` times (3 by default),
-one after another, and each figure is the median over the repeats: on a shared machine a
-process's speed drifts by a quarter within minutes, so a ratio of single runs moves with
-whichever process met a slow spell. The ratio line gives the median ratio and, in brackets,
-the ratios of the repeats. Each times the first call from the model and its
+inferax again with that folder, now warm. Each times the first call from the model and its
 data to draws on the host: ``MCMC(...)`` and ``run`` for NumPyro, ``inferax.from_numpyro``
 and ``inferax.sample`` (its pointwise log likelihood included) for inferax. Both use NUTS, 4
 chains, 500 warmup and 500 draws. ``compile_s`` is the tracing, lowering and compiling
 seconds JAX reports (summed over threads); ``compile_wait_s`` is how long inferax's call
 waited for its programs; ``cpu_s`` is the CPU seconds of the call, all threads together,
 which a machine shared with other work inflates less than the wall-clock seconds. Then
-``inferax --help``, ``--version`` and an argument error, each in a fresh process. One line
-per figure:
+``inferax --help``, ``--version`` and an argument error, each in a fresh process.
+
+The three processes run ``--repeats`` times (3 by default), one after another, and each
+figure is the median over the repeats: on a shared machine a process's speed drifts by a
+quarter within minutes, so a ratio of single runs moves with whichever process met a slow
+spell. The ratio line gives the median ratio and, in brackets, the ratios of the repeats.
+One line per figure:
 
     ./dev bench first_call                          # every model, then the command line
     ./dev bench first_call baseball                 # the models named
@@ -214,4 +215,6 @@ if __name__ == "__main__":
         parser.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)}")
         parser.add_argument("--repeats", type=int, default=3, help="fresh-process repeats")
         options = parser.parse_args()
+        if options.repeats < 1:
+            parser.error(f"--repeats must be at least 1, got {options.repeats}")
         main(options.models, options.repeats)

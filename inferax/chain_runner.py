@@ -148,10 +148,10 @@ class ChainRunner:
     def compile_ahead(self, phase: str, need_positions: bool) -> None:
         """Starts compiling, side by side, every program this run will call from ``phase``
         on: the start program first, which compiles (or loads from the persistent cache)
-        and then runs while the chunk program, the longest to trace and compile, is traced;
-        then the chunk program, the end of warmup beside it, and ``also_compile``'s beside
-        the run. Chains laid out over devices compile when first called, for the shardings
-        of their arguments."""
+        on a free core while the chunk program, the longest to trace and compile, is
+        traced; then the chunk program, the end of warmup beside it, and
+        ``also_compile``'s beside the run. Chains laid out over devices compile when first
+        called, for the shardings of their arguments."""
         target, settings = self.target, self.settings
         if self.mesh is not None:
             return
