@@ -31,6 +31,7 @@ import numpy as np
 from inferax.chunking import ChunkSizer, buffer_length
 from inferax.compile_cache import compiled
 from inferax.progress import ProgressBar, progress_enabled
+from inferax.tree_math import all_finite
 from inferax.typing import ArrayTree, PRNGKey
 from inferax.validation import check_count
 
@@ -354,13 +355,8 @@ def _chunk(packed, rng_key, data, first, count, step, chunk_size, layout, check)
 def _finite(state, metrics) -> jax.Array:
     """Whether every floating-point number of ``state`` and every loss is finite (the
     losses past a chunk's last step are the buffer's zeros)."""
-    leaves = [leaf for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    if "loss" in metrics:
-        leaves.append(metrics["loss"])
-    finite = jnp.array(True)
-    for leaf in leaves:
-        finite = finite & jnp.all(jnp.isfinite(leaf))
-    return finite
+    numbers = [leaf for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return all_finite((numbers, metrics.get("loss")))
 
 
 __all__ = ["TrainingResult", "TrainingStep", "train"]

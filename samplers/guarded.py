@@ -6,18 +6,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from inferax.tree_math import all_finite
 from inferax.typing import ArrayTree
-
-
-def all_finite(tree: ArrayTree) -> jax.Array:
-    """True when every element of every leaf of ``tree`` is finite."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-
-
-def tree_norm(tree: ArrayTree) -> jax.Array:
-    """The Euclidean norm of all leaves of ``tree`` taken together."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
 def guarded[State](
@@ -40,4 +30,4 @@ def guarded[State](
     return state, ~keep
 
 
-__all__ = ["all_finite", "guarded", "tree_norm"]
+__all__ = ["guarded"]

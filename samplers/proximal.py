@@ -22,7 +22,6 @@ from blackjax.base import SamplingAlgorithm
 
 from inferax.kernel import AbstractKernel, check_step_size
 from inferax.nonsmooth import AbstractNonsmooth
-from inferax.samplers.guarded import all_finite
 from inferax.samplers.integrators import (
     DiffusionState,
     langevin_log_transition,
@@ -30,6 +29,7 @@ from inferax.samplers.integrators import (
 )
 from inferax.samplers.langevin import ula_algorithm
 from inferax.target import Target
+from inferax.tree_math import all_finite
 from inferax.typing import PRNGKey
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 
 from inferax.minibatch import draw_minibatch, first_points
-from inferax.samplers.guarded import guarded, tree_norm
+from inferax.samplers.guarded import guarded
 from inferax.samplers.integrators import UNDERDAMPED_INTEGRATORS
 from inferax.samplers.stochastic_gradient import (
     AbstractSGMCMCKernel,
@@ -20,6 +20,7 @@ from inferax.samplers.stochastic_gradient import (
     step_size_fn,
 )
 from inferax.target import Target
+from inferax.tree_math import tree_norm
 from inferax.typing import ArrayLikeTree, ArrayTree, PRNGKey
 
 

@@ -19,7 +19,7 @@ from blackjax.base import SamplingAlgorithm
 
 from inferax.kernel import as_number
 from inferax.minibatch import draw_minibatch, first_points
-from inferax.samplers.guarded import guarded, tree_norm
+from inferax.samplers.guarded import guarded
 from inferax.samplers.integrators import preconditioned_langevin_move
 from inferax.samplers.stochastic_gradient import (
     AbstractSGMCMCKernel,
@@ -29,6 +29,7 @@ from inferax.samplers.stochastic_gradient import (
     step_size_fn,
 )
 from inferax.target import Target
+from inferax.tree_math import tree_norm
 from inferax.typing import ArrayLikeTree, ArrayTree, PRNGKey
 
 

@@ -17,9 +17,10 @@ import numpy as np
 from blackjax.base import SamplingAlgorithm
 
 from inferax.kernel import AbstractKernel
-from inferax.samplers.guarded import guarded, tree_norm
+from inferax.samplers.guarded import guarded
 from inferax.samplers.integrators import DiffusionState, overdamped_langevin
 from inferax.target import Target
+from inferax.tree_math import tree_norm
 from inferax.typing import ArrayLikeTree, ArrayTree, PRNGKey
 
 

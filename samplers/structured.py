@@ -19,10 +19,11 @@ from blackjax.base import SamplingAlgorithm
 
 from inferax.kernel import WarmupAlgorithm
 from inferax.minibatch import draw_minibatch, first_points
-from inferax.samplers.guarded import guarded, tree_norm
+from inferax.samplers.guarded import guarded
 from inferax.samplers.integrators import DiffusionState, overdamped_langevin
 from inferax.samplers.stochastic_gradient import AbstractSGMCMCKernel, SGMCMCInfo, step_size_fn
 from inferax.target import Target, site_name
+from inferax.tree_math import tree_norm
 from inferax.typing import ArrayLikeTree, ArrayTree, PRNGKey
 
 

@@ -25,6 +25,7 @@ from numpyro.infer import init_to_median
 from inferax.flows.flow import AbstractFlow
 from inferax.target import Target
 from inferax.training import train
+from inferax.tree_math import all_finite
 from inferax.typing import ArrayTree, PRNGKey
 from inferax.validation import check_count, check_key, check_logdensity_shape
 from inferax.variational.family import AbstractFamily
@@ -76,9 +77,7 @@ class ObjectiveStep:
             updates, opt_state = self.optimizer.update(grads, opt_state, family)
             new_state = (optax.apply_updates(family, updates), opt_state)
             return new_state, {"loss": loss, "nonfinite": ~jnp.isfinite(loss)}
-        finite = jnp.isfinite(loss)
-        for leaf in jax.tree.leaves(grads):
-            finite = finite & jnp.all(jnp.isfinite(leaf))
+        finite = all_finite((loss, grads))
         # The guard zeroes the gradient and the update, never selects between the new and
         # the old state: XLA then fused the optimiser's update into the select, and the step
         # took up to twice as long.

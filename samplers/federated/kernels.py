@@ -45,10 +45,11 @@ from inferax.samplers.federated.split import (
     is_federated,
 )
 from inferax.samplers.federated.surrogates import conducive_arrays
-from inferax.samplers.guarded import guarded, tree_norm
+from inferax.samplers.guarded import guarded
 from inferax.samplers.integrators import DiffusionState, overdamped_langevin
 from inferax.samplers.stochastic_gradient import AbstractSGMCMCKernel, SGMCMCInfo, step_size_fn
 from inferax.target import Target
+from inferax.tree_math import tree_norm
 from inferax.typing import ArrayLikeTree, ArrayTree, PRNGKey
 
 # --------------------------------------------------------------------------------------
